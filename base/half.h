@@ -1,0 +1,35 @@
+// bf16 and fp16 <-> fp32 conversions, and rounding helpers that emulate storing a float in
+// a 16-bit type (round to nearest even), which is how the engine reproduces the rounding
+// points of flash-linear-attention's bf16 model on the CPU.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+namespace mesa {
+
+inline float Bf16ToFloat(uint16_t h) {
+  uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+inline uint16_t FloatToBf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof(bits));
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40);  // NaN
+  bits += 0x7fffu + ((bits >> 16) & 1u);  // round to nearest even
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+// The float nearest to `f` that a bf16 can hold.
+inline float RoundBf16(float f) { return Bf16ToFloat(FloatToBf16(f)); }
+
+float Fp16ToFloat(uint16_t h);
+uint16_t FloatToFp16(float f);
+
+// The float nearest to `f` that an IEEE fp16 can hold (overflow gives +-inf, as on a GPU).
+inline float RoundFp16(float f) { return Fp16ToFloat(FloatToFp16(f)); }
+
+}  // namespace mesa

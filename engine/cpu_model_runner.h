@@ -1,0 +1,23 @@
+// The CPU reference backend: the full MesaNet forward pass with fla's rounding points,
+// OpenBLAS/AVX2 GEMMs over bf16 weights, and a state pool in host memory.
+#pragma once
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "engine/model_runner.h"
+#include "models/mesa_weights.h"
+
+namespace mesa {
+
+struct CpuRunnerOptions {
+  int32_t num_slots = 4;
+  // Longest run of tokens pushed through one layer at a time; longer prompts are split at
+  // multiples of 64 so the result equals a single pass (bounds activation memory).
+  int32_t max_prefill_segment = 1024;
+};
+
+absl::StatusOr<std::unique_ptr<ModelRunner>> CreateCpuModelRunner(MesaWeights weights,
+                                                                  const CpuRunnerOptions& options);
+
+}  // namespace mesa

@@ -1,0 +1,86 @@
+// The engine's view of a loaded model on one backend: it owns the weights and a fixed pool
+// of per-sequence recurrent-state slots, and runs prefill and decode steps on them.
+// Not thread-safe: one engine thread owns a runner.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "kernels/cg_control.h"
+#include "models/mesa_config.h"
+
+namespace mesa {
+
+using SlotId = int32_t;
+inline constexpr SlotId kPadSlot = -1;
+
+// CG telemetry for a set of rows (tokens): iterations and final relative residual for every
+// (row, layer, head).
+struct CgStats {
+  int32_t rows = 0;
+  int32_t layers = 0;
+  int32_t heads = 0;
+  std::vector<int32_t> iters;    // [rows, layers, heads]
+  std::vector<float> residual;   // [rows, layers, heads]
+
+  void Resize(int32_t r, int32_t l, int32_t h) {
+    rows = r;
+    layers = l;
+    heads = h;
+    iters.assign(static_cast<size_t>(r) * l * h, 0);
+    residual.assign(iters.size(), 0.0f);
+  }
+  int64_t index(int32_t row, int32_t layer, int32_t head) const {
+    return (static_cast<int64_t>(row) * layers + layer) * heads + head;
+  }
+};
+
+struct PrefillRequest {
+  SlotId slot = kPadSlot;
+  absl::Span<const int32_t> tokens;  // appended to whatever the slot already holds
+  CgControl cg;
+  bool all_logits = false;           // logits for every token, else only for the last
+  bool want_stats = false;
+};
+
+struct PrefillResult {
+  std::vector<float> logits;  // [tokens or 1, vocab]
+  CgStats stats;              // rows = tokens when want_stats
+};
+
+struct DecodeRow {
+  SlotId slot = kPadSlot;  // kPadSlot rows are skipped (their logits are zero)
+  int32_t token = 0;
+  CgControl cg;
+};
+
+struct DecodeResult {
+  std::vector<float> logits;  // [rows, vocab]
+  CgStats stats;              // rows = batch
+};
+
+class ModelRunner {
+ public:
+  virtual ~ModelRunner() = default;
+
+  virtual const MesaConfig& config() const = 0;
+  virtual const char* backend_name() const = 0;
+  virtual int32_t num_slots() const = 0;
+  virtual size_t state_bytes_per_slot() const = 0;
+  virtual size_t weight_bytes() const = 0;
+
+  // Zeroes a slot's recurrent and conv state; the next prefill starts a new sequence.
+  virtual absl::Status ResetSlot(SlotId slot) = 0;
+  // Tokens the slot's state has absorbed since its last reset.
+  virtual int64_t SlotPosition(SlotId slot) const = 0;
+
+  // Runs each request's tokens through the model from its slot's current state.
+  virtual absl::Status Prefill(absl::Span<const PrefillRequest> requests,
+                               absl::Span<PrefillResult> results) = 0;
+  // One token for each row, each from and into its own slot.
+  virtual absl::Status Decode(absl::Span<const DecodeRow> rows, DecodeResult* result) = 0;
+};
+
+}  // namespace mesa

@@ -1,0 +1,56 @@
+// Token selection from logits: penalties, temperature, top-k, top-p, min-p, seeded RNG.
+// One Sampler per request (it owns the request's random stream). Not thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+
+namespace mesa {
+
+struct SamplingParams {
+  float temperature = 1.0f;         // 0 = greedy (argmax)
+  int32_t top_k = 0;                // 0 = off
+  float top_p = 1.0f;               // 1 = off
+  float min_p = 0.0f;               // 0 = off; keeps tokens with p >= min_p * p_max
+  float repetition_penalty = 1.0f;  // >1 discourages tokens already seen (CTRL-style)
+  float presence_penalty = 0.0f;    // subtracted once from seen tokens' logits
+  float frequency_penalty = 0.0f;   // subtracted per occurrence
+  uint64_t seed = 0;
+};
+
+// Checks ranges; messages name the field, the limit and the value.
+absl::Status ValidateSamplingParams(const SamplingParams& p);
+
+struct TokenLogprob {
+  int32_t token = 0;
+  float logprob = 0.0f;
+};
+
+class Sampler {
+ public:
+  // Only ids in [0, valid_vocab) can be chosen (a model's vocab may be padded past the
+  // tokenizer's pieces).
+  Sampler(const SamplingParams& params, int32_t valid_vocab);
+
+  // Records a token of the context (prompt or generated) for the penalties.
+  void Observe(int32_t token);
+  // Chooses the next token from `logits` (model vocab size). `top_logprobs` (optional) gets the
+  // n most likely tokens under the unpenalised, untempered distribution, plus the chosen one's.
+  int32_t Sample(absl::Span<const float> logits, int32_t num_top_logprobs = 0,
+                 std::vector<TokenLogprob>* top_logprobs = nullptr, float* chosen_logprob = nullptr);
+
+ private:
+  SamplingParams params_;
+  int32_t valid_vocab_;
+  std::mt19937_64 rng_;
+  std::unordered_map<int32_t, int32_t> counts_;
+  std::vector<float> work_;
+  std::vector<int32_t> order_;
+};
+
+}  // namespace mesa

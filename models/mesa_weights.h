@@ -1,0 +1,73 @@
+// MesaNet weights in the layout the engine computes with. Matrices stay in bf16 (the model
+// dtype; GEMMs accumulate in fp32); small per-channel vectors are kept as float holding the
+// checkpoint's values exactly. Projections that read the same input are concatenated so one
+// GEMM (or one GEMV pass over the input) computes them all.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "models/mesa_config.h"
+
+namespace mesa {
+
+// Row-major [rows, cols] bf16 matrix; y = W x means y[r] = sum_c data[r*cols + c] * x[c].
+struct Bf16Matrix {
+  int64_t rows = 0;
+  int64_t cols = 0;
+  std::vector<uint16_t> data;
+  const uint16_t* row(int64_t r) const { return data.data() + r * cols; }
+  size_t bytes() const { return data.size() * sizeof(uint16_t); }
+};
+
+struct MesaLayerWeights {
+  std::vector<float> attn_norm;  // [d]
+  // Rows: q [Dk], k [Dk], v [Dk], g [Dk] (only with use_output_gate), a [H], b [H].
+  Bf16Matrix in_proj;            // [3*Dk (+Dk) + 2*H, d]
+  std::vector<float> a_bias;     // [H]
+  std::vector<float> b_bias;     // [H]
+  std::vector<float> lambda;     // [H*K]: softplus(lambda_params) + lambda_lower_bound, fp32
+  std::vector<float> q_conv;     // [Dk, W]: tap W-1 multiplies the current token
+  std::vector<float> k_conv;     // [Dk, W]
+  std::vector<float> o_norm;     // [K], shared by all heads
+  Bf16Matrix o_proj;             // [d, Dk]
+  std::vector<float> mlp_norm;   // [d]
+  Bf16Matrix gate_up;            // [2*I, d]: gate rows then up rows
+  Bf16Matrix down;               // [d, I]
+};
+
+// Row offsets inside MesaLayerWeights::in_proj.
+struct InProjLayout {
+  int64_t q = 0, k = 0, v = 0, g = -1, a = 0, b = 0, rows = 0;
+  static InProjLayout For(const MesaConfig& c) {
+    InProjLayout l;
+    const int64_t dk = c.key_dim();
+    l.q = 0;
+    l.k = dk;
+    l.v = 2 * dk;
+    int64_t next = 3 * dk;
+    if (c.use_output_gate) {
+      l.g = next;
+      next += dk;
+    }
+    l.a = next;
+    l.b = next + c.num_heads;
+    l.rows = next + 2 * c.num_heads;
+    return l;
+  }
+};
+
+struct MesaWeights {
+  MesaConfig config;
+  Bf16Matrix embeddings;         // [vocab, d]
+  std::vector<float> final_norm; // [d]
+  Bf16Matrix lm_head;            // [vocab, d]; empty when tied (use embeddings)
+  std::vector<MesaLayerWeights> layers;
+
+  const Bf16Matrix& output_matrix() const {
+    return config.tie_word_embeddings ? embeddings : lm_head;
+  }
+  size_t bytes() const;  // total bytes of weights held
+};
+
+}  // namespace mesa

@@ -1,0 +1,69 @@
+#include "models/tokenizer.h"
+
+#include "absl/strings/str_cat.h"
+#include "base/file_util.h"
+#include "base/status_macros.h"
+#include "models/tokenizer_spm.h"
+
+namespace mesa {
+
+Tokenizer::~Tokenizer() = default;
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::filesystem::path& path,
+                                                           int32_t vocab_size) {
+  MESA_ASSIGN_OR_RETURN(std::string bytes, ReadFileToString(path, 256u << 20));
+  return FromSerialized(bytes, vocab_size, path.string());
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromSerialized(std::string_view bytes,
+                                                                     int32_t vocab_size,
+                                                                     const std::string& source) {
+  std::string error;
+  std::unique_ptr<spm::Processor> sp = spm::LoadFromSerialized(bytes, &error);
+  if (sp == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": not a valid sentencepiece model: ", error));
+  }
+  if (sp->PieceSize() > vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": tokenizer has ", sp->PieceSize(),
+                                                   " pieces but the model's vocab_size is ",
+                                                   vocab_size));
+  }
+  std::unique_ptr<Tokenizer> t(new Tokenizer());
+  t->sp_ = std::move(sp);
+  t->source_ = source;
+  return t;
+}
+
+absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text) const {
+  std::vector<int> ids;
+  std::string error;
+  if (!sp_->Encode(text, &ids, &error)) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot tokenize text: ", error));
+  }
+  return std::vector<int32_t>(ids.begin(), ids.end());
+}
+
+absl::StatusOr<std::string> Tokenizer::Decode(const std::vector<int32_t>& ids) const {
+  const int32_t n = sp_->PieceSize();
+  for (int32_t id : ids) {
+    if (id < 0 || id >= n) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("token id ", id, " is outside the tokenizer's pieces [0, ", n, ")"));
+    }
+  }
+  std::string text, error;
+  if (!sp_->Decode(std::vector<int>(ids.begin(), ids.end()), &text, &error)) {
+    return absl::InternalError(absl::StrCat("cannot detokenize: ", error));
+  }
+  return text;
+}
+
+std::string Tokenizer::IdToPiece(int32_t id) const {
+  if (id < 0 || id >= sp_->PieceSize()) return "";
+  return sp_->IdToPiece(id);
+}
+
+int32_t Tokenizer::piece_count() const { return sp_->PieceSize(); }
+
+}  // namespace mesa

@@ -1,0 +1,38 @@
+// Incremental detokenization that is safe to stream: text is released only once it can no
+// longer change, so a character split over several byte-fallback tokens is never emitted
+// half-written, and word-initial spaces are kept (sentencepiece drops the leading space of
+// the first piece it decodes, so each step decodes with a few tokens of left context).
+// Not thread-safe: one per stream.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "models/tokenizer.h"
+
+namespace mesa {
+
+class StreamDecoder {
+ public:
+  // `context` is the text's preceding tokens (the prompt); its last few are used for context.
+  StreamDecoder(const Tokenizer& tokenizer, const std::vector<int32_t>& context);
+
+  // Appends one token and returns the newly final text (often empty while bytes are pending).
+  absl::StatusOr<std::string> Push(int32_t token);
+  // Returns whatever is still held back (an incomplete character decodes to U+FFFD).
+  absl::StatusOr<std::string> Flush();
+
+ private:
+  const Tokenizer& tokenizer_;
+  std::vector<int32_t> ids_;
+  size_t prefix_ = 0;  // start of the context window
+  size_t read_ = 0;    // tokens whose text has been released
+};
+
+// True if `text` ends with U+FFFD, which is what sentencepiece yields for a byte sequence that
+// is not (yet) complete UTF-8.
+bool EndsWithReplacementChar(const std::string& text);
+
+}  // namespace mesa
