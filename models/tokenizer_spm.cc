@@ -2,6 +2,12 @@
 
 #include <sentencepiece_processor.h>
 
+// sentencepiece's logger prints INFO lines (e.g. about identity normalisation) on every load;
+// its setter is not in the public header of 0.1.97.
+namespace sentencepiece::logging {
+void SetMinLogLevel(int v);
+}  // namespace sentencepiece::logging
+
 namespace mesa::spm {
 namespace {
 
@@ -47,6 +53,7 @@ class SpmProcessor final : public Processor {
 }  // namespace
 
 std::unique_ptr<Processor> LoadFromSerialized(std::string_view model_bytes, std::string* error) {
+  sentencepiece::logging::SetMinLogLevel(1);  // warnings and above
   auto p = std::make_unique<SpmProcessor>();
   if (!p->Load(model_bytes, error)) return nullptr;
   return p;

@@ -675,14 +675,28 @@ TEST(SafetensorsConvertTest, RejectsWrongOutputSize) {
 // Files on disk.
 // ---------------------------------------------------------------------------------------------
 
-std::filesystem::path TempPath(std::string_view name) {
-  const std::filesystem::path dir =
-      std::filesystem::path(::testing::TempDir()) /
-      absl::StrCat("safetensors_test_", ::testing::UnitTest::GetInstance()->random_seed(), "_",
-                   ::getpid());
-  std::filesystem::create_directories(dir);
-  return dir / name;
-}
+// Gives each test its own directory under TempDir() and removes it afterwards.
+class TempDirTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = std::filesystem::path(::testing::TempDir()) /
+           absl::StrCat("safetensors_test_", ::getpid(), "_", info->name());
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override {
+    std::error_code ignored;
+    std::filesystem::remove_all(dir_, ignored);
+  }
+  std::filesystem::path TempPath(std::string_view name) const { return dir_ / name; }
+
+ private:
+  std::filesystem::path dir_;
+};
+
+using SafetensorsOpenTest = TempDirTest;
+using MappedFileTest = TempDirTest;
 
 void WriteBytes(const std::filesystem::path& path, const std::vector<uint8_t>& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -691,7 +705,7 @@ void WriteBytes(const std::filesystem::path& path, const std::vector<uint8_t>& b
   ASSERT_TRUE(out.good()) << path;
 }
 
-TEST(SafetensorsOpenTest, OpensFileWrittenByWriter) {
+TEST_F(SafetensorsOpenTest, OpensFileWrittenByWriter) {
   const std::filesystem::path path = TempPath("model.safetensors");
   SafetensorsWriter writer;
   writer.AddBf16("model.norm.weight", {3}, std::vector<float>{1.0f, -0.5f, 2.0f});
@@ -713,10 +727,9 @@ TEST(SafetensorsOpenTest, OpensFileWrittenByWriter) {
   std::vector<float> embed(2);
   ASSERT_TRUE(CopyTensorToFloat(file, *file.Find("model.embed"), absl::MakeSpan(embed)).ok());
   EXPECT_EQ(embed, (std::vector<float>{0.25f, 8.0f}));
-  std::filesystem::remove(path);
 }
 
-TEST(SafetensorsOpenTest, MissingFileNamesPath) {
+TEST_F(SafetensorsOpenTest, MissingFileNamesPath) {
   const std::filesystem::path path = TempPath("does_not_exist.safetensors");
   absl::StatusOr<SafetensorsFile> file = SafetensorsFile::Open(path);
   ASSERT_FALSE(file.ok());
@@ -724,7 +737,7 @@ TEST(SafetensorsOpenTest, MissingFileNamesPath) {
               path.string());
 }
 
-TEST(SafetensorsOpenTest, TruncatedFileOnDiskIsDataLoss) {
+TEST_F(SafetensorsOpenTest, TruncatedFileOnDiskIsDataLoss) {
   SafetensorsWriter writer;
   writer.AddFloat32("w", {4}, std::vector<float>{1, 2, 3, 4});
   std::vector<uint8_t> bytes = writer.Serialize();
@@ -743,10 +756,9 @@ TEST(SafetensorsOpenTest, TruncatedFileOnDiskIsDataLoss) {
   ASSERT_FALSE(file.ok());
   ExpectError(file.status(), absl::StatusCode::kDataLoss, {"exceeds the file's remaining 12 bytes"},
               path.string());
-  std::filesystem::remove(path);
 }
 
-TEST(SafetensorsOpenTest, EmptyFileAndDirectory) {
+TEST_F(SafetensorsOpenTest, EmptyFileAndDirectory) {
   const std::filesystem::path path = TempPath("empty.safetensors");
   WriteBytes(path, {});
   absl::StatusOr<MappedFile> mapped = MappedFile::Open(path);
@@ -755,7 +767,6 @@ TEST(SafetensorsOpenTest, EmptyFileAndDirectory) {
   absl::StatusOr<SafetensorsFile> file = SafetensorsFile::Open(path);
   ASSERT_FALSE(file.ok());
   ExpectError(file.status(), absl::StatusCode::kDataLoss, {"file is 0 bytes"}, path.string());
-  std::filesystem::remove(path);
 
   const std::filesystem::path dir = TempPath("a_directory");
   std::filesystem::create_directories(dir);
@@ -763,16 +774,15 @@ TEST(SafetensorsOpenTest, EmptyFileAndDirectory) {
   ASSERT_FALSE(file.ok());
   ExpectError(file.status(), absl::StatusCode::kInvalidArgument, {"not a regular file"},
               dir.string());
-  std::filesystem::remove(dir);
 }
 
-TEST(SafetensorsOpenTest, WriteFileErrorNamesPath) {
+TEST_F(SafetensorsOpenTest, WriteFileErrorNamesPath) {
   const std::filesystem::path path = TempPath("no_such_dir") / "x.safetensors";
   const absl::Status status = SafetensorsWriter().WriteFile(path);
   ExpectError(status, absl::StatusCode::kNotFound, {"No such file or directory"}, path.string());
 }
 
-TEST(MappedFileTest, MoveKeepsBytesAtSameAddress) {
+TEST_F(MappedFileTest, MoveKeepsBytesAtSameAddress) {
   const std::filesystem::path path = TempPath("mapped.bin");
   WriteBytes(path, {1, 2, 3, 4, 5});
   absl::StatusOr<MappedFile> mapped = MappedFile::Open(path);
@@ -786,7 +796,6 @@ TEST(MappedFileTest, MoveKeepsBytesAtSameAddress) {
   MappedFile assigned = std::move(moved);
   assigned = std::move(assigned);  // self-move leaves it usable
   EXPECT_EQ(assigned.bytes()[0], 1);
-  std::filesystem::remove(path);
 }
 
 // ---------------------------------------------------------------------------------------------
