@@ -1,0 +1,108 @@
+"""The `mesaserve` command line, run as a user runs it, on a small random model."""
+import os
+import shutil
+import subprocess
+import tempfile
+import unittest
+
+import numpy as np
+
+MESASERVE = os.environ["MESASERVE"]
+MAKE_TEST_MODEL = os.environ["MAKE_TEST_MODEL"]
+TESTDATA = os.environ["TESTDATA"]
+
+
+def run(*args, check=True):
+    proc = subprocess.run([MESASERVE, *args], capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"mesaserve {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+class CliTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="mesa_cli_")
+        cls.model = os.path.join(cls.tmp, "model")
+        subprocess.run([MAKE_TEST_MODEL, cls.model, os.path.join(TESTDATA, "tokenizer", "tiny.model")],
+                       check=True)
+        cls.bare = os.path.join(cls.tmp, "bare")  # no tokenizer.model
+        subprocess.run([MAKE_TEST_MODEL, cls.bare], check=True)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def test_generate_is_deterministic_for_a_seed(self):
+        args = ["generate", "--model", self.model, "--prompt", "The license", "--max-new-tokens", "20",
+                "--seed", "7", "--temperature", "1.0"]
+        a = run(*args).stdout
+        b = run(*args).stdout
+        self.assertEqual(a, b)
+        self.assertTrue(a.startswith("The license"))
+        self.assertGreater(len(a), len("The license\n"))
+        c = run(*args[:-4], "--seed", "8", "--temperature", "1.0").stdout
+        self.assertNotEqual(a, c)
+
+    def test_generate_greedy_with_stats(self):
+        proc = run("generate", "--model", self.model, "--prompt", "Hello", "--max-new-tokens", "8",
+                   "--temperature", "0", "--stats", "--cg-mode", "fixed")
+        self.assertIn("prefill:", proc.stderr)
+        self.assertIn("decode:", proc.stderr)
+        self.assertIn("mean 30.00 CG iterations", proc.stderr)
+
+    def test_logits_prefill_and_decode_paths(self):
+        ids = "1,5,17,42,99,3,7,200,150,11"
+        out_p = os.path.join(self.tmp, "p.npy")
+        out_d = os.path.join(self.tmp, "d.npy")
+        run("logits", "--model", self.bare, "--token-ids", ids, "--cg-mode", "fixed", "--out", out_p)
+        run("logits", "--model", self.bare, "--token-ids", ids, "--decode-from", "4", "--cg-mode", "fixed",
+            "--out", out_d)
+        p = np.load(out_p)
+        d = np.load(out_d)
+        self.assertEqual(p.shape, (10, 400))
+        self.assertEqual(p.dtype, np.float32)
+        np.testing.assert_array_equal(p[:4], d[:4])
+        rel = np.sqrt(((p[4:] - d[4:]) ** 2).mean()) / np.sqrt((p[4:] ** 2).mean())
+        self.assertLess(rel, 1e-2)
+        self.assertGreater(float(np.abs(p).max()), 0.0)
+
+    def test_logits_errors_name_the_value(self):
+        proc = run("logits", "--model", self.bare, "--token-ids", "1,2,999", "--out",
+                   os.path.join(self.tmp, "x.npy"), check=False)
+        self.assertEqual(proc.returncode, 1)
+        self.assertIn("token id 999", proc.stderr)
+        proc = run("logits", "--model", self.bare, "--token-ids", "1,2", "--decode-from", "5", "--out",
+                   os.path.join(self.tmp, "x.npy"), check=False)
+        self.assertIn("--decode-from 5", proc.stderr)
+        proc = run("logits", "--model", self.bare, "--token-ids", "1,x", "--out", "y.npy", check=False)
+        self.assertIn("'x' is not an integer", proc.stderr)
+        proc = run("logits", "--model", self.bare, "--token-ids", "1", "--cg-mode", "fast", "--out", "y.npy",
+                   check=False)
+        self.assertIn("CG mode 'fast'", proc.stderr)
+        proc = run("generate", "--model", self.bare, "--prompt", "x", check=False)
+        self.assertIn("no tokenizer.model", proc.stderr)
+        proc = run("generate", "--model", self.model, "--top-p", "1.5", check=False)
+        self.assertIn("top_p = 1.5", proc.stderr)
+        proc = run("generate", "--bogus", check=False)
+        self.assertIn("unknown flag --bogus", proc.stderr)
+        proc = run("frobnicate", check=False)
+        self.assertEqual(proc.returncode, 2)
+
+    def test_perplexity_reports_cg_statistics(self):
+        text = os.path.join(self.tmp, "text.txt")
+        with open(text, "w") as f:
+            f.write("This is a small text for the perplexity command. " * 20)
+        proc = run("perplexity", "--model", self.model, "--file", text, "--window", "64")
+        self.assertRegex(proc.stdout, r"perplexity \d+\.\d+")
+        self.assertIn("CG iterations per head-token", proc.stdout)
+        self.assertNotIn("[###", proc.stderr)  # no progress bar when stderr is not a terminal
+
+    def test_help(self):
+        for cmd in ("generate", "logits", "perplexity"):
+            proc = run(cmd, "--help")
+            self.assertIn("--model", proc.stdout)
+
+
+if __name__ == "__main__":
+    unittest.main()
