@@ -4,7 +4,7 @@
 
 namespace mesa {
 
-float Fp16ToFloat(uint16_t h) {
+float Fp16ToFloatSoft(uint16_t h) {
   const uint32_t sign = (h & 0x8000u) << 16;
   const uint32_t exp = (h >> 10) & 0x1fu;
   const uint32_t mant = h & 0x3ffu;
@@ -13,7 +13,7 @@ float Fp16ToFloat(uint16_t h) {
     if (mant == 0) {
       bits = sign;
     } else {  // subnormal: value = mant * 2^-24
-      float f = std::ldexp(static_cast<float>(mant), -24);
+      float f = static_cast<float>(mant) * 5.9604644775390625e-8f;  // 2^-24, exact
       std::memcpy(&bits, &f, sizeof(bits));
       bits |= sign;
     }
@@ -27,7 +27,7 @@ float Fp16ToFloat(uint16_t h) {
   return out;
 }
 
-uint16_t FloatToFp16(float f) {
+uint16_t FloatToFp16Soft(float f) {
   uint32_t bits;
   std::memcpy(&bits, &f, sizeof(bits));
   const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);

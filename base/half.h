@@ -6,6 +6,10 @@
 #include <cstdint>
 #include <cstring>
 
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
 namespace mesa {
 
 inline float Bf16ToFloat(uint16_t h) {
@@ -26,8 +30,19 @@ inline uint16_t FloatToBf16(float f) {
 // The float nearest to `f` that a bf16 can hold.
 inline float RoundBf16(float f) { return Bf16ToFloat(FloatToBf16(f)); }
 
-float Fp16ToFloat(uint16_t h);
-uint16_t FloatToFp16(float f);
+// Portable conversions (exact, round to nearest even).
+float Fp16ToFloatSoft(uint16_t h);
+uint16_t FloatToFp16Soft(float f);
+
+#if defined(__F16C__)
+// F16C (part of x86-64-v3) converts in one instruction each way; this sits on the hot path
+// of the prefill kernel, which emulates fla's fp16 rounding points.
+inline float Fp16ToFloat(uint16_t h) { return _cvtsh_ss(h); }
+inline uint16_t FloatToFp16(float f) { return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
+#else
+inline float Fp16ToFloat(uint16_t h) { return Fp16ToFloatSoft(h); }
+inline uint16_t FloatToFp16(float f) { return FloatToFp16Soft(f); }
+#endif
 
 // The float nearest to `f` that an IEEE fp16 can hold (overflow gives +-inf, as on a GPU).
 inline float RoundFp16(float f) { return Fp16ToFloat(FloatToFp16(f)); }

@@ -18,13 +18,6 @@ namespace {
 constexpr int64_t kMaxGemvRows = 8;   // up to this many inputs share one pass over W
 constexpr int64_t kPanelRows = 64;    // rows of W converted to fp32 at a time for sgemm
 
-// Our OpenMP threads call sgemm on independent panels, so OpenBLAS itself must not spawn
-// threads (nested pools oversubscribe the cores).
-void InitBlasThreads() {
-  static std::once_flag once;
-  std::call_once(once, [] { openblas_set_num_threads(1); });
-}
-
 inline float Bf16Bits(uint16_t h) {
   uint32_t bits = static_cast<uint32_t>(h) << 16;
   float f;
@@ -115,6 +108,11 @@ void PanelGemm(float* y, const float* x, int64_t m, const uint16_t* w, int64_t n
 }
 
 }  // namespace
+
+void InitBlasThreads() {
+  static std::once_flag once;
+  std::call_once(once, [] { openblas_set_num_threads(1); });
+}
 
 void MatMulBf16(float* y, const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k) {
   if (m <= 0 || n <= 0) return;

@@ -10,6 +10,10 @@ namespace mesa::cpu {
 // Small m (decode) streams each weight row once for all m inputs; larger m (prefill)
 // converts 64-row panels of W to fp32 and runs single-threaded OpenBLAS sgemm per panel,
 // with the panels spread over the OpenMP threads.
+// Makes OpenBLAS single-threaded (once): our OpenMP threads call it on independent blocks,
+// and nested thread pools would oversubscribe the cores.
+void InitBlasThreads();
+
 void MatMulBf16(float* y, const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k);
 
 }  // namespace mesa::cpu

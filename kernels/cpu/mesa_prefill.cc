@@ -1,10 +1,13 @@
 #include "kernels/cpu/mesa_prefill.h"
 
+#include <cblas.h>
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "base/half.h"
+#include "kernels/cpu/matmul.h"
 
 namespace mesa::cpu {
 namespace {
@@ -48,39 +51,38 @@ struct ChunkScratch {
 // out[t] = sum_{s<=t} round(M_ts * (round16(in_t) . kc_s)) * rhs_s + round16(e_t in_t) hbar
 // (+ lambda . in_t when lambda != nullptr). This is the chunk form of (H_t [+ diag lambda]) in_t
 // for the CG operator (rhs = kc, hbar = hbar_kk) and of H_kv,t^T in_t for the readout
-// (rhs = v, hbar = hbar_kv, scores rounded to bf16 as fla does there).
+// (rhs = v, hbar = hbar_kv, scores rounded to bf16 as fla does there). The three products
+// run as sgemm; fla's rounding points are applied elementwise between them.
 void ApplyChunkOperator(ChunkScratch& s, const float* in, const float* rhs, const float* hbar,
                         const float* lambda, bool bf16_scores, float* out) {
   const int32_t C = s.c, K = s.k;
-  // Intra-chunk scores.
+  constexpr int32_t L = kPrefillChunk;  // leading dimension of the [C, C] score block
+  float* tmp = s.tmp.data();
+  float* scores = s.scores.data();
+  for (int32_t i = 0; i < C * K; ++i) tmp[i] = s.H(in[i]);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, C, C, K, 1.0f, tmp, K, s.kc.data(), K,
+              0.0f, scores, L);
   for (int32_t t = 0; t < C; ++t) {
-    float* row_tmp = s.tmp.data() + static_cast<int64_t>(t) * K;
-    for (int32_t j = 0; j < K; ++j) row_tmp[j] = s.H(in[t * K + j]);
+    float* row = scores + t * L;
+    const float* m = s.m.data() + t * L;
     for (int32_t u = 0; u <= t; ++u) {
-      const float* ku = s.kc.data() + static_cast<int64_t>(u) * K;
-      float dot = 0.0f;
-      for (int32_t j = 0; j < K; ++j) dot += row_tmp[j] * ku[j];
-      float val = s.m[t * kPrefillChunk + u] * dot;
+      float val = m[u] * row[u];
       if (s.fixed) val = bf16_scores ? RoundBf16(val) : RoundFp16(val);
-      s.scores[t * kPrefillChunk + u] = val;
+      row[u] = val;
     }
+    for (int32_t u = t + 1; u < C; ++u) row[u] = 0.0f;
   }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, K, C, 1.0f, scores, L, rhs, K, 0.0f,
+              out, K);
+  // Chunk-start state term: sum_i round16(e_t in_t[i]) hbar[i][j].
   for (int32_t t = 0; t < C; ++t) {
-    float* o = out + static_cast<int64_t>(t) * K;
-    for (int32_t j = 0; j < K; ++j) o[j] = 0.0f;
-    for (int32_t u = 0; u <= t; ++u) {
-      const float sc = s.scores[t * kPrefillChunk + u];
-      const float* ru = rhs + static_cast<int64_t>(u) * K;
-      for (int32_t j = 0; j < K; ++j) o[j] += sc * ru[j];
-    }
-    // Chunk-start state term: sum_i round16(e_t in_t[i]) hbar[i][j].
-    for (int32_t i = 0; i < K; ++i) {
-      const float a = s.H(s.e[t] * in[t * K + i]);
-      const float* hrow = hbar + static_cast<int64_t>(i) * K;
-      for (int32_t j = 0; j < K; ++j) o[j] += a * hrow[j];
-    }
-    if (lambda != nullptr) {
-      for (int32_t j = 0; j < K; ++j) o[j] += lambda[j] * in[t * K + j];
+    for (int32_t i = 0; i < K; ++i) tmp[t * K + i] = s.H(s.e[t] * in[t * K + i]);
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, K, K, 1.0f, tmp, K, hbar, K, 1.0f,
+              out, K);
+  if (lambda != nullptr) {
+    for (int32_t t = 0; t < C; ++t) {
+      for (int32_t j = 0; j < K; ++j) out[t * K + j] += lambda[j] * in[t * K + j];
     }
   }
 }
@@ -219,20 +221,10 @@ void PrefillHead(const MesaPrefillParams& p, int32_t h, ChunkScratch& s, int32_t
       skk[i] *= gamma;
       skv[i] *= gamma;
     }
-    for (int32_t t = 0; t < c; ++t) {
-      const float* u = &s.tmp[t * K];
-      const float* kt = &s.kc[t * K];
-      const float* vt = &s.vh[t * K];
-      for (int32_t i = 0; i < K; ++i) {
-        const float ui = u[i];
-        float* rkk = skk + static_cast<int64_t>(i) * K;
-        float* rkv = skv + static_cast<int64_t>(i) * K;
-        for (int32_t j = 0; j < K; ++j) {
-          rkk[j] += ui * kt[j];
-          rkv[j] += ui * vt[j];
-        }
-      }
-    }
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, K, c, 1.0f, s.tmp.data(), K,
+                s.kc.data(), K, 1.0f, skk, K);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, K, c, 1.0f, s.tmp.data(), K,
+                s.vh.data(), K, 1.0f, skv, K);
     t0 += c;
   }
 }
@@ -241,6 +233,7 @@ void PrefillHead(const MesaPrefillParams& p, int32_t h, ChunkScratch& s, int32_t
 
 void MesaPrefill(const MesaPrefillParams& p) {
   if (p.seq_len <= 0) return;
+  InitBlasThreads();
   const int32_t H = p.num_heads;
   std::vector<int32_t> local_iters;
   std::vector<float> local_residual;
