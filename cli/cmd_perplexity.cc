@@ -6,9 +6,11 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 
 #include "absl/strings/str_format.h"
 #include "base/file_util.h"
+#include "cli/cg_histogram.h"
 #include "cli/cg_summary.h"
 #include "cli/commands.h"
 #include "cli/model_setup.h"
@@ -37,11 +39,13 @@ int RunPerplexity(const std::vector<std::string>& args) {
   ModelFlags model_flags;
   std::string file;
   int64_t window = 512, max_tokens = 0;
+  std::string report_path;
   bool progress = isatty(STDERR_FILENO);
   AddModelFlags(flags, &model_flags);
   flags.String("file", &file, "text file to evaluate");
   flags.Int("window", &window, "tokens per window (each starts from an empty state)");
   flags.Int("max-tokens", &max_tokens, "evaluate only the first N tokens; 0 = all");
+  flags.String("report", &report_path, "write a JSON report (CG iteration distributions by layer and position)");
   flags.Bool("progress", &progress, "draw a progress bar on stderr (default: when stderr is a terminal)");
   if (absl::Status s = flags.Parse(args); !s.ok()) return Fail(std::string(s.message()));
   if (flags.help_requested()) {
@@ -68,6 +72,7 @@ int RunPerplexity(const std::vector<std::string>& args) {
   const int64_t vocab = config.vocab_size;
   const CgControl cg = PrefillCgControl(loaded->cg, config);
   CgSummary summary;
+  CgHistogram histogram(config.num_hidden_layers, cg.max_iters);
   double nll = 0.0;
   int64_t predicted = 0;
   const auto t0 = std::chrono::steady_clock::now();
@@ -84,6 +89,7 @@ int RunPerplexity(const std::vector<std::string>& args) {
     PrefillResult res;
     if (absl::Status s = runner.Prefill({&req, 1}, {&res, 1}); !s.ok()) return Fail(std::string(s.message()));
     summary.Add(res.stats, cg.max_iters, cg.mode == CgMode::kAdaptive);
+    histogram.Add(res.stats, 0);
     for (int64_t t = 0; t + 1 < len; ++t) {
       const float* row = res.logits.data() + t * vocab;
       float mx = row[0];
@@ -108,6 +114,24 @@ int RunPerplexity(const std::vector<std::string>& args) {
   std::printf("cg mode %s, tol %g, cap %d: %s\n", CgModeName(cg.mode), cg.tol, cg.max_iters,
               summary.Format().c_str());
   std::printf("time %.2f s (%.1f tokens/s)\n", seconds, total / seconds);
+  if (!report_path.empty()) {
+    nlohmann::json report;
+    report["file"] = file;
+    report["model"] = model_flags.model;
+    report["window"] = window;
+    report["tokens"] = total;
+    report["predicted_tokens"] = predicted;
+    report["mean_nll"] = mean_nll;
+    report["perplexity"] = std::exp(mean_nll);
+    report["cg_mode"] = CgModeName(cg.mode);
+    report["cg_tol"] = cg.tol;
+    report["cg_cap"] = cg.max_iters;
+    report["seconds"] = seconds;
+    report["cg"] = histogram.ToJson();
+    std::ofstream out(report_path);
+    out << report.dump(1) << "\n";
+    if (!out) return Fail("cannot write --report " + report_path);
+  }
   return 0;
 }
 
