@@ -27,6 +27,18 @@ inline uint16_t FloatToBf16(float f) {
   return static_cast<uint16_t>(bits >> 16);
 }
 
+// `f` as a tensor core reads an fp32 operand in TF32 mode: the low 13 mantissa bits are
+// dropped (truncation), leaving 10. Matches fla's fp32 tl.dot products more closely than
+// round-to-nearest does (checked against the fla goldens).
+inline float RoundTf32(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof(bits));
+  if ((bits & 0x7f800000u) != 0x7f800000u) bits &= 0xffffe000u;
+  float out;
+  std::memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+
 // The float nearest to `f` that a bf16 can hold.
 inline float RoundBf16(float f) { return Bf16ToFloat(FloatToBf16(f)); }
 
@@ -46,5 +58,40 @@ inline uint16_t FloatToFp16(float f) { return FloatToFp16Soft(f); }
 
 // The float nearest to `f` that an IEEE fp16 can hold (overflow gives +-inf, as on a GPU).
 inline float RoundFp16(float f) { return Fp16ToFloat(FloatToFp16(f)); }
+
+// How a computed fp32 value is stored: the model's activation dtype, or an operand format of
+// a tensor-core product. kTf32 keeps 10 mantissa bits (RoundTf32).
+enum class Rounding { kNone, kBf16, kFp16, kTf32 };
+
+inline float ApplyRounding(float x, Rounding rounding) {
+  switch (rounding) {
+    case Rounding::kNone: return x;
+    case Rounding::kBf16: return RoundBf16(x);
+    case Rounding::kFp16: return RoundFp16(x);
+    case Rounding::kTf32: return RoundTf32(x);
+  }
+  return x;
+}
+
+// A model's compute dtype (config.json "torch_dtype"/"dtype") and the storage of its weights.
+enum class ScalarType { kBf16, kFp16, kFp32 };
+
+inline Rounding RoundingFor(ScalarType t) {
+  switch (t) {
+    case ScalarType::kBf16: return Rounding::kBf16;
+    case ScalarType::kFp16: return Rounding::kFp16;
+    case ScalarType::kFp32: return Rounding::kNone;
+  }
+  return Rounding::kNone;
+}
+
+inline const char* ScalarTypeName(ScalarType t) {
+  switch (t) {
+    case ScalarType::kBf16: return "bfloat16";
+    case ScalarType::kFp16: return "float16";
+    case ScalarType::kFp32: return "float32";
+  }
+  return "?";
+}
 
 }  // namespace mesa

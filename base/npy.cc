@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/file_util.h"
+#include "base/half.h"
 #include "base/status_macros.h"
 
 namespace mesa {
@@ -111,6 +112,15 @@ absl::StatusOr<NpyArray> ReadNpy(const std::filesystem::path& path) {
     if (avail < static_cast<size_t>(n) * 4) return Malformed(path, "truncated data");
     a.f32.resize(n);
     std::memcpy(a.f32.data(), data, n * 4);
+  } else if (a.descr == "<f2") {
+    // Half-precision storage of bf16 logits (exact for magnitudes in fp16's normal range).
+    if (avail < static_cast<size_t>(n) * 2) return Malformed(path, "truncated data");
+    a.f32.resize(n);
+    for (int64_t i = 0; i < n; ++i) {
+      uint16_t h;
+      std::memcpy(&h, data + 2 * i, 2);
+      a.f32[i] = Fp16ToFloat(h);
+    }
   } else if (a.descr == "<i4") {
     if (avail < static_cast<size_t>(n) * 4) return Malformed(path, "truncated data");
     std::vector<int32_t> v(n);

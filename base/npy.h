@@ -13,8 +13,8 @@ namespace mesa {
 
 struct NpyArray {
   std::vector<int64_t> shape;
-  std::string descr;             // "<f4", "<i4", "<i8"
-  std::vector<float> f32;        // filled for "<f4"
+  std::string descr;             // "<f4", "<f2", "<i4", "<i8"
+  std::vector<float> f32;        // filled for "<f4" and "<f2"
   std::vector<int64_t> ints;     // filled for "<i4" / "<i8"
   int64_t num_elements() const;
 };

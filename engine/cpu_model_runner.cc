@@ -26,7 +26,11 @@ struct LayerStateLayout {
 class CpuModelRunner final : public ModelRunner {
  public:
   CpuModelRunner(MesaWeights weights, const CpuRunnerOptions& options)
-      : w_(std::move(weights)), c_(w_.config), options_(options), inproj_(InProjLayout::For(c_)) {
+      : w_(std::move(weights)),
+        c_(w_.config),
+        options_(options),
+        inproj_(InProjLayout::For(c_)),
+        act_(RoundingFor(c_.dtype)) {
     const int64_t kk = static_cast<int64_t>(c_.num_heads) * c_.head_dim * c_.head_dim;
     const int64_t conv = static_cast<int64_t>(c_.conv_size - 1) * c_.key_dim();
     layer_.h_kk = 0;
@@ -83,23 +87,22 @@ class CpuModelRunner final : public ModelRunner {
   void Embed(const int32_t* tokens, int64_t n, float* x) const {
     const int64_t d = c_.hidden_size;
     for (int64_t i = 0; i < n; ++i) {
-      const uint16_t* row = w_.embeddings.row(tokens[i]);
-      for (int64_t j = 0; j < d; ++j) x[i * d + j] = Bf16ToFloat(row[j]);
+      for (int64_t j = 0; j < d; ++j) x[i * d + j] = w_.embeddings.at(tokens[i], j);
     }
   }
 
-  // u = attn_norm(x); proj = bf16(u W_in^T (+ bias for the gates)).
+  // u = attn_norm(x); proj = round(u W_in^T (+ bias for the gates)).
   void InputProjections(const MesaLayerWeights& l, int64_t n) {
     const int64_t d = c_.hidden_size, rows = inproj_.rows;
-    cpu::RmsNorm(u_.data(), x_.data(), l.attn_norm.data(), n, d, c_.norm_eps);
-    cpu::MatMulBf16(proj_.data(), u_.data(), n, l.in_proj.data.data(), rows, d);
+    cpu::RmsNorm(u_.data(), x_.data(), l.attn_norm.data(), n, d, c_.norm_eps, act_);
+    cpu::MatMul(proj_.data(), u_.data(), n, l.in_proj.data(), l.in_proj.type, rows, d);
     for (int64_t i = 0; i < n; ++i) {
       float* pr = proj_.data() + i * rows;
       for (int64_t j = 0; j < rows; ++j) {
         float bias = 0.0f;
         if (j >= inproj_.a && j < inproj_.a + c_.num_heads) bias = l.a_bias[j - inproj_.a];
         if (j >= inproj_.b) bias = l.b_bias[j - inproj_.b];
-        pr[j] = RoundBf16(pr[j] + bias);
+        pr[j] = Round(pr[j] + bias);
       }
     }
   }
@@ -108,7 +111,7 @@ class CpuModelRunner final : public ModelRunner {
   void FinishLayer(const MesaLayerWeights& l, int64_t n) {
     const int64_t d = c_.hidden_size, dk = c_.key_dim(), inter = c_.intermediate_size;
     const int64_t rows = inproj_.rows;
-    // Gate values z (bf16) are read with the proj row stride; copy them contiguous.
+    // Gate values z are read with the proj row stride; copy them contiguous.
     const float* z = nullptr;
     if (c_.use_output_gate) {
       for (int64_t i = 0; i < n; ++i) {
@@ -117,38 +120,40 @@ class CpuModelRunner final : public ModelRunner {
       z = gate_.data();
     }
     cpu::HeadRmsNorm(mix_.data(), mix_.data(), z, l.o_norm.data(), n, c_.num_heads, c_.head_dim,
-                     c_.norm_eps);
-    cpu::MatMulBf16(u_.data(), mix_.data(), n, l.o_proj.data.data(), d, dk);
-    for (int64_t i = 0; i < n * d; ++i) u_[i] = RoundBf16(u_[i]);
+                     c_.norm_eps, act_);
+    cpu::MatMul(u_.data(), mix_.data(), n, l.o_proj.data(), l.o_proj.type, d, dk);
+    for (int64_t i = 0; i < n * d; ++i) u_[i] = Round(u_[i]);
     // u_ = attention output a; x_ = block input h.
     if (c_.fuse_norm) {
       cpu::FusedAddRmsNorm(u_.data(), x_.data(), u_.data(), x_.data(), l.mlp_norm.data(), n, d,
-                           c_.norm_eps);
+                           c_.norm_eps, act_);
     } else {
-      for (int64_t i = 0; i < n * d; ++i) x_[i] = RoundBf16(x_[i] + u_[i]);
-      cpu::RmsNorm(u_.data(), x_.data(), l.mlp_norm.data(), n, d, c_.norm_eps);
+      for (int64_t i = 0; i < n * d; ++i) x_[i] = Round(x_[i] + u_[i]);
+      cpu::RmsNorm(u_.data(), x_.data(), l.mlp_norm.data(), n, d, c_.norm_eps, act_);
     }
-    cpu::MatMulBf16(mlp_.data(), u_.data(), n, l.gate_up.data.data(), 2 * inter, d);
+    cpu::MatMul(mlp_.data(), u_.data(), n, l.gate_up.data(), l.gate_up.type, 2 * inter, d);
     for (int64_t i = 0; i < n; ++i) {
       float* g = &mlp_[i * 2 * inter];
       float* up = g + inter;
       for (int64_t j = 0; j < inter; ++j) {
-        act_[i * inter + j] = RoundBf16(cpu::Silu(RoundBf16(g[j])) * RoundBf16(up[j]));
+        act_buf_[i * inter + j] = Round(cpu::Silu(Round(g[j])) * Round(up[j]));
       }
     }
-    cpu::MatMulBf16(u_.data(), act_.data(), n, l.down.data.data(), d, inter);
-    for (int64_t i = 0; i < n * d; ++i) x_[i] = RoundBf16(x_[i] + RoundBf16(u_[i]));
+    cpu::MatMul(u_.data(), act_buf_.data(), n, l.down.data(), l.down.type, d, inter);
+    for (int64_t i = 0; i < n * d; ++i) x_[i] = Round(x_[i] + Round(u_[i]));
   }
 
   // logits[r] for the rows listed in `rows` of x_.
   void Logits(const std::vector<int64_t>& rows, float* logits) {
     const int64_t d = c_.hidden_size, n = static_cast<int64_t>(rows.size());
     for (int64_t i = 0; i < n; ++i) std::memcpy(&u_[i * d], &x_[rows[i] * d], d * sizeof(float));
-    cpu::RmsNorm(u_.data(), u_.data(), w_.final_norm.data(), n, d, c_.norm_eps);
-    const Bf16Matrix& out = w_.output_matrix();
-    cpu::MatMulBf16(logits, u_.data(), n, out.data.data(), out.rows, d);
-    for (int64_t i = 0; i < n * out.rows; ++i) logits[i] = RoundBf16(logits[i]);
+    cpu::RmsNorm(u_.data(), u_.data(), w_.final_norm.data(), n, d, c_.norm_eps, act_);
+    const WeightMatrix& out = w_.output_matrix();
+    cpu::MatMul(logits, u_.data(), n, out.data(), out.type, out.rows, d);
+    for (int64_t i = 0; i < n * out.rows; ++i) logits[i] = Round(logits[i]);
   }
+
+  float Round(float x) const { return ApplyRounding(x, act_); }
 
   void EnsureWorkspace(int64_t n) {
     if (n <= workspace_rows_) return;
@@ -162,7 +167,7 @@ class CpuModelRunner final : public ModelRunner {
     mix_.resize(n * dk);
     gate_.resize(n * dk);
     mlp_.resize(n * 2 * inter);
-    act_.resize(n * inter);
+    act_buf_.resize(n * inter);
     log_decay_.resize(n * c_.num_heads);
     beta_.resize(n * c_.num_heads);
     iters_.resize(n * c_.num_heads);
@@ -177,13 +182,14 @@ class CpuModelRunner final : public ModelRunner {
   const MesaConfig& c_;
   CpuRunnerOptions options_;
   InProjLayout inproj_;
+  Rounding act_;  // the model dtype: where fla's model stores an activation
   LayerStateLayout layer_;
   int64_t slot_floats_ = 0;
   std::vector<float> states_;
   std::vector<int64_t> positions_;
 
   int64_t workspace_rows_ = 0;
-  std::vector<float> x_, u_, proj_, q_, k_, v_, mix_, gate_, mlp_, act_, log_decay_, beta_, residual_;
+  std::vector<float> x_, u_, proj_, q_, k_, v_, mix_, gate_, mlp_, act_buf_, log_decay_, beta_, residual_;
   std::vector<int32_t> iters_;
 };
 
@@ -200,9 +206,9 @@ absl::Status CpuModelRunner::PrefillSegment(const PrefillRequest& req,
     float* state = LayerState(req.slot, layer);
     InputProjections(l, n);
     cpu::ShortConvSilu(q_.data(), dk, proj_.data() + inproj_.q, rows, n, dk, l.q_conv.data(), W,
-                       state + layer_.conv_q);
+                       state + layer_.conv_q, act_);
     cpu::ShortConvSilu(k_.data(), dk, proj_.data() + inproj_.k, rows, n, dk, l.k_conv.data(), W,
-                       state + layer_.conv_k);
+                       state + layer_.conv_k, act_);
     // fla's chunk path writes the normalised q and k as fp16.
     cpu::L2NormHeads(q_.data(), n, H, K, dk, cpu::Rounding::kFp16);
     cpu::L2NormHeads(k_.data(), n, H, K, dk, cpu::Rounding::kFp16);
@@ -212,7 +218,6 @@ absl::Status CpuModelRunner::PrefillSegment(const PrefillRequest& req,
     p.seq_len = static_cast<int32_t>(n);
     p.num_heads = H;
     p.head_dim = K;
-    p.start = positions_[req.slot];
     p.h_kk = state + layer_.h_kk;
     p.h_kv = state + layer_.h_kv;
     p.q = q_.data();
@@ -224,6 +229,7 @@ absl::Status CpuModelRunner::PrefillSegment(const PrefillRequest& req,
     p.beta = beta_.data();
     p.lambda = l.lambda.data();
     p.cg = req.cg;
+    p.value_rounding = act_;
     p.out = mix_.data();
     p.ld_out = dk;
     p.cg_iters = iters_.data();
@@ -272,14 +278,13 @@ absl::Status CpuModelRunner::Prefill(absl::Span<const PrefillRequest> requests,
     } else {
       result->stats = CgStats{};
     }
-    // Split long prompts at chunk boundaries of the sequence so the math is unchanged.
+    // Split long prompts at multiples of the chunk size so the math is unchanged.
     const int64_t seg_max =
         std::max<int64_t>(cpu::kPrefillChunk, options_.max_prefill_segment / cpu::kPrefillChunk *
                                                   cpu::kPrefillChunk);
     int64_t done = 0;
     while (done < n) {
-      const int64_t pos = positions_[req.slot];
-      int64_t len = std::min(n - done, seg_max - pos % cpu::kPrefillChunk);
+      const int64_t len = std::min(n - done, seg_max);
       MESA_RETURN_IF_ERROR(PrefillSegment(req, req.tokens.subspan(done, len), done + len == n,
                                           done, result));
       done += len;
@@ -319,17 +324,17 @@ absl::Status CpuModelRunner::Decode(absl::Span<const DecodeRow> rows, DecodeResu
       float* state = pad ? nullptr : LayerState(rows[i].slot, layer);
       if (pad) std::fill(pad_conv.begin(), pad_conv.end(), 0.0f);
       cpu::ShortConvSilu(&q_[i * dk], dk, &proj_[i * prow + inproj_.q], prow, 1, dk,
-                         l.q_conv.data(), W, pad ? pad_conv.data() : state + layer_.conv_q);
+                         l.q_conv.data(), W, pad ? pad_conv.data() : state + layer_.conv_q, act_);
       if (pad) std::fill(pad_conv.begin(), pad_conv.end(), 0.0f);
       cpu::ShortConvSilu(&k_[i * dk], dk, &proj_[i * prow + inproj_.k], prow, 1, dk,
-                         l.k_conv.data(), W, pad ? pad_conv.data() : state + layer_.conv_k);
+                         l.k_conv.data(), W, pad ? pad_conv.data() : state + layer_.conv_k, act_);
       h_kk[i] = pad ? nullptr : state + layer_.h_kk;
       h_kv[i] = pad ? nullptr : state + layer_.h_kv;
       std::memcpy(&v_[i * dk], &proj_[i * prow + inproj_.v], dk * sizeof(float));
     }
-    // fla's one-step decode keeps the normalised q and k in bf16.
-    cpu::L2NormHeads(q_.data(), b, H, K, dk, cpu::Rounding::kBf16);
-    cpu::L2NormHeads(k_.data(), b, H, K, dk, cpu::Rounding::kBf16);
+    // fla's one-step decode keeps the normalised q and k in the model dtype.
+    cpu::L2NormHeads(q_.data(), b, H, K, dk, act_);
+    cpu::L2NormHeads(k_.data(), b, H, K, dk, act_);
     cpu::MesaGates(log_decay_.data(), beta_.data(), proj_.data() + inproj_.a,
                    proj_.data() + inproj_.b, b, H, prow);
     cpu::MesaDecodeParams p;
@@ -346,6 +351,7 @@ absl::Status CpuModelRunner::Decode(absl::Span<const DecodeRow> rows, DecodeResu
     p.lambda = l.lambda.data();
     p.cg = cg.data();
     p.out = mix_.data();
+    p.out_rounding = act_;
     p.cg_iters = iters_.data();
     p.cg_residual = residual_.data();
     cpu::MesaDecodeStep(p);

@@ -13,7 +13,7 @@ namespace mesa {
 struct CpuRunnerOptions {
   int32_t num_slots = 4;
   // Longest run of tokens pushed through one layer at a time; longer prompts are split at
-  // multiples of 64 so the result equals a single pass (bounds activation memory).
+  // multiples of the 64-token chunk so the result equals a single pass (bounds memory).
   int32_t max_prefill_segment = 1024;
 };
 

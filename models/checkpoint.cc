@@ -70,13 +70,44 @@ class TensorSource {
   std::map<std::string, Located> by_name_;
 };
 
-absl::StatusOr<Bf16Matrix> ToBf16Matrix(const Located& t) {
-  Bf16Matrix m;
-  m.rows = t.info->shape[0];
-  m.cols = t.info->shape.size() > 1 ? t.info->shape[1] : 1;
-  m.data.resize(static_cast<size_t>(t.info->num_elements()));
-  MESA_RETURN_IF_ERROR(CopyTensorToBf16(*t.file, *t.info, absl::MakeSpan(m.data)));
-  return m;
+// Copies a tensor's elements into `out` (which has room for them) as `type`: bf16 and fp16
+// sources convert exactly to fp32; other conversions round to nearest even.
+absl::Status CopyAs(const Located& t, ScalarType type, WeightMatrix& out, int64_t offset) {
+  const size_t n = static_cast<size_t>(t.info->num_elements());
+  switch (type) {
+    case ScalarType::kBf16:
+      return CopyTensorToBf16(*t.file, *t.info, absl::MakeSpan(out.half.data() + offset, n));
+    case ScalarType::kFp32:
+      return CopyTensorToFloat(*t.file, *t.info, absl::MakeSpan(out.full.data() + offset, n));
+    case ScalarType::kFp16: {
+      std::vector<float> tmp(n);
+      MESA_RETURN_IF_ERROR(CopyTensorToFloat(*t.file, *t.info, absl::MakeSpan(tmp)));
+      for (size_t i = 0; i < n; ++i) out.half[offset + i] = FloatToFp16(tmp[i]);
+      return absl::OkStatus();
+    }
+  }
+  return absl::InternalError("unknown scalar type");
+}
+
+// Stacks one or more [n_i, cols] tensors into one [sum n_i, cols] matrix of `type`.
+absl::StatusOr<WeightMatrix> ToMatrix(const std::vector<const Located*>& parts, ScalarType type) {
+  WeightMatrix out;
+  out.type = type;
+  const auto& first_shape = parts.front()->info->shape;
+  out.cols = first_shape.size() > 1 ? first_shape[1] : 1;
+  for (const Located* p : parts) out.rows += p->info->shape[0];
+  const size_t total = static_cast<size_t>(out.rows * out.cols);
+  if (type == ScalarType::kFp32) {
+    out.full.resize(total);
+  } else {
+    out.half.resize(total);
+  }
+  int64_t row = 0;
+  for (const Located* p : parts) {
+    MESA_RETURN_IF_ERROR(CopyAs(*p, type, out, row * out.cols));
+    row += p->info->shape[0];
+  }
+  return out;
 }
 
 absl::StatusOr<std::vector<float>> ToFloat(const Located& t) {
@@ -85,20 +116,12 @@ absl::StatusOr<std::vector<float>> ToFloat(const Located& t) {
   return v;
 }
 
-// Stacks several [n_i, cols] tensors into one [sum n_i, cols] bf16 matrix.
-absl::StatusOr<Bf16Matrix> Stack(const std::vector<const Located*>& parts) {
-  Bf16Matrix out;
-  out.cols = parts.front()->info->shape[1];
-  for (const Located* p : parts) out.rows += p->info->shape[0];
-  out.data.resize(static_cast<size_t>(out.rows * out.cols));
-  int64_t row = 0;
-  for (const Located* p : parts) {
-    const int64_t n = p->info->num_elements();
-    MESA_RETURN_IF_ERROR(CopyTensorToBf16(
-        *p->file, *p->info, absl::MakeSpan(out.data.data() + row * out.cols, static_cast<size_t>(n))));
-    row += p->info->shape[0];
-  }
-  return out;
+// A parameter the model holds in its compute dtype: the values it computes with.
+absl::StatusOr<std::vector<float>> ToModelFloat(const Located& t, ScalarType type) {
+  MESA_ASSIGN_OR_RETURN(std::vector<float> v, ToFloat(t));
+  const Rounding r = RoundingFor(type);
+  for (float& x : v) x = ApplyRounding(x, r);
+  return v;
 }
 
 }  // namespace
@@ -250,39 +273,42 @@ absl::StatusOr<MesaWeights> LoadMesaWeights(const fs::path& dir) {
   MesaWeights w;
   w.config = config;
   auto get = [&](const std::string& name) { return source.Find(name); };
-  MESA_ASSIGN_OR_RETURN(w.embeddings, ToBf16Matrix(*get("model.embeddings.weight")));
-  MESA_ASSIGN_OR_RETURN(w.final_norm, ToFloat(*get("model.norm.weight")));
+  const ScalarType dt = config.dtype;
+  MESA_ASSIGN_OR_RETURN(w.embeddings, ToMatrix({get("model.embeddings.weight")}, dt));
+  MESA_ASSIGN_OR_RETURN(w.final_norm, ToModelFloat(*get("model.norm.weight"), dt));
   if (!config.tie_word_embeddings) {
-    MESA_ASSIGN_OR_RETURN(w.lm_head, ToBf16Matrix(*get("lm_head.weight")));
+    MESA_ASSIGN_OR_RETURN(w.lm_head, ToMatrix({get("lm_head.weight")}, dt));
   }
   for (int i = 0; i < config.num_hidden_layers; ++i) {
     const std::string p = absl::StrCat("model.layers.", i, ".");
     MesaLayerWeights l;
-    MESA_ASSIGN_OR_RETURN(l.attn_norm, ToFloat(*get(p + "attn_norm.weight")));
+    MESA_ASSIGN_OR_RETURN(l.attn_norm, ToModelFloat(*get(p + "attn_norm.weight"), dt));
     std::vector<const Located*> in_parts = {get(p + "attn.q_proj.weight"),
                                             get(p + "attn.k_proj.weight"),
                                             get(p + "attn.v_proj.weight")};
     if (config.use_output_gate) in_parts.push_back(get(p + "attn.g_proj.weight"));
     in_parts.push_back(get(p + "attn.a_proj.weight"));
     in_parts.push_back(get(p + "attn.b_proj.weight"));
-    MESA_ASSIGN_OR_RETURN(l.in_proj, Stack(in_parts));
-    MESA_ASSIGN_OR_RETURN(l.a_bias, ToFloat(*get(p + "attn.a_proj.bias")));
-    MESA_ASSIGN_OR_RETURN(l.b_bias, ToFloat(*get(p + "attn.b_proj.bias")));
-    // Biases are added to the fp32 GEMM result in the model dtype, as nn.Linear does in bf16.
-    for (float& x : l.a_bias) x = RoundBf16(x);
-    for (float& x : l.b_bias) x = RoundBf16(x);
+    MESA_ASSIGN_OR_RETURN(l.in_proj, ToMatrix(in_parts, dt));
+    MESA_ASSIGN_OR_RETURN(l.a_bias, ToModelFloat(*get(p + "attn.a_proj.bias"), dt));
+    MESA_ASSIGN_OR_RETURN(l.b_bias, ToModelFloat(*get(p + "attn.b_proj.bias"), dt));
     MESA_ASSIGN_OR_RETURN(std::vector<float> lambda_params, ToFloat(*get(p + "attn.lambda_params")));
     l.lambda.resize(lambda_params.size());
     for (size_t j = 0; j < lambda_params.size(); ++j) {
       l.lambda[j] = SoftplusTorch(lambda_params[j]) + config.lambda_lower_bound;
     }
-    MESA_ASSIGN_OR_RETURN(l.q_conv, ToFloat(*get(p + "attn.q_conv1d.weight")));
-    MESA_ASSIGN_OR_RETURN(l.k_conv, ToFloat(*get(p + "attn.k_conv1d.weight")));
-    MESA_ASSIGN_OR_RETURN(l.o_norm, ToFloat(*get(p + "attn.o_norm.weight")));
-    MESA_ASSIGN_OR_RETURN(l.o_proj, ToBf16Matrix(*get(p + "attn.o_proj.weight")));
-    MESA_ASSIGN_OR_RETURN(l.mlp_norm, ToFloat(*get(p + "mlp_norm.weight")));
-    MESA_ASSIGN_OR_RETURN(l.gate_up, Stack({get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")}));
-    MESA_ASSIGN_OR_RETURN(l.down, ToBf16Matrix(*get(p + "mlp.down_proj.weight")));
+    MESA_ASSIGN_OR_RETURN(l.q_conv, ToModelFloat(*get(p + "attn.q_conv1d.weight"), dt));
+    MESA_ASSIGN_OR_RETURN(l.k_conv, ToModelFloat(*get(p + "attn.k_conv1d.weight"), dt));
+    // fla creates the gate-less o_norm weight (like lambda_params) in fp32 and keeps it there.
+    if (config.use_output_gate) {
+      MESA_ASSIGN_OR_RETURN(l.o_norm, ToModelFloat(*get(p + "attn.o_norm.weight"), dt));
+    } else {
+      MESA_ASSIGN_OR_RETURN(l.o_norm, ToFloat(*get(p + "attn.o_norm.weight")));
+    }
+    MESA_ASSIGN_OR_RETURN(l.o_proj, ToMatrix({get(p + "attn.o_proj.weight")}, dt));
+    MESA_ASSIGN_OR_RETURN(l.mlp_norm, ToModelFloat(*get(p + "mlp_norm.weight"), dt));
+    MESA_ASSIGN_OR_RETURN(l.gate_up, ToMatrix({get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")}, dt));
+    MESA_ASSIGN_OR_RETURN(l.down, ToMatrix({get(p + "mlp.down_proj.weight")}, dt));
     w.layers.push_back(std::move(l));
   }
   return w;

@@ -173,8 +173,23 @@ absl::StatusOr<MesaConfig> ParseMesaConfig(std::string_view json_text, const std
   MESA_RETURN_IF_ERROR(r.Float("lambda_lower_bound", 0.0, 1e6, &c.lambda_lower_bound));
   MESA_RETURN_IF_ERROR(r.Int("max_cg_step_training", 0, 1000, &c.max_cg_step_training));
   MESA_RETURN_IF_ERROR(r.Int("max_cg_step_decoding", 0, 1000, &c.max_cg_step_decoding));
-  MESA_RETURN_IF_ERROR(r.String("torch_dtype", &c.torch_dtype));
-  if (c.torch_dtype.empty()) MESA_RETURN_IF_ERROR(r.String("dtype", &c.torch_dtype));
+  std::string dtype;
+  MESA_RETURN_IF_ERROR(r.String("torch_dtype", &dtype));
+  const char* dtype_key = "torch_dtype";
+  if (dtype.empty()) {
+    MESA_RETURN_IF_ERROR(r.String("dtype", &dtype));
+    dtype_key = "dtype";
+  }
+  if (dtype.empty() || dtype == "bfloat16") {
+    c.dtype = ScalarType::kBf16;
+  } else if (dtype == "float16") {
+    c.dtype = ScalarType::kFp16;
+  } else if (dtype == "float32") {
+    c.dtype = ScalarType::kFp32;
+  } else {
+    return r.Error(dtype_key, absl::StrCat("unsupported dtype \"", dtype,
+                                           "\"; supported are bfloat16, float16 and float32"));
+  }
 
   float hidden_ratio = 4.0f;
   MESA_RETURN_IF_ERROR(r.Float("hidden_ratio", 1e-3, 1e3, &hidden_ratio));

@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
+#include "base/half.h"
 
 namespace mesa {
 
@@ -31,7 +32,9 @@ struct MesaConfig {
   std::optional<int32_t> pad_token_id;
   int32_t max_cg_step_training = 30;  // prefill CG iterations in fla-compatible mode
   int32_t max_cg_step_decoding = 30;  // decode CG iterations in fla-compatible mode
-  std::string torch_dtype;            // informational ("bfloat16", ...)
+  // Compute dtype (config "torch_dtype" or "dtype"; bfloat16 when absent): activations are
+  // rounded to it where fla's model rounds them, and weight matrices are stored in it.
+  ScalarType dtype = ScalarType::kBf16;
 
   int32_t key_dim() const { return num_heads * head_dim; }  // D_k = H*K
 };

@@ -1,19 +1,23 @@
-// y = x W^T with bf16 weights and fp32 inputs/accumulation (the CPU analogue of a cuBLAS
-// bf16 GEMM with fp32 accumulate). The caller rounds y to the model dtype where fla does.
+// y = x W^T with bf16, fp16 or fp32 weights and fp32 inputs/accumulation (the CPU analogue of
+// a cuBLAS GEMM with fp32 accumulate). The caller rounds y to the model dtype where fla does.
 #pragma once
 
 #include <cstdint>
 
+#include "base/half.h"
+
 namespace mesa::cpu {
 
-// y: [m, n] fp32 (overwritten), x: [m, k] fp32, w: [n, k] bf16 bits, row-major.
-// Small m (decode) streams each weight row once for all m inputs; larger m (prefill)
-// converts 64-row panels of W to fp32 and runs single-threaded OpenBLAS sgemm per panel,
-// with the panels spread over the OpenMP threads.
 // Makes OpenBLAS single-threaded (once): our OpenMP threads call it on independent blocks,
 // and nested thread pools would oversubscribe the cores.
 void InitBlasThreads();
 
-void MatMulBf16(float* y, const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k);
+// y: [m, n] fp32 (overwritten), x: [m, k] fp32, w: [n, k] row-major, elements of `w_type`
+// (uint16 bits for bf16/fp16, float for fp32).
+// Small m (decode) streams each weight row once for all m inputs; larger m (prefill)
+// converts 64-row panels of W to fp32 and runs single-threaded OpenBLAS sgemm per panel,
+// with the panels spread over the OpenMP threads.
+void MatMul(float* y, const float* x, int64_t m, const void* w, ScalarType w_type, int64_t n,
+            int64_t k);
 
 }  // namespace mesa::cpu

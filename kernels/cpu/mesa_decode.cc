@@ -107,7 +107,7 @@ void MesaDecodeStep(const MesaDecodeParams& p) {
         const float* row = hkv + static_cast<int64_t>(i) * K;
         for (int32_t j = 0; j < K; ++j) out[j] += xi * row[j];
       }
-      for (int32_t j = 0; j < K; ++j) out[j] = RoundBf16(out[j]);
+      for (int32_t j = 0; j < K; ++j) out[j] = ApplyRounding(out[j], p.out_rounding);
       if (p.cg_iters) p.cg_iters[bh] = steps;
       if (p.cg_residual) p.cg_residual[bh] = residual;
     }

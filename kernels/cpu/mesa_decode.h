@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "base/half.h"
 #include "kernels/cg_control.h"
 
 namespace mesa::cpu {
@@ -16,14 +17,15 @@ struct MesaDecodeParams {
   float* const* h_kk = nullptr;  // [B] -> [H, K, K] this layer's state of the row's slot;
                                  // a null entry is a pad row: skipped, its output zeroed
   float* const* h_kv = nullptr;  // [B] -> [H, K, V]
-  const float* q = nullptr;  // [B, H*K] l2-normalised, bf16 values
-  const float* k = nullptr;  // [B, H*K] l2-normalised, bf16 values
-  const float* v = nullptr;  // [B, H*V] bf16 values
+  const float* q = nullptr;  // [B, H*K] l2-normalised, model-dtype values
+  const float* k = nullptr;  // [B, H*K] l2-normalised, model-dtype values
+  const float* v = nullptr;  // [B, H*V] model-dtype values
   const float* log_decay = nullptr;  // [B, H] g = logsigmoid(a) <= 0
   const float* beta = nullptr;       // [B, H]
   const float* lambda = nullptr;     // [H*K]
   const CgControl* cg = nullptr;     // [B]: per-row (per-request) CG settings
-  float* out = nullptr;              // [B, H*V] bf16 values
+  float* out = nullptr;              // [B, H*V], rounded to the model dtype
+  Rounding out_rounding = Rounding::kBf16;
   int32_t* cg_iters = nullptr;       // [B, H] optional: CG steps taken
   float* cg_residual = nullptr;      // [B, H] optional: final |r| / |q|
 };

@@ -8,6 +8,7 @@
 
 #include "base/half.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/mixer_inputs.h"
 
 namespace mesa::cpu {
 namespace {
@@ -19,12 +20,11 @@ struct ChunkScratch {
   int32_t c = 0, k = 0;
   bool fixed = true;
   std::vector<float> kc, qc, vc;  // [C, K] this chunk's k (fp16 values), q, v (for readout)
-  std::vector<float> vh;          // [C, K] h(v) for the state update (fixed) or v
   std::vector<float> gcum;        // [C] scaled cumulative log-decay
   std::vector<float> m;           // [C, C] exp2(G_t - G_s) * beta_s for s <= t
   std::vector<float> e;           // [C] exp2(G_t)
-  std::vector<float> hbar_kk;     // [K, K] chunk-start state (fp16-rounded in fixed mode)
-  std::vector<float> hbar_kv;
+  std::vector<float> hbar_kk;     // [K, K] chunk-start state as the CG reads it (TF32 in fixed mode)
+  std::vector<float> hbar_kv;     // [K, K] chunk-start state as the readout reads it (bf16 in fixed mode)
   std::vector<float> x, r, p, w;  // [C, K] CG block vectors
   std::vector<float> tmp;         // [C, K]
   std::vector<float> scores;      // [C, C]
@@ -34,7 +34,7 @@ struct ChunkScratch {
   void Resize(int32_t k_dim) {
     k = k_dim;
     const size_t ck = static_cast<size_t>(kPrefillChunk) * k;
-    for (auto* v : {&kc, &qc, &vc, &vh, &x, &r, &p, &w, &tmp}) v->assign(ck, 0.0f);
+    for (auto* v : {&kc, &qc, &vc, &x, &r, &p, &w, &tmp}) v->assign(ck, 0.0f);
     hbar_kk.assign(static_cast<size_t>(k) * k, 0.0f);
     hbar_kv.assign(static_cast<size_t>(k) * k, 0.0f);
     m.assign(static_cast<size_t>(kPrefillChunk) * kPrefillChunk, 0.0f);
@@ -46,15 +46,19 @@ struct ChunkScratch {
     active.assign(kPrefillChunk, 0);
   }
   float H(float v) const { return fixed ? RoundFp16(v) : v; }
+  float R(float v, Rounding r) const { return fixed ? ApplyRounding(v, r) : v; }
 };
 
-// out[t] = sum_{s<=t} round(M_ts * (round16(in_t) . kc_s)) * rhs_s + round16(e_t in_t) hbar
+// out[t] = sum_{s<=t} r1(M_ts * (fp16(in_t) . kc_s)) * rhs_s + r2(e_t in_t) hbar
 // (+ lambda . in_t when lambda != nullptr). This is the chunk form of (H_t [+ diag lambda]) in_t
-// for the CG operator (rhs = kc, hbar = hbar_kk) and of H_kv,t^T in_t for the readout
-// (rhs = v, hbar = hbar_kv, scores rounded to bf16 as fla does there). The three products
-// run as sgemm; fla's rounding points are applied elementwise between them.
+// for the CG operator (rhs = kc, hbar = H_kk snapshot) and of H_kv,t^T in_t for the readout
+// (rhs = v, hbar = H_kv snapshot). In fixed mode the rounding points are those of fla 0.6.0's
+// chunk kernel: fp16 intra-chunk operands; scores r1 = fp16 (CG) or v's dtype (readout); state
+// operand r2 = TF32 (CG: an fp32 x fp32 tl.dot) or bf16 (readout, the snapshot's dtype). The three products run as
+// sgemm; the roundings are applied elementwise between them.
 void ApplyChunkOperator(ChunkScratch& s, const float* in, const float* rhs, const float* hbar,
-                        const float* lambda, bool bf16_scores, float* out) {
+                        const float* lambda, Rounding score_rounding, Rounding state_rounding,
+                        float* out) {
   const int32_t C = s.c, K = s.k;
   constexpr int32_t L = kPrefillChunk;  // leading dimension of the [C, C] score block
   float* tmp = s.tmp.data();
@@ -65,18 +69,14 @@ void ApplyChunkOperator(ChunkScratch& s, const float* in, const float* rhs, cons
   for (int32_t t = 0; t < C; ++t) {
     float* row = scores + t * L;
     const float* m = s.m.data() + t * L;
-    for (int32_t u = 0; u <= t; ++u) {
-      float val = m[u] * row[u];
-      if (s.fixed) val = bf16_scores ? RoundBf16(val) : RoundFp16(val);
-      row[u] = val;
-    }
+    for (int32_t u = 0; u <= t; ++u) row[u] = s.R(m[u] * row[u], score_rounding);
     for (int32_t u = t + 1; u < C; ++u) row[u] = 0.0f;
   }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, K, C, 1.0f, scores, L, rhs, K, 0.0f,
               out, K);
-  // Chunk-start state term: sum_i round16(e_t in_t[i]) hbar[i][j].
+  // Chunk-start state term: sum_i r2(e_t in_t[i]) hbar[i][j].
   for (int32_t t = 0; t < C; ++t) {
-    for (int32_t i = 0; i < K; ++i) tmp[t * K + i] = s.H(s.e[t] * in[t * K + i]);
+    for (int32_t i = 0; i < K; ++i) tmp[t * K + i] = s.R(s.e[t] * in[t * K + i], state_rounding);
   }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, K, K, 1.0f, tmp, K, hbar, K, 1.0f,
               out, K);
@@ -114,7 +114,8 @@ void SolveChunk(ChunkScratch& s, const float* lambda, const CgControl& cg, int32
         s.x[t * K + j] = s.qc[t * K + j] / (diag + lambda[j]);
       }
     }
-    ApplyChunkOperator(s, s.x.data(), s.kc.data(), s.hbar_kk.data(), lambda, false, s.w.data());
+    ApplyChunkOperator(s, s.x.data(), s.kc.data(), s.hbar_kk.data(), lambda, Rounding::kFp16,
+                       Rounding::kTf32, s.w.data());
     for (int32_t i = 0; i < C * K; ++i) s.r[i] = s.qc[i] - s.w[i];
   }
   std::copy(s.r.begin(), s.r.begin() + C * K, s.p.begin());
@@ -133,7 +134,8 @@ void SolveChunk(ChunkScratch& s, const float* lambda, const CgControl& cg, int32
       }
       if (!any) break;
     }
-    ApplyChunkOperator(s, s.p.data(), s.kc.data(), s.hbar_kk.data(), lambda, false, s.w.data());
+    ApplyChunkOperator(s, s.p.data(), s.kc.data(), s.hbar_kk.data(), lambda, Rounding::kFp16,
+                       Rounding::kTf32, s.w.data());
     for (int32_t t = 0; t < C; ++t) {
       if (!s.active[t]) continue;
       float* x = &s.x[t * K];
@@ -169,12 +171,9 @@ void PrefillHead(const MesaPrefillParams& p, int32_t h, ChunkScratch& s, int32_t
   float* skk = p.h_kk + h * kk;
   float* skv = p.h_kv + h * kk;
   const float* lambda = p.lambda + h * K;
-  // The first chunk may be partial when continuing a sequence mid-chunk.
   int64_t t0 = 0;
   while (t0 < p.seq_len) {
-    const int64_t pos = p.start + t0;
-    const int32_t c = static_cast<int32_t>(
-        std::min<int64_t>(kPrefillChunk - pos % kPrefillChunk, p.seq_len - t0));
+    const int32_t c = static_cast<int32_t>(std::min<int64_t>(kPrefillChunk, p.seq_len - t0));
     s.c = c;
     for (int32_t t = 0; t < c; ++t) {
       const int64_t row = (t0 + t) * p.ld_in + h * K;
@@ -182,32 +181,32 @@ void PrefillHead(const MesaPrefillParams& p, int32_t h, ChunkScratch& s, int32_t
         s.kc[t * K + j] = p.k[row + j];
         s.qc[t * K + j] = p.q[row + j];
         s.vc[t * K + j] = p.v[row + j];
-        s.vh[t * K + j] = s.H(p.v[row + j]);
       }
     }
     float acc = 0.0f;
     for (int32_t t = 0; t < c; ++t) {
       acc += p.log_decay[(t0 + t) * H + h];
       s.gcum[t] = acc * kLog2e;
-      s.e[t] = std::exp2(s.gcum[t]);
     }
+    for (int32_t t = 0; t < c; ++t) s.e[t] = std::exp2(s.gcum[t]);
     for (int32_t t = 0; t < c; ++t) {
       for (int32_t u = 0; u <= t; ++u) {
         s.m[t * kPrefillChunk + u] = std::exp2(s.gcum[t] - s.gcum[u]) * p.beta[(t0 + u) * H + h];
       }
     }
     for (int64_t i = 0; i < kk; ++i) {
-      s.hbar_kk[i] = s.H(skk[i]);
-      s.hbar_kv[i] = s.H(skv[i]);
+      s.hbar_kk[i] = s.R(skk[i], Rounding::kTf32);
+      s.hbar_kv[i] = s.R(skv[i], Rounding::kBf16);
     }
 
     SolveChunk(s, lambda, p.cg, iters + t0 * H + h, residual + t0 * H + h, H);
 
     // Readout o_t = H_kv,t^T x_t, chunk form; fla rounds the intra-chunk scores to bf16 here.
-    ApplyChunkOperator(s, s.x.data(), s.vc.data(), s.hbar_kv.data(), nullptr, true, s.w.data());
+    ApplyChunkOperator(s, s.x.data(), s.vc.data(), s.hbar_kv.data(), nullptr, p.value_rounding,
+                       Rounding::kBf16, s.w.data());
     for (int32_t t = 0; t < c; ++t) {
       float* o = p.out + (t0 + t) * p.ld_out + h * K;
-      for (int32_t j = 0; j < K; ++j) o[j] = RoundBf16(s.w[t * K + j]);
+      for (int32_t j = 0; j < K; ++j) o[j] = ApplyRounding(s.w[t * K + j], p.value_rounding);
     }
 
     // State to the end of the chunk: S = Gamma S + sum_u u_u k_u^T (and v_u^T).
@@ -223,8 +222,10 @@ void PrefillHead(const MesaPrefillParams& p, int32_t h, ChunkScratch& s, int32_t
     }
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, K, c, 1.0f, s.tmp.data(), K,
                 s.kc.data(), K, 1.0f, skk, K);
+    // fla 0.6.0 converts the fp16 decayed keys to v's dtype for the H_kv update.
+    for (int32_t i = 0; i < c * K; ++i) s.tmp[i] = s.R(s.tmp[i], p.value_rounding);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, K, c, 1.0f, s.tmp.data(), K,
-                s.vh.data(), K, 1.0f, skv, K);
+                s.vc.data(), K, 1.0f, skv, K);
     t0 += c;
   }
 }

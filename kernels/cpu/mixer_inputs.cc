@@ -7,15 +7,6 @@
 
 namespace mesa::cpu {
 
-float ApplyRounding(float x, Rounding rounding) {
-  switch (rounding) {
-    case Rounding::kNone: return x;
-    case Rounding::kBf16: return RoundBf16(x);
-    case Rounding::kFp16: return RoundFp16(x);
-  }
-  return x;
-}
-
 void L2NormHeads(float* x, int64_t rows, int64_t heads, int64_t k, int64_t ld, Rounding rounding) {
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t h = 0; h < heads; ++h) {

@@ -4,9 +4,12 @@
 
 #include <cstdint>
 
+#include "base/half.h"
+
 namespace mesa::cpu {
 
-enum class Rounding { kNone, kBf16, kFp16 };
+using ::mesa::ApplyRounding;
+using ::mesa::Rounding;
 
 // x: [rows, heads*k]; each head's k-vector becomes x / sqrt(|x|^2 + 1e-6), then rounded
 // (fla: fp16 in prefill, bf16 in decode). In place.
@@ -17,6 +20,5 @@ void L2NormHeads(float* x, int64_t rows, int64_t heads, int64_t k, int64_t ld, R
 void MesaGates(float* log_decay, float* beta, const float* a_logits, const float* b_logits,
                int64_t rows, int64_t heads, int64_t ld);
 
-float ApplyRounding(float x, Rounding rounding);
 
 }  // namespace mesa::cpu

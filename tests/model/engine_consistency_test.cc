@@ -136,12 +136,14 @@ TEST(EngineConsistencyTest, ContinuedPrefillEqualsOneLongPrefill) {
     split.insert(split.end(), second.begin(), second.end());
     EXPECT_EQ(whole, split) << CgModeName(cg.mode);
     EXPECT_EQ(runner->SlotPosition(1), 300);
-    // A split inside a chunk changes fla's rounding points but not the math.
+    // A split inside a chunk moves fla's chunk boundaries (and so its fp16/bf16 rounding
+    // points) but not the math; in a bf16 model that shows at the bf16 noise level, the size of
+    // fla's own prefill-vs-decode gap (~1e-2).
     ASSERT_TRUE(runner->ResetSlot(1).ok());
     std::vector<float> odd = PrefillLogits(*runner, 1, absl::MakeConstSpan(ids).first(77), cg);
     const std::vector<float> rest = PrefillLogits(*runner, 1, absl::MakeConstSpan(ids).subspan(77), cg);
     odd.insert(odd.end(), rest.begin(), rest.end());
-    EXPECT_LT(RelativeRms(odd.data(), whole.data(), whole.size()), 5e-3) << CgModeName(cg.mode);
+    EXPECT_LT(RelativeRms(odd.data(), whole.data(), whole.size()), 1e-2) << CgModeName(cg.mode);
   }
 }
 

@@ -96,7 +96,7 @@ TEST_F(CheckpointTest, TiedEmbeddingsNeedNoLmHead) {
   Write();
   auto w = LoadMesaWeights(dir_);
   ASSERT_TRUE(w.ok()) << w.status();
-  EXPECT_TRUE(w->lm_head.data.empty());
+  EXPECT_TRUE(w->lm_head.empty());
   EXPECT_EQ(&w->output_matrix(), &w->embeddings);
 }
 

@@ -102,7 +102,6 @@ DecodeRun RunPrefill(const HeadInputs& in, const CgControl& cg, int32_t split = 
     p.seq_len = end - begin;
     p.num_heads = 1;
     p.head_dim = K;
-    p.start = begin;
     p.h_kk = r.h_kk.data();
     p.h_kv = r.h_kv.data();
     p.q = &in.q[begin * K];
