@@ -25,6 +25,7 @@ constexpr char kUsage[] =
     "  generate     generate text from a prompt (streams to stdout)\n"
     "  logits       write a model's logits for given token ids to a .npy file\n"
     "  perplexity   perplexity and CG statistics of a model on a text file\n"
+    "  bench        engine speed against the memory-bandwidth floor\n"
     "\n"
     "Run 'mesaserve <command> --help' for the flags of a command.\n"
     "Environment: MESA_MODEL_DIR overrides the default model directory;\n"
@@ -47,6 +48,7 @@ int main(int argc, char** argv) {
   if (command == "generate") return mesa::cli::RunGenerate(args);
   if (command == "logits") return mesa::cli::RunLogits(args);
   if (command == "perplexity") return mesa::cli::RunPerplexity(args);
+  if (command == "bench") return mesa::cli::RunBench(args);
   std::fprintf(stderr, "error: unknown command '%s'\n\n%s", command.c_str(), kUsage);
   return 2;
 }

@@ -95,7 +95,7 @@ class CpuModelRunner final : public ModelRunner {
   void InputProjections(const MesaLayerWeights& l, int64_t n) {
     const int64_t d = c_.hidden_size, rows = inproj_.rows;
     cpu::RmsNorm(u_.data(), x_.data(), l.attn_norm.data(), n, d, c_.norm_eps, act_);
-    cpu::MatMul(proj_.data(), u_.data(), n, l.in_proj.data(), l.in_proj.type, rows, d);
+    Gemm(proj_.data(), u_.data(), n, l.in_proj);
     for (int64_t i = 0; i < n; ++i) {
       float* pr = proj_.data() + i * rows;
       for (int64_t j = 0; j < rows; ++j) {
@@ -121,7 +121,7 @@ class CpuModelRunner final : public ModelRunner {
     }
     cpu::HeadRmsNorm(mix_.data(), mix_.data(), z, l.o_norm.data(), n, c_.num_heads, c_.head_dim,
                      c_.norm_eps, act_);
-    cpu::MatMul(u_.data(), mix_.data(), n, l.o_proj.data(), l.o_proj.type, d, dk);
+    Gemm(u_.data(), mix_.data(), n, l.o_proj);
     for (int64_t i = 0; i < n * d; ++i) u_[i] = Round(u_[i]);
     // u_ = attention output a; x_ = block input h.
     if (c_.fuse_norm) {
@@ -131,7 +131,7 @@ class CpuModelRunner final : public ModelRunner {
       for (int64_t i = 0; i < n * d; ++i) x_[i] = Round(x_[i] + u_[i]);
       cpu::RmsNorm(u_.data(), x_.data(), l.mlp_norm.data(), n, d, c_.norm_eps, act_);
     }
-    cpu::MatMul(mlp_.data(), u_.data(), n, l.gate_up.data(), l.gate_up.type, 2 * inter, d);
+    Gemm(mlp_.data(), u_.data(), n, l.gate_up);
     for (int64_t i = 0; i < n; ++i) {
       float* g = &mlp_[i * 2 * inter];
       float* up = g + inter;
@@ -139,7 +139,7 @@ class CpuModelRunner final : public ModelRunner {
         act_buf_[i * inter + j] = Round(cpu::Silu(Round(g[j])) * Round(up[j]));
       }
     }
-    cpu::MatMul(u_.data(), act_buf_.data(), n, l.down.data(), l.down.type, d, inter);
+    Gemm(u_.data(), act_buf_.data(), n, l.down);
     for (int64_t i = 0; i < n * d; ++i) x_[i] = Round(x_[i] + Round(u_[i]));
   }
 
@@ -149,11 +149,21 @@ class CpuModelRunner final : public ModelRunner {
     for (int64_t i = 0; i < n; ++i) std::memcpy(&u_[i * d], &x_[rows[i] * d], d * sizeof(float));
     cpu::RmsNorm(u_.data(), u_.data(), w_.final_norm.data(), n, d, c_.norm_eps, act_);
     const WeightMatrix& out = w_.output_matrix();
-    cpu::MatMul(logits, u_.data(), n, out.data(), out.type, out.rows, d);
+    Gemm(logits, u_.data(), n, out);
     for (int64_t i = 0; i < n * out.rows; ++i) logits[i] = Round(logits[i]);
   }
 
   float Round(float x) const { return ApplyRounding(x, act_); }
+
+  // y[n, w.rows] = x[n, w.cols] w^T. Decode steps use the row-invariant kernel so a sequence's
+  // logits do not depend on the rest of its batch; prefill uses the faster panel GEMM.
+  void Gemm(float* y, const float* x, int64_t n, const WeightMatrix& w) const {
+    if (decoding_) {
+      cpu::MatMulRowInvariant(y, x, n, w.data(), w.type, w.rows, w.cols);
+    } else {
+      cpu::MatMul(y, x, n, w.data(), w.type, w.rows, w.cols);
+    }
+  }
 
   void EnsureWorkspace(int64_t n) {
     if (n <= workspace_rows_) return;
@@ -183,6 +193,7 @@ class CpuModelRunner final : public ModelRunner {
   CpuRunnerOptions options_;
   InProjLayout inproj_;
   Rounding act_;  // the model dtype: where fla's model stores an activation
+  bool decoding_ = false;  // inside Decode(): see Gemm()
   LayerStateLayout layer_;
   int64_t slot_floats_ = 0;
   std::vector<float> states_;
@@ -268,6 +279,7 @@ absl::Status CpuModelRunner::Prefill(absl::Span<const PrefillRequest> requests,
     if (req.tokens.empty()) return absl::InvalidArgumentError("Prefill: empty token list");
     for (int32_t t : req.tokens) MESA_RETURN_IF_ERROR(CheckToken(t));
   }
+  decoding_ = false;
   for (size_t r = 0; r < requests.size(); ++r) {
     const PrefillRequest& req = requests[r];
     PrefillResult* result = &results[r];
@@ -306,6 +318,7 @@ absl::Status CpuModelRunner::Decode(absl::Span<const DecodeRow> rows, DecodeResu
   }
   const int64_t dk = c_.key_dim(), prow = inproj_.rows, vocab = c_.vocab_size;
   const int32_t H = c_.num_heads, K = c_.head_dim, W = c_.conv_size;
+  decoding_ = true;
   EnsureWorkspace(b);
   std::vector<int32_t> tokens(b);
   for (int64_t i = 0; i < b; ++i) tokens[i] = rows[i].slot == kPadSlot ? 0 : rows[i].token;

@@ -163,4 +163,25 @@ void MatMul(float* y, const float* x, int64_t m, const void* w, ScalarType w_typ
   }
 }
 
+template <typename L>
+void RowInvariantTyped(float* y, const float* x, int64_t m, const typename L::T* w, int64_t n,
+                       int64_t k) {
+  for (int64_t r0 = 0; r0 < m; r0 += kMaxGemvRows) {
+    Gemv<L>(y + r0 * n, x + r0 * k, std::min(kMaxGemvRows, m - r0), w, n, k);
+  }
+}
+
+void MatMulRowInvariant(float* y, const float* x, int64_t m, const void* w, ScalarType w_type,
+                        int64_t n, int64_t k) {
+  if (m <= 0 || n <= 0) return;
+  switch (w_type) {
+    case ScalarType::kBf16:
+      return RowInvariantTyped<Bf16Loader>(y, x, m, static_cast<const uint16_t*>(w), n, k);
+    case ScalarType::kFp16:
+      return RowInvariantTyped<Fp16Loader>(y, x, m, static_cast<const uint16_t*>(w), n, k);
+    case ScalarType::kFp32:
+      return RowInvariantTyped<Fp32Loader>(y, x, m, static_cast<const float*>(w), n, k);
+  }
+}
+
 }  // namespace mesa::cpu

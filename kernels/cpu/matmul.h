@@ -20,4 +20,10 @@ void InitBlasThreads();
 void MatMul(float* y, const float* x, int64_t m, const void* w, ScalarType w_type, int64_t n,
             int64_t k);
 
+// Like MatMul, but each output row is computed by the same instruction sequence whatever m is
+// (groups of at most 8 rows stream W once each). Decode uses it so that a sequence's tokens do
+// not depend on which other sequences share its batch.
+void MatMulRowInvariant(float* y, const float* x, int64_t m, const void* w, ScalarType w_type,
+                        int64_t n, int64_t k);
+
 }  // namespace mesa::cpu
