@@ -1,0 +1,130 @@
+// The serving engine: one thread owns the model runner and its pool of state slots and runs
+// continuous batching. New requests wait in a bounded priority queue, take a free slot, have
+// their prompt prefilled in chunks interleaved with decode steps of the running requests, and
+// leave (slot zeroed and freed) when they finish, are cancelled or pass their deadline.
+//
+// Thread-safety: Submit, Cancel, StartDrain, Health and the counters may be called from any
+// thread; everything else happens on the engine thread. Sinks are called on the engine thread.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/model_runner.h"
+#include "engine/request.h"
+#include "models/tokenizer.h"
+
+namespace mesa {
+
+struct EngineOptions {
+  int32_t max_waiting = 256;     // requests waiting for a slot; beyond: RESOURCE_EXHAUSTED
+  int32_t prefill_chunk = 256;   // prompt tokens per request per step (multiple of 64)
+  int32_t prefill_budget = 512;  // prompt tokens per step over all requests
+  int32_t stream_buffer = 256;   // undelivered events before a request's generation pauses
+  // Wake-up period when idle, so deadlines and the heartbeat are checked.
+  absl::Duration idle_tick = absl::Milliseconds(50);
+};
+
+// Hooks for metrics; called on the engine thread. All optional.
+class EngineObserver {
+ public:
+  virtual ~EngineObserver() = default;
+  virtual void OnQueued(double queue_seconds) {}
+  virtual void OnPromptTokens(int64_t n) {}
+  virtual void OnFirstToken(double seconds_since_arrival) {}
+  virtual void OnNextToken(double seconds_since_previous) {}
+  virtual void OnFinished(const absl::Status& status, const RequestSummary& summary) {}
+  virtual void OnStep(bool prefill, double seconds, int32_t rows) {}
+  // CG telemetry of a step for rows that share one CG control.
+  virtual void OnCg(bool prefill, const CgStats& stats, const CgControl& control) {}
+  virtual void OnLoad(int32_t running, int32_t waiting, int32_t slots_used) {}
+};
+
+struct EngineHealth {
+  bool loop_alive = false;   // heartbeat within the last few seconds
+  bool failed = false;       // the runner reported an unrecoverable error
+  bool draining = false;
+  int32_t running = 0;
+  int32_t waiting = 0;
+  int32_t slots_used = 0;
+  int32_t slots = 0;
+};
+
+class Engine {
+ public:
+  // `tokenizer` may be null (token ids in and out, no text). `observer` may be null; both must
+  // outlive the engine.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(std::unique_ptr<ModelRunner> runner,
+                                                        const Tokenizer* tokenizer,
+                                                        EngineObserver* observer,
+                                                        const EngineOptions& options);
+  ~Engine();  // cancels everything still in flight and joins the engine thread
+
+  // Queues a request. Errors: RESOURCE_EXHAUSTED when the waiting queue is full, UNAVAILABLE
+  // when draining or failed. The sink receives all events, ending with one final event.
+  absl::StatusOr<RequestId> Submit(GenerationRequest request, std::shared_ptr<GenerationSink> sink);
+  // Idempotent; unknown or finished ids are ignored. The request ends within one step with
+  // `status` (e.g. CANCELLED or DEADLINE_EXCEEDED).
+  void Cancel(RequestId id, absl::Status status);
+  // Stop admitting new requests (Submit returns UNAVAILABLE); running ones continue.
+  void StartDrain();
+  // Ends every request still waiting or running with `status`.
+  void CancelAll(absl::Status status);
+  EngineHealth Health() const;
+  bool Idle() const;  // nothing waiting or running
+
+  const ModelRunner& runner() const { return *runner_; }
+
+ private:
+  struct Active;
+  Engine(std::unique_ptr<ModelRunner> runner, const Tokenizer* tokenizer, EngineObserver* observer,
+         const EngineOptions& options);
+  void Loop();
+  void TakeInbox();
+  void ExpireAndCancel();
+  void Admit();
+  absl::Status Step();
+  absl::Status PrefillStep();
+  absl::Status DecodeStep();
+  // Records a generated token; finishes the request when a stop condition holds.
+  void Emit(Active& a, const TokenChoice& choice);
+  void Finish(Active& a, absl::Status status, FinishReason reason);
+  void Sample(Active& a, absl::Span<const float> logits);
+  void ReportCg(bool prefill, const CgStats& stats, const std::vector<int32_t>& row_request,
+                const std::vector<Active*>& requests);
+  void Fail(const absl::Status& status);
+
+  std::unique_ptr<ModelRunner> runner_;
+  const Tokenizer* tokenizer_;
+  EngineObserver* observer_;
+  EngineOptions options_;
+  std::vector<SlotId> free_slots_;
+
+  // Shared with other threads.
+  mutable std::mutex mu_;
+  std::condition_variable wake_;
+  std::vector<std::unique_ptr<Active>> inbox_;
+  std::vector<std::pair<RequestId, absl::Status>> cancels_;
+  absl::Status cancel_all_;  // set by CancelAll
+  bool stop_ = false;
+  RequestId next_id_ = 1;
+  std::atomic<bool> draining_{false};
+  std::atomic<bool> failed_{false};
+  std::atomic<int64_t> heartbeat_ns_{0};
+  std::atomic<int32_t> waiting_count_{0};  // inbox + waiting
+  std::atomic<int32_t> running_count_{0};
+
+  // Engine thread only.
+  std::deque<std::unique_ptr<Active>> waiting_;  // priority desc, then arrival
+  std::vector<std::unique_ptr<Active>> running_; // admission order
+  std::thread thread_;
+};
+
+}  // namespace mesa
