@@ -52,7 +52,7 @@ double Median(std::vector<double> v) {
 }  // namespace
 
 int RunBench(const std::vector<std::string>& args) {
-  FlagSet flags("bench",
+  mesa::FlagSet flags("bench",
                 "Engine-only speed on this machine: memory-copy bandwidth, decode step latency at\n"
                 "several batch sizes and prefill throughput, each against the bandwidth floor.");
   ModelFlags model_flags;

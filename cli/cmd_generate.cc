@@ -13,7 +13,7 @@
 namespace mesa::cli {
 
 int RunGenerate(const std::vector<std::string>& args) {
-  FlagSet flags("generate", "Generates text from a prompt with the CPU engine and streams it to stdout.");
+  mesa::FlagSet flags("generate", "Generates text from a prompt with the CPU engine and streams it to stdout.");
   ModelFlags model_flags;
   std::string prompt;
   int64_t max_new_tokens = 128, top_k = 0, seed = -1;

@@ -30,7 +30,7 @@ absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& text) {
 }  // namespace
 
 int RunLogits(const std::vector<std::string>& args) {
-  FlagSet flags("logits",
+  mesa::FlagSet flags("logits",
                 "Writes a float32 .npy array [tokens, vocab] whose row t holds the logits after\n"
                 "token t. Tokens before --decode-from go through the chunked prefill, the rest\n"
                 "one at a time through the recurrent decode step.");

@@ -32,7 +32,7 @@ void DrawProgress(int64_t done, int64_t total, double seconds) {
 }  // namespace
 
 int RunPerplexity(const std::vector<std::string>& args) {
-  FlagSet flags("perplexity",
+  mesa::FlagSet flags("perplexity",
                 "Perplexity of the model on a UTF-8 text file, with CG-iteration statistics.\n"
                 "The file is tokenized as one sequence with BOS in front and evaluated in\n"
                 "consecutive windows, each from a fresh state.");

@@ -5,7 +5,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "cli/flags.h"
+#include "base/flags.h"
 #include "engine/cg_settings.h"
 #include "engine/model_runner.h"
 #include "models/tokenizer.h"

@@ -5,10 +5,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <exception>
+#include <limits>
 #include <thread>
 #include <utility>
 
@@ -30,8 +32,8 @@ using prometheus::Histogram;
 // Latency buckets, roughly ×2–2.5 apart. Request duration goes further than TTFT and queue
 // time because a long generation (--max-new-tokens 4096) legitimately takes minutes.
 const Histogram::BucketBoundaries& LatencyBuckets() {
-  static const auto* b = new Histogram::BucketBoundaries{
-      0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60};
+  static const auto* b = new Histogram::BucketBoundaries{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                                         1,     2.5,  5,     10,   20,  30,   60};
   return *b;
 }
 const Histogram::BucketBoundaries& DurationBuckets() {
@@ -40,8 +42,8 @@ const Histogram::BucketBoundaries& DurationBuckets() {
   return *b;
 }
 const Histogram::BucketBoundaries& InterTokenBuckets() {
-  static const auto* b = new Histogram::BucketBoundaries{
-      0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2};
+  static const auto* b = new Histogram::BucketBoundaries{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                                         0.1,   0.25,   0.5,   1,    2};
   return *b;
 }
 const Histogram::BucketBoundaries& StepBuckets() {
@@ -50,14 +52,19 @@ const Histogram::BucketBoundaries& StepBuckets() {
   return *b;
 }
 const Histogram::BucketBoundaries& BatchBuckets() {
-  static const auto* b = new Histogram::BucketBoundaries{
-      1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
+  static const auto* b =
+      new Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
   return *b;
 }
 
 constexpr const char* kOutcomeNames[] = {"ok", "cancelled", "deadline_exceeded", "rejected",
                                          "error"};
 constexpr const char* kPhaseNames[] = {"prefill", "decode"};
+
+// mesa_cg_relative_residual boundaries, 1e-7 .. 1 by decades, as ObserveCg compares them with
+// the engine's float residuals (CgResidualBuckets() exports the same decades as doubles).
+constexpr std::array<float, 8> kResidualBounds = {1e-7f, 1e-6f, 1e-5f, 1e-4f,
+                                                  1e-3f, 1e-2f, 1e-1f, 1.0f};
 
 int PhaseIndex(Phase phase) { return phase == Phase::kPrefill ? 0 : 1; }
 
@@ -95,8 +102,7 @@ const std::vector<uint8_t>& IterationBucketTable() {
     auto* t = new std::vector<uint8_t>(static_cast<size_t>(bounds.back()) + 1);
     for (size_t v = 0; v < t->size(); ++v) {
       (*t)[v] = static_cast<uint8_t>(
-          std::lower_bound(bounds.begin(), bounds.end(), static_cast<double>(v)) -
-          bounds.begin());
+          std::lower_bound(bounds.begin(), bounds.end(), static_cast<double>(v)) - bounds.begin());
     }
     return t;
   }();
@@ -134,7 +140,9 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const MetricsOptions& o
                        .Name("mesa_requests_total")
                        .Help("Finished requests by outcome.")
                        .Register(r);
-  for (int i = 0; i < kNumOutcomes; ++i) m->requests_[i] = &requests.Add({{"outcome", kOutcomeNames[i]}});
+  for (int i = 0; i < kNumOutcomes; ++i) {
+    m->requests_[i] = &requests.Add({{"outcome", kOutcomeNames[i]}});
+  }
 
   m->prompt_tokens_ = &prometheus::BuildCounter()
                            .Name("mesa_prompt_tokens_total")
@@ -152,19 +160,17 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const MetricsOptions& o
     return &prometheus::BuildHistogram().Name(name).Help(help).Register(r).Add({}, buckets);
   };
   m->ttft_ = histogram("mesa_time_to_first_token_seconds",
-                       "Time from request arrival to its first generated token.",
-                       LatencyBuckets());
-  m->inter_token_ = histogram("mesa_inter_token_latency_seconds",
-                              "Time between consecutive generated tokens of a request.",
-                              InterTokenBuckets());
+                       "Time from request arrival to its first generated token.", LatencyBuckets());
+  m->inter_token_ =
+      histogram("mesa_inter_token_latency_seconds",
+                "Time between consecutive generated tokens of a request.", InterTokenBuckets());
   m->request_duration_ = histogram("mesa_request_duration_seconds",
                                    "Time from request arrival to its finish.", DurationBuckets());
-  m->queue_time_ = histogram("mesa_queue_time_seconds",
-                             "Time from request arrival to state-slot assignment.",
-                             LatencyBuckets());
+  m->queue_time_ =
+      histogram("mesa_queue_time_seconds", "Time from request arrival to state-slot assignment.",
+                LatencyBuckets());
 
-  auto gauge = [&r](const char* name, const char* help,
-                    const prometheus::Labels& labels = {}) {
+  auto gauge = [&r](const char* name, const char* help, const prometheus::Labels& labels = {}) {
     return &prometheus::BuildGauge().Name(name).Help(help).Register(r).Add(labels);
   };
   m->running_ = gauge("mesa_requests_running", "Requests holding a state slot.");
@@ -182,18 +188,18 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const MetricsOptions& o
   for (int p = 0; p < kNumPhases; ++p) {
     m->step_[p] = &step.Add({{"phase", kPhaseNames[p]}}, StepBuckets());
   }
-  m->decode_batch_ = histogram("mesa_decode_batch_size", "Sequences per decode step.",
-                               BatchBuckets());
+  m->decode_batch_ =
+      histogram("mesa_decode_batch_size", "Sequences per decode step.", BatchBuckets());
 
-  auto& cg_iterations =
-      prometheus::BuildHistogram()
-          .Name("mesa_cg_iterations")
-          .Help("CG iterations per (token, head) solve, by layer and phase.")
-          .Register(r);
+  auto& cg_iterations = prometheus::BuildHistogram()
+                            .Name("mesa_cg_iterations")
+                            .Help("CG iterations per (token, head) solve, by layer and phase.")
+                            .Register(r);
   auto& cap_hits = prometheus::BuildCounter()
                        .Name("mesa_cg_cap_hits_total")
-                       .Help("Adaptive CG solves that stopped at the iteration cap above "
-                             "tolerance, by layer.")
+                       .Help(
+                           "Adaptive CG solves that stopped at the iteration cap above "
+                           "tolerance, by layer.")
                        .Register(r);
   for (int32_t layer = 0; layer < options.num_layers; ++layer) {
     const std::string layer_label = absl::StrCat(layer);
@@ -242,8 +248,8 @@ Metrics::~Metrics() {
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_NUMERICSERV;
   addrinfo* address = nullptr;
-  if (ports.empty() || getaddrinfo(exposer_host_.c_str(), std::to_string(ports[0]).c_str(),
-                                   &hints, &address) != 0) {
+  if (ports.empty() ||
+      getaddrinfo(exposer_host_.c_str(), std::to_string(ports[0]).c_str(), &hints, &address) != 0) {
     exposer_.reset();  // slow but correct
     return;
   }
@@ -303,39 +309,40 @@ void Metrics::ObserveCg(Phase phase, int32_t rows, int32_t layers, int32_t heads
   const std::vector<uint8_t>& table = IterationBucketTable();
   const size_t num_iter_buckets = CgIterationBuckets().size() + 1;  // + the +Inf bucket
   const uint8_t inf_iter_bucket = static_cast<uint8_t>(num_iter_buckets - 1);
-  // Residuals are compared with the boundaries in float, their own precision, so that a
-  // residual exactly at a float tolerance of 1e-3f lands in the le="0.001" bucket.
-  static const auto* res_bounds = new std::vector<float>(CgResidualBuckets().begin(),
-                                                         CgResidualBuckets().end());
-
   // Per-layer counts in integers (exact), converted once at the end.
   std::vector<int64_t> iter_counts(static_cast<size_t>(num_layers) * num_iter_buckets, 0);
   std::vector<int64_t> iter_sums(num_layers, 0);
   std::vector<int64_t> cap_hits(num_layers, 0);
-  std::vector<double> res_counts(res_bounds->size() + 1, 0.0);
+  std::array<int64_t, kResidualBounds.size() + 1> res_counts{};
   double res_sum = 0;
+  // Fixed mode never stops early, so its solves cannot be cap hits.
+  const int32_t hit_cap = adaptive ? cap : std::numeric_limits<int32_t>::max();
 
   for (int32_t row = 0; row < rows; ++row) {
     for (int32_t layer = 0; layer < num_layers; ++layer) {
       const int64_t base = (static_cast<int64_t>(row) * layers + layer) * heads;
       int64_t* counts = &iter_counts[static_cast<size_t>(layer) * num_iter_buckets];
+      int64_t iter_sum = 0;
+      int64_t hits = 0;
       for (int32_t h = 0; h < heads; ++h) {
         const int32_t it = std::max<int32_t>(iters[base + h], 0);
         const float res = residual[base + h];
         ++counts[static_cast<size_t>(it) < table.size() ? table[it] : inf_iter_bucket];
-        iter_sums[layer] += it;
+        iter_sum += it;
         // NaN is "above tolerance": a solve that blew up did not converge.
-        if (adaptive && it >= cap && !(res <= tol)) ++cap_hits[layer];
-        if (std::isfinite(res)) {
-          const size_t b =
-              std::lower_bound(res_bounds->begin(), res_bounds->end(), res) - res_bounds->begin();
-          res_counts[b] += 1;
-          res_sum += res;
-        } else {
-          // Counted in +Inf but kept out of the sum, which would otherwise stay NaN forever.
-          res_counts.back() += 1;
-        }
+        hits += (it >= hit_cap && !(res <= tol)) ? 1 : 0;
+        // Branch-free, because residuals are effectively random: the bucket is the number of
+        // boundaries below the residual. Compared in float, the residual's own precision, so
+        // one exactly at a tolerance of 1e-3f lands in le="0.001". NaN and infinities count in
+        // +Inf but stay out of the sum, which would otherwise be NaN or Inf forever.
+        size_t b = 0;
+        for (float bound : kResidualBounds) b += res > bound;
+        const bool finite = std::isfinite(res);
+        ++res_counts[finite ? b : kResidualBounds.size()];
+        res_sum += finite ? res : 0.0f;
       }
+      iter_sums[layer] += iter_sum;
+      cap_hits[layer] += hits;
     }
   }
 
@@ -346,7 +353,10 @@ void Metrics::ObserveCg(Phase phase, int32_t rows, int32_t layers, int32_t heads
     cg_iterations_[p][layer]->ObserveMultiple(increments, static_cast<double>(iter_sums[layer]));
     if (cap_hits[layer] > 0) cg_cap_hits_[layer]->Increment(static_cast<double>(cap_hits[layer]));
   }
-  if (num_layers > 0) cg_residual_[p]->ObserveMultiple(res_counts, res_sum);
+  if (num_layers > 0) {
+    cg_residual_[p]->ObserveMultiple(std::vector<double>(res_counts.begin(), res_counts.end()),
+                                     res_sum);
+  }
 }
 
 void Metrics::SetHealthy(bool healthy) { healthy_->Set(healthy ? 1 : 0); }

@@ -22,7 +22,7 @@ class Registry;
 namespace mesa::server {
 
 struct MetricsOptions {
-  std::string listen;     // "host:port" for the HTTP exposer (/metrics); empty = no exposer
+  std::string listen;      // "host:port" for the HTTP exposer (/metrics); empty = no exposer
   int32_t num_layers = 0;  // the per-layer CG series are created up front for layers [0, n)
   std::string version;     // mesa_build_info labels
   std::string backend;
@@ -61,8 +61,9 @@ class Metrics {
   // CG telemetry of one engine step. `iters` and `residual` are [rows, layers, heads]
   // row-major, as in engine/model_runner.h CgStats; every row counts, so leave out padding
   // rows before calling. Layers at or beyond options.num_layers are ignored. A solve is a
-  // cap hit when `adaptive` && iters >= cap && residual > tol. Aggregates locally and
-  // touches each Prometheus histogram once, so a 100k-solve decode step stays cheap.
+  // cap hit when `adaptive` && iters >= cap && residual > tol (a NaN residual counts as above
+  // tol). Non-finite residuals go to the +Inf bucket but not into the _sum. Aggregates locally
+  // and touches each Prometheus histogram once, so a 100k-solve decode step stays cheap.
   void ObserveCg(Phase phase, int32_t rows, int32_t layers, int32_t heads, const int32_t* iters,
                  const float* residual, int32_t cap, bool adaptive, float tol);
 

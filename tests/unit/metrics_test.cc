@@ -163,7 +163,7 @@ struct DocMetric {
   std::string type;
   std::set<std::string> labels;
   std::map<std::string, std::set<std::string>> label_values;  // where the doc lists them
-  std::vector<double> buckets;                                  // where the doc lists them
+  std::vector<double> buckets;                                // where the doc lists them
 };
 
 std::vector<std::string> Backticked(const std::string& text) {
@@ -374,15 +374,14 @@ TEST(MetricsTest, CountersGaugesAndHistogramsMove) {
   }
   EXPECT_EQ(Value(e, "mesa_engine_step_duration_seconds_count", {{"phase", "prefill"}}), 1);
   EXPECT_EQ(Value(e, "mesa_engine_step_duration_seconds_count", {{"phase", "decode"}}), 2);
-  EXPECT_DOUBLE_EQ(Value(e, "mesa_engine_step_duration_seconds_sum", {{"phase", "decode"}}),
-                   0.007);
+  EXPECT_DOUBLE_EQ(Value(e, "mesa_engine_step_duration_seconds_sum", {{"phase", "decode"}}), 0.007);
   for (const auto& [le, count] :
        Buckets(e, "mesa_engine_step_duration_seconds", {{"phase", "decode"}})) {
     EXPECT_EQ(count, (le >= 0.003) + (le >= 0.004)) << "le=" << le;
   }
   const auto batch = Buckets(e, "mesa_decode_batch_size");
-  EXPECT_EQ(Bounds(batch), (std::vector<double>{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024,
-                                                INFINITY}));
+  EXPECT_EQ(Bounds(batch),
+            (std::vector<double>{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, INFINITY}));
   EXPECT_EQ(Counts(batch), (std::vector<double>{0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2}));
 
   metrics->SetHealthy(false);
@@ -620,8 +619,8 @@ TEST(MetricsTest, BindFailureNamesTheAddress) {
   EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable) << second.status();
   EXPECT_THAT(std::string(second.status().message()), HasSubstr(taken));
 
-  for (const char* bad : {"9090", "127.0.0.1", "127.0.0.1:http", "127.0.0.1:70000", ":9090",
-                          "127.0.0.1:9090s"}) {
+  for (const char* bad :
+       {"9090", "127.0.0.1", "127.0.0.1:http", "127.0.0.1:70000", ":9090", "127.0.0.1:9090s"}) {
     options.listen = bad;
     auto status = Metrics::Create(options).status();
     EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << bad << ": " << status;
@@ -675,14 +674,13 @@ TEST(MetricsTest, ConcurrentUpdatesAddUp) {
   EXPECT_EQ(Value(e, "mesa_requests_total", {{"outcome", "error"}}), kTotal / 2);
   EXPECT_EQ(Value(e, "mesa_prompt_tokens_total"), 3 * kTotal);
   EXPECT_EQ(Value(e, "mesa_generated_tokens_total"), kTotal);
-  for (const char* h : {"mesa_time_to_first_token_seconds", "mesa_inter_token_latency_seconds",
-                        "mesa_request_duration_seconds", "mesa_queue_time_seconds",
-                        "mesa_decode_batch_size"}) {
+  for (const char* h :
+       {"mesa_time_to_first_token_seconds", "mesa_inter_token_latency_seconds",
+        "mesa_request_duration_seconds", "mesa_queue_time_seconds", "mesa_decode_batch_size"}) {
     EXPECT_EQ(Value(e, absl::StrCat(h, "_count")), kTotal) << h;
   }
   EXPECT_DOUBLE_EQ(Value(e, "mesa_request_duration_seconds_sum"), kTotal);
-  EXPECT_EQ(Value(e, "mesa_engine_step_duration_seconds_count", {{"phase", "decode"}}),
-            kTotal / 2);
+  EXPECT_EQ(Value(e, "mesa_engine_step_duration_seconds_count", {{"phase", "decode"}}), kTotal / 2);
   for (int l = 0; l < kLayers; ++l) {
     const std::string layer = absl::StrCat(l);
     EXPECT_EQ(Value(e, "mesa_cg_iterations_count", {{"layer", layer}, {"phase", "decode"}}),

@@ -9,7 +9,7 @@
 
 #include "absl/status/status.h"
 
-namespace mesa::cli {
+namespace mesa {
 
 class FlagSet {
  public:
@@ -22,6 +22,10 @@ class FlagSet {
 
   // Parses args (without the program and command names). Sets help_requested() on --help.
   absl::Status Parse(const std::vector<std::string>& args);
+  // For every flag not given on the command line, takes the value of the environment variable
+  // `prefix` + NAME (upper case, dashes as underscores), e.g. MESA_MAX_WAITING for
+  // --max-waiting. Call after Parse so the command line wins.
+  absl::Status ApplyEnvironment(const std::string& prefix);
   bool help_requested() const { return help_requested_; }
   bool WasSet(const std::string& name) const;
   std::string Usage() const;
@@ -44,4 +48,4 @@ class FlagSet {
   bool help_requested_ = false;
 };
 
-}  // namespace mesa::cli
+}  // namespace mesa

@@ -1,5 +1,6 @@
-#include "cli/flags.h"
+#include "base/flags.h"
 
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -7,7 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
-namespace mesa::cli {
+namespace mesa {
 
 FlagSet::FlagSet(std::string command, std::string summary)
     : command_(std::move(command)), summary_(std::move(summary)) {}
@@ -128,6 +129,20 @@ absl::Status FlagSet::Parse(const std::vector<std::string>& args) {
   return absl::OkStatus();
 }
 
+absl::Status FlagSet::ApplyEnvironment(const std::string& prefix) {
+  for (Flag& f : flags_) {
+    if (f.set) continue;
+    std::string var = prefix;
+    for (char c : f.name) var.push_back(c == '-' ? '_' : static_cast<char>(std::toupper(c)));
+    const char* value = std::getenv(var.c_str());
+    if (value == nullptr) continue;
+    if (absl::Status s = Assign(f, value); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("environment variable ", var, ": ", s.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
 std::string FlagSet::Usage() const {
   std::string out = absl::StrCat("usage: mesaserve ", command_, " [flags]\n\n", summary_, "\n\nflags:\n");
   for (const Flag& f : flags_) {
@@ -138,4 +153,4 @@ std::string FlagSet::Usage() const {
   return out;
 }
 
-}  // namespace mesa::cli
+}  // namespace mesa
