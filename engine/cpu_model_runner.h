@@ -1,5 +1,5 @@
 // The CPU reference backend: the full MesaNet forward pass with fla's rounding points,
-// OpenBLAS/AVX2 GEMMs over bf16 weights, and a state pool in host memory.
+// BLIS/AVX2 GEMMs over bf16/fp16/fp32 weights, and a state pool in host memory.
 #pragma once
 
 #include <memory>

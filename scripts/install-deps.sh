@@ -22,7 +22,7 @@ if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
 APT_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git ca-certificates dpkg-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libabsl-dev prometheus-cpp-dev nlohmann-json3-dev libopenblas-dev
+  libabsl-dev prometheus-cpp-dev nlohmann-json3-dev libblis-pthread-dev
   libgtest-dev libgmock-dev
 )
 if [ "${MESA_DEPS_MINIMAL:-0}" != "1" ]; then

@@ -1,6 +1,9 @@
 #include "kernels/cpu/matmul.h"
 
 #include <cblas.h>
+
+// BLIS's threading control (blis.h cannot be included next to cblas.h).
+extern "C" void bli_thread_set_num_threads(long n);
 #include <omp.h>
 
 #include <algorithm>
@@ -147,7 +150,7 @@ void MatMulTyped(float* y, const float* x, int64_t m, const typename L::T* w, in
 
 void InitBlasThreads() {
   static std::once_flag once;
-  std::call_once(once, [] { openblas_set_num_threads(1); });
+  std::call_once(once, [] { bli_thread_set_num_threads(1); });
 }
 
 void MatMul(float* y, const float* x, int64_t m, const void* w, ScalarType w_type, int64_t n,

@@ -8,14 +8,14 @@
 
 namespace mesa::cpu {
 
-// Makes OpenBLAS single-threaded (once): our OpenMP threads call it on independent blocks,
+// Makes BLAS single-threaded (once): our OpenMP threads call it on independent blocks,
 // and nested thread pools would oversubscribe the cores.
 void InitBlasThreads();
 
 // y: [m, n] fp32 (overwritten), x: [m, k] fp32, w: [n, k] row-major, elements of `w_type`
 // (uint16 bits for bf16/fp16, float for fp32).
 // Small m (decode) streams each weight row once for all m inputs; larger m (prefill)
-// converts 64-row panels of W to fp32 and runs single-threaded OpenBLAS sgemm per panel,
+// converts 64-row panels of W to fp32 and runs single-threaded BLIS sgemm per panel,
 // with the panels spread over the OpenMP threads.
 void MatMul(float* y, const float* x, int64_t m, const void* w, ScalarType w_type, int64_t n,
             int64_t k);
