@@ -6,6 +6,10 @@
 
 #include "base/log.h"
 #include "cli/commands.h"
+#ifdef MESA_WITH_SERVER
+#include "server/health_client.h"
+#include "server/serve.h"
+#endif
 
 namespace mesa::cli {
 
@@ -22,6 +26,8 @@ constexpr char kUsage[] =
     "usage: mesaserve <command> [flags]\n"
     "\n"
     "commands:\n"
+    "  serve        run the gRPC server (mesa.v1.Generation, health, reflection, metrics)\n"
+    "  health       ask a running server whether it is SERVING (exit code 0/1)\n"
     "  generate     generate text from a prompt (streams to stdout)\n"
     "  logits       write a model's logits for given token ids to a .npy file\n"
     "  perplexity   perplexity and CG statistics of a model on a text file\n"
@@ -45,6 +51,10 @@ int main(int argc, char** argv) {
   }
   const std::string command = argv[1];
   const std::vector<std::string> args(argv + 2, argv + argc);
+#ifdef MESA_WITH_SERVER
+  if (command == "serve") return mesa::server::RunServe(args);
+  if (command == "health") return mesa::server::RunHealthCheck(args);
+#endif
   if (command == "generate") return mesa::cli::RunGenerate(args);
   if (command == "logits") return mesa::cli::RunLogits(args);
   if (command == "perplexity") return mesa::cli::RunPerplexity(args);

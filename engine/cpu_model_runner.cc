@@ -393,6 +393,12 @@ absl::Status CpuModelRunner::Decode(absl::Span<const DecodeRow> rows, DecodeResu
 
 }  // namespace
 
+size_t CpuStateBytesPerSlot(const MesaConfig& c) {
+  const size_t kk = static_cast<size_t>(c.num_heads) * c.head_dim * c.head_dim;
+  const size_t conv = static_cast<size_t>(c.conv_size - 1) * c.key_dim();
+  return (2 * kk + 2 * conv) * c.num_hidden_layers * sizeof(float);
+}
+
 absl::StatusOr<std::unique_ptr<ModelRunner>> CreateCpuModelRunner(MesaWeights weights,
                                                                   const CpuRunnerOptions& options) {
   if (options.num_slots < 1) {

@@ -17,6 +17,9 @@ struct CpuRunnerOptions {
   int32_t max_prefill_segment = 1024;
 };
 
+// Bytes of recurrent and conv state one sequence needs on the CPU backend (fp32).
+size_t CpuStateBytesPerSlot(const MesaConfig& config);
+
 absl::StatusOr<std::unique_ptr<ModelRunner>> CreateCpuModelRunner(MesaWeights weights,
                                                                   const CpuRunnerOptions& options);
 

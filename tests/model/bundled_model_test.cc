@@ -4,6 +4,7 @@
 #include "engine/cg_settings.h"
 #include "engine/cpu_model_runner.h"
 #include "engine/sampler.h"
+#include "base/utf8.h"
 #include "gtest/gtest.h"
 #include "models/checkpoint.h"
 #include "models/tokenizer.h"
@@ -13,19 +14,6 @@ namespace {
 
 const std::filesystem::path kBundled = std::filesystem::path(MESA_SOURCE_DIR) / "models/mesanet-tiny-en";
 
-bool IsValidUtf8(const std::string& s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const unsigned char c = s[i];
-    const int n = c < 0x80 ? 0 : (c >> 5) == 6 ? 1 : (c >> 4) == 14 ? 2 : (c >> 3) == 30 ? 3 : -1;
-    if (n < 0 || i + n >= s.size() + (n == 0)) return n == 0;
-    for (int k = 1; k <= n; ++k) {
-      if ((static_cast<unsigned char>(s[i + k]) >> 6) != 2) return false;
-    }
-    i += n + 1;
-  }
-  return true;
-}
 
 struct Generation {
   std::vector<int32_t> tokens;

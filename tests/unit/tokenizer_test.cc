@@ -2,6 +2,7 @@
 #include <string>
 
 #include "gmock/gmock.h"
+#include "base/utf8.h"
 #include "gtest/gtest.h"
 #include "models/tokenizer.h"
 #include "models/tokenizer_stream.h"
@@ -14,21 +15,6 @@ using ::testing::HasSubstr;
 const char kModel[] = MESA_TESTDATA_DIR "/tokenizer/tiny.model";
 
 // True if `s` is well-formed UTF-8.
-bool IsValidUtf8(const std::string& s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const unsigned char c = s[i];
-    int n = c < 0x80 ? 0 : (c >> 5) == 6 ? 1 : (c >> 4) == 14 ? 2 : (c >> 3) == 30 ? 3 : -1;
-    if (n < 0 || i + n >= s.size() + (n == 0 ? 1 : 0)) {
-      if (n != 0) return false;
-    }
-    for (int k = 1; k <= n; ++k) {
-      if (i + k >= s.size() || (static_cast<unsigned char>(s[i + k]) >> 6) != 2) return false;
-    }
-    i += n + 1;
-  }
-  return true;
-}
 
 TEST(TokenizerTest, RoundTripsTextIncludingNewlinesAndByteFallback) {
   auto tok = Tokenizer::Load(kModel, 400);

@@ -1,0 +1,187 @@
+#include "server/serve.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <omp.h>
+#include <signal.h>
+
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "base/log.h"
+#include "base/status_macros.h"
+#include "engine/cpu_model_runner.h"
+#include "models/checkpoint.h"
+#include "server/generation_service.h"
+#include "server/metrics_observer.h"
+
+namespace mesa::server {
+namespace {
+
+constexpr char kVersion[] = "0.1.0";
+constexpr int kMaxMessageBytes = 4 << 20;
+
+// Everything a running server owns, torn down in reverse order.
+struct Server {
+  ServeConfig config;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<Metrics> metrics;
+  std::unique_ptr<MetricsObserver> observer;
+  std::unique_ptr<Engine> engine;
+  std::unique_ptr<GenerationService> service;
+  std::unique_ptr<grpc::Server> grpc_server;
+};
+
+absl::Status Start(Server& s) {
+  const ServeConfig& c = s.config;
+  const std::filesystem::path dir(c.model);
+  MESA_ASSIGN_OR_RETURN(MesaWeights weights, LoadMesaWeights(dir));
+  const MesaConfig model = weights.config;
+  if (std::filesystem::exists(dir / "tokenizer.model")) {
+    MESA_ASSIGN_OR_RETURN(s.tokenizer, Tokenizer::Load(dir / "tokenizer.model", model.vocab_size));
+  } else {
+    MESA_LOG(WARNING) << dir.string() << " has no tokenizer.model: only token-id prompts will work";
+  }
+  const int64_t state_bytes = static_cast<int64_t>(CpuStateBytesPerSlot(model));
+  int32_t slots = c.slots;
+  if (slots == 0) {
+    const int64_t budget = c.state_memory_mb > 0 ? c.state_memory_mb << 20 : DefaultStateBudgetBytes();
+    MESA_ASSIGN_OR_RETURN(slots, SlotsForMemory(budget, state_bytes));
+    slots = std::min(slots, 256);
+  }
+  CpuRunnerOptions ro;
+  ro.num_slots = slots;
+  MESA_ASSIGN_OR_RETURN(std::unique_ptr<ModelRunner> runner, CreateCpuModelRunner(std::move(weights), ro));
+
+  if (!c.metrics_listen.empty()) {
+    MetricsOptions mo;
+    mo.listen = c.metrics_listen;
+    mo.num_layers = model.num_hidden_layers;
+    mo.version = kVersion;
+    mo.backend = runner->backend_name();
+    mo.model = dir.filename().string();
+    mo.slots_capacity = slots;
+    mo.state_bytes_per_slot = state_bytes;
+    MESA_ASSIGN_OR_RETURN(s.metrics, Metrics::Create(mo));
+    s.observer = std::make_unique<MetricsObserver>(s.metrics.get());
+  }
+  const size_t weight_bytes = runner->weight_bytes();
+  MESA_ASSIGN_OR_RETURN(s.engine, Engine::Create(std::move(runner), s.tokenizer.get(),
+                                                 s.observer.get(), c.engine));
+  s.service = std::make_unique<GenerationService>(s.engine.get(), s.tokenizer.get(), &s.config,
+                                                  s.metrics.get(), dir.filename().string());
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(c.listen, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  builder.RegisterService(s.service.get());
+  s.grpc_server = builder.BuildAndStart();
+  if (s.grpc_server == nullptr || port == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen for gRPC on ", c.listen,
+                                               " (address in use or invalid?)"));
+  }
+  s.grpc_server->GetHealthCheckService()->SetServingStatus(true);
+  std::string metrics_where = "off";
+  if (s.metrics) {
+    const std::vector<int> ports = s.metrics->ListeningPorts();
+    metrics_where = absl::StrCat(c.metrics_listen, ports.empty() ? "" : absl::StrCat(" (port ", ports[0], ")"));
+    s.metrics->SetHealthy(true);
+  }
+  MESA_LOG(INFO) << "serving " << dir.string() << " (" << ScalarTypeName(model.dtype) << ", "
+                 << weight_bytes / 1e6 << " MB of weights) on gRPC port " << port << " ("
+                 << c.listen << "), metrics " << metrics_where << "; " << slots << " state slots of "
+                 << state_bytes / 1e6 << " MB, CG " << CgModeName(c.cg.mode) << " tol " << c.cg.tol;
+  // A line for scripts that start the server on port 0 and need the port.
+  std::printf("mesaserve listening grpc=%d metrics=%d\n", port,
+              s.metrics && !s.metrics->ListeningPorts().empty() ? s.metrics->ListeningPorts()[0] : 0);
+  std::fflush(stdout);
+  return absl::OkStatus();
+}
+
+// Serving status follows the engine: alive, not failed, not draining.
+void WatchHealth(Server& s, const std::atomic<bool>& stop) {
+  bool last = true;
+  while (!stop) {
+    const EngineHealth h = s.engine->Health();
+    const bool ready = h.loop_alive && !h.failed && !h.draining;
+    if (ready != last) {
+      s.grpc_server->GetHealthCheckService()->SetServingStatus(ready);
+      MESA_LOG(WARNING) << "readiness " << (ready ? "SERVING" : "NOT_SERVING") << " (loop alive "
+                        << h.loop_alive << ", failed " << h.failed << ", draining " << h.draining
+                        << ")";
+      last = ready;
+    }
+    if (s.metrics) s.metrics->SetHealthy(h.loop_alive && !h.failed);
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+}
+
+}  // namespace
+
+int RunServe(const std::vector<std::string>& args) {
+  // Signals go to one waiting thread: block them before any other thread exists.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  Server s;
+  bool help = false;
+  std::string usage;
+  absl::StatusOr<ServeConfig> config = ParseServeConfig(args, &help, &usage);
+  if (!config.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(config.status().message()).c_str());
+    return 1;
+  }
+  if (help) {
+    std::fputs(usage.c_str(), stdout);
+    return 0;
+  }
+  s.config = std::move(*config);
+  LogLevel level;
+  if (ParseLogLevel(s.config.log_level, &level)) SetMinLogLevel(level);
+  if (s.config.threads > 0) omp_set_num_threads(s.config.threads);
+  if (absl::Status st = Start(s); !st.ok()) {
+    MESA_LOG(ERROR) << "cannot start: " << st;
+    std::fprintf(stderr, "error: %s\n", std::string(st.message()).c_str());
+    return 1;
+  }
+
+  std::atomic<bool> stop_watch{false};
+  std::thread watcher([&] { WatchHealth(s, stop_watch); });
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  MESA_LOG(INFO) << "signal " << sig << ": draining (up to " << s.config.drain_timeout_seconds
+                 << " s for running requests)";
+  s.engine->StartDrain();
+  s.grpc_server->GetHealthCheckService()->SetServingStatus(false);
+  const absl::Time deadline = absl::Now() + absl::Seconds(s.config.drain_timeout_seconds);
+  while (!s.engine->Idle() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(20));
+  if (!s.engine->Idle()) {
+    const EngineHealth h = s.engine->Health();
+    MESA_LOG(WARNING) << "drain timeout: cancelling " << h.running << " running and " << h.waiting
+                      << " waiting requests";
+    s.engine->CancelAll(absl::UnavailableError("the server is shutting down"));
+    const absl::Time grace = absl::Now() + absl::Seconds(5);
+    while (!s.engine->Idle() && absl::Now() < grace) absl::SleepFor(absl::Milliseconds(10));
+  }
+  // Let the last responses go out, then stop.
+  s.grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  stop_watch = true;
+  watcher.join();
+  s.grpc_server.reset();
+  s.engine.reset();
+  MESA_LOG(INFO) << "drained; exiting";
+  return 0;
+}
+
+}  // namespace mesa::server

@@ -1,0 +1,143 @@
+#include "server/serve_config.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "base/flags.h"
+#include "base/log.h"
+#include "base/status_macros.h"
+
+namespace mesa::server {
+namespace {
+
+absl::Status CheckRange(const char* flag, int64_t value, int64_t lo, int64_t hi) {
+  if (value < lo || value > hi) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, " ", value, " is outside the allowed range [", lo, ", ", hi, "]"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int64_t DefaultStateBudgetBytes() {
+  // MemAvailable from /proc/meminfo; fall back to physical pages.
+  int64_t available = 0;
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  int64_t kb = 0;
+  std::string unit;
+  while (meminfo >> key >> kb >> unit) {
+    if (key == "MemAvailable:") {
+      available = kb * 1024;
+      break;
+    }
+  }
+  if (available <= 0) available = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
+  return std::min<int64_t>(available / 4, int64_t{4096} << 20);
+}
+
+absl::StatusOr<int32_t> SlotsForMemory(int64_t budget_bytes, int64_t bytes_per_slot) {
+  if (bytes_per_slot <= 0) return absl::InternalError("state size per slot is not positive");
+  const int64_t slots = budget_bytes / bytes_per_slot;
+  if (slots < 1) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the state pool does not fit: one sequence needs ", bytes_per_slot, " bytes of state but ",
+        budget_bytes, " bytes are available for states; raise --state-memory-mb or free memory"));
+  }
+  return static_cast<int32_t>(std::min<int64_t>(slots, 4096));
+}
+
+absl::StatusOr<ServeConfig> ParseServeConfig(const std::vector<std::string>& args,
+                                             bool* help_requested, std::string* usage) {
+  ServeConfig c;
+  c.model = MESA_DEFAULT_MODEL_DIR;
+  std::string cg_mode = CgModeName(kDefaultCgMode);
+  double cg_tol = kDefaultCgTol, cg_min_tol = c.limits.min_cg_tol, drain = c.drain_timeout_seconds;
+  int64_t slots = 0, state_mb = 0, max_waiting = c.engine.max_waiting,
+          max_prompt = c.limits.max_prompt_tokens, max_new = c.limits.max_new_tokens,
+          default_new = c.limits.default_max_new_tokens, chunk = c.engine.prefill_chunk,
+          stream_buffer = c.engine.stream_buffer, cg_iters = 0, cg_iters_limit = c.limits.max_cg_iters,
+          threads = 0;
+  FlagSet f("serve", "Serves the model over gRPC (mesa.v1.Generation, health, reflection) with\n"
+                     "Prometheus metrics. Every flag can also be set as MESA_<FLAG> in the\n"
+                     "environment (e.g. MESA_LISTEN); the command line wins.");
+  f.String("model", &c.model, "model directory");
+  f.String("listen", &c.listen, "gRPC address");
+  f.String("metrics-listen", &c.metrics_listen, "Prometheus /metrics address; empty = off");
+  f.Int("slots", &slots, "state slots (concurrent sequences); 0 = from --state-memory-mb");
+  f.Int("state-memory-mb", &state_mb, "memory for states; 0 = 25% of available memory, at most 4096");
+  f.Int("max-waiting", &max_waiting, "waiting-queue bound (RESOURCE_EXHAUSTED beyond it)");
+  f.Int("max-prompt-tokens", &max_prompt, "longest prompt accepted");
+  f.Int("max-new-tokens", &max_new, "largest max_new_tokens a request may ask for");
+  f.Int("default-max-new-tokens", &default_new, "max_new_tokens when a request does not say");
+  f.Int("prefill-chunk", &chunk, "prompt tokens prefilled per request per engine step (multiple of 64)");
+  f.Int("stream-buffer", &stream_buffer, "undelivered messages per stream before its generation pauses");
+  f.String("cg-mode", &cg_mode, "default CG mode: adaptive or fixed");
+  f.Float("cg-tol", &cg_tol, "default adaptive tolerance (relative residual)");
+  f.Int("cg-max-iters", &cg_iters, "default CG cap; 0 = the model's own max_cg_step_*");
+  f.Float("cg-min-tol", &cg_min_tol, "smallest tolerance a request may ask for");
+  f.Int("cg-max-iters-limit", &cg_iters_limit, "largest CG cap a request may ask for");
+  f.Float("drain-timeout", &drain, "seconds SIGTERM waits for running requests");
+  f.Int("threads", &threads, "CPU threads; 0 = all cores");
+  f.String("log-level", &c.log_level, "debug, info, warning or error");
+  MESA_RETURN_IF_ERROR(f.Parse(args));
+  *help_requested = f.help_requested();
+  *usage = f.Usage();
+  if (*help_requested) return c;
+  MESA_RETURN_IF_ERROR(f.ApplyEnvironment("MESA_"));
+
+  LogLevel level;
+  if (!ParseLogLevel(c.log_level, &level)) {
+    return absl::InvalidArgumentError(absl::StrCat("--log-level '", c.log_level,
+                                                   "' is not one of debug, info, warning, error"));
+  }
+  MESA_RETURN_IF_ERROR(CheckRange("slots", slots, 0, 4096));
+  MESA_RETURN_IF_ERROR(CheckRange("state-memory-mb", state_mb, 0, int64_t{1} << 30));
+  MESA_RETURN_IF_ERROR(CheckRange("max-waiting", max_waiting, 0, 1 << 20));
+  MESA_RETURN_IF_ERROR(CheckRange("max-prompt-tokens", max_prompt, 1, 1 << 24));
+  MESA_RETURN_IF_ERROR(CheckRange("max-new-tokens", max_new, 1, 1 << 24));
+  MESA_RETURN_IF_ERROR(CheckRange("default-max-new-tokens", default_new, 1, max_new));
+  MESA_RETURN_IF_ERROR(CheckRange("prefill-chunk", chunk, 64, 1 << 16));
+  if (chunk % 64 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--prefill-chunk ", chunk, " is not a multiple of 64"));
+  }
+  MESA_RETURN_IF_ERROR(CheckRange("stream-buffer", stream_buffer, 1, 1 << 20));
+  MESA_RETURN_IF_ERROR(CheckRange("cg-max-iters-limit", cg_iters_limit, 1, kMaxCgIters));
+  MESA_RETURN_IF_ERROR(CheckRange("cg-max-iters", cg_iters, 0, cg_iters_limit));
+  MESA_RETURN_IF_ERROR(CheckRange("threads", threads, 0, 1024));
+  if (!(drain >= 0.0 && drain <= 86400.0)) {
+    return absl::InvalidArgumentError(absl::StrCat("--drain-timeout ", drain, " is outside [0, 86400]"));
+  }
+  if (!(cg_min_tol > 0.0 && cg_min_tol < 1.0)) {
+    return absl::InvalidArgumentError(absl::StrCat("--cg-min-tol ", cg_min_tol, " is outside (0, 1)"));
+  }
+  if (cg_tol < cg_min_tol) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--cg-tol ", cg_tol, " is below --cg-min-tol ", cg_min_tol));
+  }
+  MESA_ASSIGN_OR_RETURN(c.cg.mode, ParseCgMode(cg_mode));
+  c.cg.tol = static_cast<float>(cg_tol);
+  c.cg.max_iters = static_cast<int32_t>(cg_iters);
+  MESA_RETURN_IF_ERROR(ValidateCgSettings(c.cg));
+  c.slots = static_cast<int32_t>(slots);
+  c.state_memory_mb = state_mb;
+  c.threads = static_cast<int32_t>(threads);
+  c.drain_timeout_seconds = drain;
+  c.engine.max_waiting = static_cast<int32_t>(max_waiting);
+  c.engine.prefill_chunk = static_cast<int32_t>(chunk);
+  c.engine.prefill_budget = static_cast<int32_t>(std::max<int64_t>(chunk, 2 * chunk));
+  c.engine.stream_buffer = static_cast<int32_t>(stream_buffer);
+  c.limits.max_prompt_tokens = static_cast<int32_t>(max_prompt);
+  c.limits.max_new_tokens = static_cast<int32_t>(max_new);
+  c.limits.default_max_new_tokens = static_cast<int32_t>(default_new);
+  c.limits.min_cg_tol = static_cast<float>(cg_min_tol);
+  c.limits.max_cg_iters = static_cast<int32_t>(cg_iters_limit);
+  return c;
+}
+
+}  // namespace mesa::server

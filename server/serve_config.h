@@ -1,0 +1,55 @@
+// Configuration of `mesaserve serve`: flags, MESA_* environment variables, validation.
+// docs/server-interface.md is the reference for names and defaults.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/cg_settings.h"
+#include "engine/engine.h"
+
+namespace mesa::server {
+
+struct Limits {
+  int32_t max_prompt_tokens = 8192;
+  int32_t max_new_tokens = 4096;
+  int32_t default_max_new_tokens = 256;
+  int32_t max_stop_strings = 16;
+  int32_t max_stop_string_bytes = 256;
+  int32_t max_stop_token_ids = 64;
+  int32_t max_top_logprobs = 20;
+  int32_t max_request_id_bytes = 128;
+  int32_t max_prompt_bytes = 1 << 20;  // text prompts
+  float min_cg_tol = 1e-6f;
+  int32_t max_cg_iters = 200;
+};
+
+struct ServeConfig {
+  std::string model;
+  std::string listen = "0.0.0.0:50051";
+  std::string metrics_listen = "0.0.0.0:9090";
+  int32_t slots = 0;             // 0 = from state_memory_mb
+  int64_t state_memory_mb = 0;   // 0 = 25% of available memory, at most 4096
+  int32_t threads = 0;
+  double drain_timeout_seconds = 30.0;
+  std::string log_level = "info";
+  CgSettings cg;                 // server defaults
+  Limits limits;
+  EngineOptions engine;
+};
+
+// Parses the flags of `serve` (after the command name) and MESA_* variables; help_requested
+// is set on --help (the usage text goes to *usage).
+absl::StatusOr<ServeConfig> ParseServeConfig(const std::vector<std::string>& args,
+                                             bool* help_requested, std::string* usage);
+
+// Slots that fit `budget_bytes` of state, at least 1; a budget below one slot is an error that
+// names both numbers.
+absl::StatusOr<int32_t> SlotsForMemory(int64_t budget_bytes, int64_t bytes_per_slot);
+
+// Memory the state pool may use when --state-memory-mb is 0.
+int64_t DefaultStateBudgetBytes();
+
+}  // namespace mesa::server
