@@ -33,8 +33,9 @@ nlohmann::json Summarize(const std::vector<int64_t>& hist) {
 
 }  // namespace
 
-CgHistogram::CgHistogram(int32_t layers, int32_t cap)
+CgHistogram::CgHistogram(int32_t layers, int32_t cap, bool adaptive)
     : cap_(cap),
+      adaptive_(adaptive),
       by_layer_(layers, std::vector<int64_t>(cap + 1, 0)),
       residual_sum_by_layer_(layers, 0.0),
       count_by_layer_(layers, 0) {}
@@ -87,7 +88,8 @@ nlohmann::json CgHistogram::ToJson() const {
     hi *= 2;
   }
   j["all"] = Summarize(all);
-  j["cap_hits"] = all[cap_];
+  // A solve at the cap may still have met the tolerance there; this counts the upper bound.
+  j["cap_hits"] = adaptive_ ? all[cap_] : 0;
   return j;
 }
 

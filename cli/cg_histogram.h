@@ -12,7 +12,8 @@ namespace mesa::cli {
 
 class CgHistogram {
  public:
-  CgHistogram(int32_t layers, int32_t cap);
+  // `adaptive`: whether solves that reach `cap` count as cap hits (in fixed mode they all do).
+  CgHistogram(int32_t layers, int32_t cap, bool adaptive);
   // Adds the stats of `stats.rows` consecutive tokens starting at sequence position `start`.
   void Add(const CgStats& stats, int64_t start);
   nlohmann::json ToJson() const;
@@ -20,6 +21,7 @@ class CgHistogram {
  private:
   static int32_t PositionBucket(int64_t pos);  // 0: [0,64), 1: [64,128), 2: [128,256), ...
   int32_t cap_;
+  bool adaptive_;
   std::vector<std::vector<int64_t>> by_layer_;     // [layer][iters]
   std::vector<std::vector<int64_t>> by_position_;  // [bucket][iters]
   std::vector<double> residual_sum_by_layer_;

@@ -72,7 +72,7 @@ int RunPerplexity(const std::vector<std::string>& args) {
   const int64_t vocab = config.vocab_size;
   const CgControl cg = PrefillCgControl(loaded->cg, config);
   CgSummary summary;
-  CgHistogram histogram(config.num_hidden_layers, cg.max_iters);
+  CgHistogram histogram(config.num_hidden_layers, cg.max_iters, cg.mode == CgMode::kAdaptive);
   double nll = 0.0;
   int64_t predicted = 0;
   const auto t0 = std::chrono::steady_clock::now();
