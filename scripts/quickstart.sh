@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
-# The README's first command: installs dependencies, builds, and generates text with the
+# The README's first command: installs dependencies, builds, and starts the server on the
 # bundled model (or the model directory given with --model). Extra arguments go to
-# `mesaserve generate`.
+# `mesaserve serve` (see `build/cli/mesaserve serve --help`). Stop it with Ctrl-C (it drains).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 bash scripts/build.sh --target mesaserve
 BUILD_DIR="${MESA_BUILD_DIR:-build}"
-if [ "$#" -eq 0 ]; then
-  set -- --prompt "The history of the" --max-new-tokens 80 --stats
-fi
-exec "$BUILD_DIR/cli/mesaserve" generate "$@"
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
+exec "$BUILD_DIR/cli/mesaserve" serve "$@"
