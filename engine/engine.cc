@@ -154,9 +154,12 @@ void Engine::Loop() {
   while (true) {
     {
       std::unique_lock<std::mutex> lock(mu_);
-      const bool busy = !running_.empty();
+      const bool busy = !running_.empty() && !idle_step_;
       if (!busy && inbox_.empty() && cancels_.empty() && cancel_all_.ok() && !stop_) {
-        wake_.wait_for(lock, absl::ToChronoNanoseconds(options_.idle_tick));
+        // With running requests that are all paused by slow readers, poll their backlogs
+        // often; with nothing running, wake for deadlines and the heartbeat.
+        const absl::Duration wait = running_.empty() ? options_.idle_tick : absl::Milliseconds(2);
+        wake_.wait_for(lock, absl::ToChronoNanoseconds(wait));
       }
       if (stop_) break;
     }
@@ -164,8 +167,11 @@ void Engine::Loop() {
     TakeInbox();
     ExpireAndCancel();
     Admit();
+    idle_step_ = false;
     if (!running_.empty() && !failed_) {
-      if (absl::Status s = Step(); !s.ok()) Fail(s);
+      bool worked = false;
+      if (absl::Status s = Step(&worked); !s.ok()) Fail(s);
+      idle_step_ = !worked;
     }
     if (observer_) {
       observer_->OnLoad(static_cast<int32_t>(running_.size()), waiting_count_,
@@ -262,10 +268,10 @@ void Engine::Admit() {
   running_count_ = static_cast<int32_t>(running_.size());
 }
 
-absl::Status Engine::Step() {
-  absl::Status s = PrefillStep();
+absl::Status Engine::Step(bool* worked) {
+  absl::Status s = PrefillStep(worked);
   if (!s.ok()) return s;
-  s = DecodeStep();
+  s = DecodeStep(worked);
   running_.erase(std::remove_if(running_.begin(), running_.end(), [](const auto& a) { return a->done; }),
                  running_.end());
   running_count_ = static_cast<int32_t>(running_.size());
@@ -273,7 +279,7 @@ absl::Status Engine::Step() {
   return s;
 }
 
-absl::Status Engine::PrefillStep() {
+absl::Status Engine::PrefillStep(bool* worked) {
   std::vector<PrefillRequest> batch;
   std::vector<Active*> owners;
   int32_t budget = options_.prefill_budget;
@@ -294,6 +300,7 @@ absl::Status Engine::PrefillStep() {
     budget -= static_cast<int32_t>(len);
   }
   if (batch.empty()) return absl::OkStatus();
+  *worked = true;
   std::vector<PrefillResult> results(batch.size());
   const absl::Time t0 = absl::Now();
   if (absl::Status s = runner_->Prefill(batch, absl::MakeSpan(results)); !s.ok()) return s;
@@ -324,7 +331,7 @@ absl::Status Engine::PrefillStep() {
   return absl::OkStatus();
 }
 
-absl::Status Engine::DecodeStep() {
+absl::Status Engine::DecodeStep(bool* worked) {
   std::vector<DecodeRow> rows;
   std::vector<Active*> owners;
   for (auto& a : running_) {
@@ -335,6 +342,7 @@ absl::Status Engine::DecodeStep() {
     owners.push_back(a.get());
   }
   if (rows.empty()) return absl::OkStatus();
+  *worked = true;
   DecodeResult result;
   const absl::Time t0 = absl::Now();
   if (absl::Status s = runner_->Decode(rows, &result); !s.ok()) return s;

@@ -90,9 +90,10 @@ class Engine {
   void TakeInbox();
   void ExpireAndCancel();
   void Admit();
-  absl::Status Step();
-  absl::Status PrefillStep();
-  absl::Status DecodeStep();
+  // Each sets *worked when it ran the model.
+  absl::Status Step(bool* worked);
+  absl::Status PrefillStep(bool* worked);
+  absl::Status DecodeStep(bool* worked);
   // Records a generated token; finishes the request when a stop condition holds.
   void Emit(Active& a, const TokenChoice& choice);
   void Finish(Active& a, absl::Status status, FinishReason reason);
@@ -114,6 +115,7 @@ class Engine {
   std::vector<std::pair<RequestId, absl::Status>> cancels_;
   absl::Status cancel_all_;  // set by CancelAll
   bool stop_ = false;
+  bool idle_step_ = false;  // the last step ran nothing (every running request paused)
   RequestId next_id_ = 1;
   std::atomic<bool> draining_{false};
   std::atomic<bool> failed_{false};

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -38,6 +39,16 @@ int64_t DefaultStateBudgetBytes() {
     }
   }
   if (available <= 0) available = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
+  // In a container /proc/meminfo shows the host: the cgroup's limit (v2, then v1) caps it.
+  for (const char* path : {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}) {
+    std::ifstream f(path);
+    std::string limit;
+    if (f >> limit && !limit.empty() && limit != "max") {
+      const int64_t bytes = std::strtoll(limit.c_str(), nullptr, 10);
+      if (bytes > 0) available = std::min(available, bytes);
+      break;
+    }
+  }
   return std::min<int64_t>(available / 4, int64_t{4096} << 20);
 }
 

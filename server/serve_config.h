@@ -49,7 +49,8 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::vector<std::string>& arg
 // names both numbers.
 absl::StatusOr<int32_t> SlotsForMemory(int64_t budget_bytes, int64_t bytes_per_slot);
 
-// Memory the state pool may use when --state-memory-mb is 0.
+// Memory the state pool may use when --state-memory-mb is 0: a quarter of the available
+// memory (bounded by the container's cgroup limit), at most 4 GiB.
 int64_t DefaultStateBudgetBytes();
 
 }  // namespace mesa::server
