@@ -204,12 +204,24 @@ void Engine::TakeInbox() {
     });
     waiting_.insert(it, std::move(a));
   }
+  // gRPC reports an expired deadline as a cancellation; report it as what it is.
+  const absl::Time now = absl::Now();
+  auto cancel = [&](Active& a, const absl::Status& status) {
+    if (a.done) return;
+    if (now >= a.req.deadline) {
+      Finish(a, absl::DeadlineExceededError(absl::StrCat("deadline passed after ", a.generated,
+                                                         " generated tokens")),
+             FinishReason::kNone);
+    } else {
+      Finish(a, status, FinishReason::kNone);
+    }
+  };
   for (auto& [id, status] : cancels) {
     for (auto& a : running_) {
-      if (a->id == id && !a->done) Finish(*a, status, FinishReason::kNone);
+      if (a->id == id) cancel(*a, status);
     }
     for (auto& a : waiting_) {
-      if (a->id == id && !a->done) Finish(*a, status, FinishReason::kNone);
+      if (a->id == id) cancel(*a, status);
     }
   }
   if (!cancel_all.ok()) {

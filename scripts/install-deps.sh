@@ -85,11 +85,11 @@ fi
 if [ "${MESA_DEPS_MINIMAL:-0}" != "1" ]; then
   # Python packages for the client-side tests (a user's grpcio client) and the tools.
   PY="${PYTHON:-python3}"
-  if ! "$PY" -c 'import grpc, grpc_tools, numpy, sentencepiece' >/dev/null 2>&1; then
+  if ! "$PY" -c 'import grpc, grpc_tools, grpc_health.v1.health_pb2, grpc_reflection.v1alpha.reflection_pb2, numpy, sentencepiece' >/dev/null 2>&1; then
     log "installing python test packages"
     "$PY" -m pip install -q --disable-pip-version-check --break-system-packages \
-      grpcio grpcio-tools numpy sentencepiece 2>/dev/null \
-      || "$PY" -m pip install -q --disable-pip-version-check grpcio grpcio-tools numpy sentencepiece
+      grpcio grpcio-tools grpcio-health-checking grpcio-reflection numpy sentencepiece 2>/dev/null \
+      || "$PY" -m pip install -q --disable-pip-version-check grpcio grpcio-tools grpcio-health-checking grpcio-reflection numpy sentencepiece
   fi
 fi
 log "done"

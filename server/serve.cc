@@ -24,6 +24,7 @@ namespace {
 
 constexpr char kVersion[] = "0.1.0";
 constexpr int kMaxMessageBytes = 4 << 20;
+constexpr char kServiceName[] = "mesa.v1.Generation";
 
 // Everything a running server owns, torn down in reverse order.
 struct Server {
@@ -88,6 +89,7 @@ absl::Status Start(Server& s) {
                                                " (address in use or invalid?)"));
   }
   s.grpc_server->GetHealthCheckService()->SetServingStatus(true);
+  s.grpc_server->GetHealthCheckService()->SetServingStatus(kServiceName, true);
   std::string metrics_where = "off";
   if (s.metrics) {
     const std::vector<int> ports = s.metrics->ListeningPorts();
@@ -113,6 +115,7 @@ void WatchHealth(Server& s, const std::atomic<bool>& stop) {
     const bool ready = h.loop_alive && !h.failed && !h.draining;
     if (ready != last) {
       s.grpc_server->GetHealthCheckService()->SetServingStatus(ready);
+      s.grpc_server->GetHealthCheckService()->SetServingStatus(kServiceName, ready);
       MESA_LOG(WARNING) << "readiness " << (ready ? "SERVING" : "NOT_SERVING") << " (loop alive "
                         << h.loop_alive << ", failed " << h.failed << ", draining " << h.draining
                         << ")";
@@ -164,6 +167,7 @@ int RunServe(const std::vector<std::string>& args) {
                  << " s for running requests)";
   s.engine->StartDrain();
   s.grpc_server->GetHealthCheckService()->SetServingStatus(false);
+  s.grpc_server->GetHealthCheckService()->SetServingStatus(kServiceName, false);
   const absl::Time deadline = absl::Now() + absl::Seconds(s.config.drain_timeout_seconds);
   while (!s.engine->Idle() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(20));
   if (!s.engine->Idle()) {
