@@ -8,6 +8,7 @@
 #include "cli/commands.h"
 #ifdef MESA_WITH_SERVER
 #include "server/health_client.h"
+#include "server/loadtest.h"
 #include "server/serve.h"
 #endif
 
@@ -28,6 +29,7 @@ constexpr char kUsage[] =
     "commands:\n"
     "  serve        run the gRPC server (mesa.v1.Generation, health, reflection, metrics)\n"
     "  health       ask a running server whether it is SERVING (exit code 0/1)\n"
+    "  loadtest     load-test a running server (throughput, TTFT/ITL percentiles; exit 0/1)\n"
     "  generate     generate text from a prompt (streams to stdout)\n"
     "  logits       write a model's logits for given token ids to a .npy file\n"
     "  perplexity   perplexity and CG statistics of a model on a text file\n"
@@ -54,6 +56,7 @@ int main(int argc, char** argv) {
 #ifdef MESA_WITH_SERVER
   if (command == "serve") return mesa::server::RunServe(args);
   if (command == "health") return mesa::server::RunHealthCheck(args);
+  if (command == "loadtest") return mesa::server::RunLoadTest(args);
 #endif
   if (command == "generate") return mesa::cli::RunGenerate(args);
   if (command == "logits") return mesa::cli::RunLogits(args);

@@ -1,5 +1,7 @@
 #include "engine/engine.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <map>
 #include <tuple>
@@ -151,6 +153,8 @@ EngineHealth Engine::Health() const {
 bool Engine::Idle() const { return running_count_ == 0 && waiting_count_ == 0; }
 
 void Engine::Loop() {
+  // OpenMP's thread count is a per-thread setting: it must be made on this thread.
+  if (options_.threads > 0) omp_set_num_threads(options_.threads);
   while (true) {
     {
       std::unique_lock<std::mutex> lock(mu_);
@@ -405,8 +409,9 @@ void Engine::ReportCg(bool prefill, const CgStats& stats, const std::vector<int3
 
 void Engine::Sample(Active& a, absl::Span<const float> logits) {
   TokenChoice choice;
-  choice.token = a.sampler->Sample(logits, a.req.top_logprobs, a.req.top_logprobs > 0 ? &choice.top : nullptr,
-                                   &choice.logprob);
+  const bool logprobs = a.req.top_logprobs > 0;
+  choice.token = a.sampler->Sample(logits, a.req.top_logprobs, logprobs ? &choice.top : nullptr,
+                                   logprobs ? &choice.logprob : nullptr);
   a.sampler->Observe(choice.token);
   Emit(a, choice);
 }

@@ -16,6 +16,8 @@
 #include <thread>
 #include <vector>
 
+#include "absl/time/time.h"
+
 #include "absl/status/statusor.h"
 #include "engine/model_runner.h"
 #include "engine/request.h"
@@ -28,6 +30,7 @@ struct EngineOptions {
   int32_t prefill_chunk = 256;   // prompt tokens per request per step (multiple of 64)
   int32_t prefill_budget = 512;  // prompt tokens per step over all requests
   int32_t stream_buffer = 256;   // undelivered events before a request's generation pauses
+  int32_t threads = 0;           // OpenMP threads of the engine thread; 0 = the default
   // Wake-up period when idle, so deadlines and the heartbeat are checked.
   absl::Duration idle_tick = absl::Milliseconds(50);
 };

@@ -15,6 +15,11 @@ absl::Status OutOfRange(const char* field, float value, const char* range) {
       absl::StrCat(field, " = ", value, " is outside the allowed range ", range));
 }
 
+// Tokens whose scaled logit is this far below the best one carry less than e^-30 (1e-13) of
+// the probability each: even all 10^6 of them together are below float resolution, so they
+// are never candidates. This keeps the sort (needed by top-p and min-p) small.
+constexpr float kCandidateWindow = 30.0f;
+
 }  // namespace
 
 absl::Status ValidateSamplingParams(const SamplingParams& p) {
@@ -42,13 +47,6 @@ void Sampler::Observe(int32_t token) { ++counts_[token]; }
 int32_t Sampler::Sample(absl::Span<const float> logits, int32_t num_top_logprobs,
                         std::vector<TokenLogprob>* top_logprobs, float* chosen_logprob) {
   const int32_t n = std::min<int32_t>(valid_vocab_, static_cast<int32_t>(logits.size()));
-  // Log-softmax of the raw logits, for reported logprobs.
-  float max_raw = -std::numeric_limits<float>::infinity();
-  for (int32_t i = 0; i < n; ++i) max_raw = std::max(max_raw, logits[i]);
-  double sum_raw = 0.0;
-  for (int32_t i = 0; i < n; ++i) sum_raw += std::exp(static_cast<double>(logits[i] - max_raw));
-  const float log_z = max_raw + static_cast<float>(std::log(sum_raw));
-
   work_.assign(logits.begin(), logits.begin() + n);
   for (const auto& [token, count] : counts_) {
     if (token < 0 || token >= n) continue;
@@ -63,50 +61,64 @@ int32_t Sampler::Sample(absl::Span<const float> logits, int32_t num_top_logprobs
   if (params_.temperature == 0.0f) {
     chosen = static_cast<int32_t>(std::max_element(work_.begin(), work_.end()) - work_.begin());
   } else {
-    order_.resize(n);
-    std::iota(order_.begin(), order_.end(), 0);
-    int32_t keep = n;
-    if (params_.top_k > 0 && params_.top_k < n) {
-      keep = params_.top_k;
-      std::partial_sort(order_.begin(), order_.begin() + keep, order_.end(),
-                        [&](int32_t a, int32_t b) { return work_[a] > work_[b]; });
-    } else {
-      std::sort(order_.begin(), order_.end(), [&](int32_t a, int32_t b) { return work_[a] > work_[b]; });
-    }
-    // Probabilities of the kept candidates (sorted descending) at this temperature.
-    std::vector<double> probs(keep);
-    const double top = work_[order_[0]] / params_.temperature;
-    double total = 0.0;
-    for (int32_t i = 0; i < keep; ++i) {
-      probs[i] = std::exp(work_[order_[i]] / params_.temperature - top);
-      total += probs[i];
-    }
-    int32_t cut = keep;
-    if (params_.min_p > 0.0f) {
-      const double threshold = params_.min_p * probs[0];
-      cut = 1;
-      while (cut < keep && probs[cut] >= threshold) ++cut;
-    }
-    if (params_.top_p < 1.0f) {
-      double cum = 0.0;
-      int32_t i = 0;
-      for (; i < cut; ++i) {
-        cum += probs[i] / total;
-        if (cum >= params_.top_p) {
-          ++i;
-          break;
-        }
+    const float inv_t = 1.0f / params_.temperature;
+    const float top = *std::max_element(work_.begin(), work_.end());
+    // Candidates in id order, with unnormalised probabilities exp((l - top) / T).
+    order_.clear();
+    probs_.clear();
+    for (int32_t i = 0; i < n; ++i) {
+      const float z = (work_[i] - top) * inv_t;
+      if (z > -kCandidateWindow) {
+        order_.push_back(i);
+        probs_.push_back(std::exp(z));
       }
-      cut = std::max(1, std::min(cut, i));
+    }
+    const bool need_order = params_.top_k > 0 || params_.top_p < 1.0f || params_.min_p > 0.0f;
+    if (need_order) {
+      // Sort candidates by probability, descending; ties by id for determinism.
+      index_.resize(order_.size());
+      std::iota(index_.begin(), index_.end(), 0);
+      std::sort(index_.begin(), index_.end(), [&](int32_t a, int32_t b) {
+        return probs_[a] != probs_[b] ? probs_[a] > probs_[b] : order_[a] < order_[b];
+      });
+      int32_t keep = static_cast<int32_t>(index_.size());
+      if (params_.top_k > 0) keep = std::min(keep, params_.top_k);
+      if (params_.min_p > 0.0f) {
+        const float threshold = params_.min_p * probs_[index_[0]];
+        int32_t cut = 1;
+        while (cut < keep && probs_[index_[cut]] >= threshold) ++cut;
+        keep = cut;
+      }
+      if (params_.top_p < 1.0f) {
+        double total = 0.0;
+        for (int32_t i = 0; i < keep; ++i) total += probs_[index_[i]];
+        double cum = 0.0;
+        int32_t cut = 0;
+        while (cut < keep) {
+          cum += probs_[index_[cut]] / total;
+          ++cut;
+          if (cum >= params_.top_p) break;
+        }
+        keep = std::max(1, cut);
+      }
+      // Rebuild the candidate lists in kept order.
+      std::vector<int32_t> ids(keep);
+      std::vector<float> ps(keep);
+      for (int32_t i = 0; i < keep; ++i) {
+        ids[i] = order_[index_[i]];
+        ps[i] = probs_[index_[i]];
+      }
+      order_.swap(ids);
+      probs_.swap(ps);
     }
     double mass = 0.0;
-    for (int32_t i = 0; i < cut; ++i) mass += probs[i];
+    for (float p : probs_) mass += p;
     std::uniform_real_distribution<double> uniform(0.0, mass);
     const double u = uniform(rng_);
     double acc = 0.0;
-    chosen = order_[cut - 1];
-    for (int32_t i = 0; i < cut; ++i) {
-      acc += probs[i];
+    chosen = order_.back();
+    for (size_t i = 0; i < order_.size(); ++i) {
+      acc += probs_[i];
       if (u < acc) {
         chosen = order_[i];
         break;
@@ -114,15 +126,23 @@ int32_t Sampler::Sample(absl::Span<const float> logits, int32_t num_top_logprobs
     }
   }
 
-  if (chosen_logprob != nullptr) *chosen_logprob = logits[chosen] - log_z;
-  if (top_logprobs != nullptr && num_top_logprobs > 0) {
-    const int32_t m = std::min(num_top_logprobs, n);
-    std::vector<int32_t> idx(n);
-    std::iota(idx.begin(), idx.end(), 0);
-    std::partial_sort(idx.begin(), idx.begin() + m, idx.end(),
-                      [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
-    top_logprobs->clear();
-    for (int32_t i = 0; i < m; ++i) top_logprobs->push_back({idx[i], logits[idx[i]] - log_z});
+  // Log-probabilities (of the raw logits) only when asked for: a log-sum-exp over the vocab.
+  const bool want_top = top_logprobs != nullptr && num_top_logprobs > 0;
+  if (chosen_logprob != nullptr || want_top) {
+    const float mx = *std::max_element(logits.begin(), logits.begin() + n);
+    float sum = 0.0f;
+    for (int32_t i = 0; i < n; ++i) sum += std::exp(logits[i] - mx);
+    const float log_z = mx + std::log(sum);
+    if (chosen_logprob != nullptr) *chosen_logprob = logits[chosen] - log_z;
+    if (want_top) {
+      const int32_t m = std::min(num_top_logprobs, n);
+      index_.resize(n);
+      std::iota(index_.begin(), index_.end(), 0);
+      std::partial_sort(index_.begin(), index_.begin() + m, index_.end(),
+                        [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+      top_logprobs->clear();
+      for (int32_t i = 0; i < m; ++i) top_logprobs->push_back({index_[i], logits[index_[i]] - log_z});
+    }
   }
   return chosen;
 }

@@ -40,7 +40,8 @@ class Sampler {
   // Records a token of the context (prompt or generated) for the penalties.
   void Observe(int32_t token);
   // Chooses the next token from `logits` (model vocab size). `top_logprobs` (optional) gets the
-  // n most likely tokens under the unpenalised, untempered distribution, plus the chosen one's.
+  // n most likely tokens under the unpenalised, untempered distribution, `chosen_logprob`
+  // (optional) the chosen one's; leave both null when not needed (saves a pass over the vocab).
   int32_t Sample(absl::Span<const float> logits, int32_t num_top_logprobs = 0,
                  std::vector<TokenLogprob>* top_logprobs = nullptr, float* chosen_logprob = nullptr);
 
@@ -49,8 +50,11 @@ class Sampler {
   int32_t valid_vocab_;
   std::mt19937_64 rng_;
   std::unordered_map<int32_t, int32_t> counts_;
-  std::vector<float> work_;
-  std::vector<int32_t> order_;
+  // Scratch reused across calls (this is on the per-token path).
+  std::vector<float> work_;     // penalised logits
+  std::vector<int32_t> order_;  // candidate token ids
+  std::vector<float> probs_;    // their unnormalised probabilities
+  std::vector<int32_t> index_;  // sort permutation
 };
 
 }  // namespace mesa

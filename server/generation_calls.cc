@@ -154,7 +154,16 @@ void StreamGenerateCall::Enqueue(GenerationEvent event) {
     } else if (!msg.text().empty() || msg.token_ids_size() > 0) {
       queue_.push_back(std::move(msg));
     }
+  } else if (!queue_.empty()) {
+    // A write is in flight and messages wait: merge into the last one, so a client that lags
+    // gets fewer, larger messages instead of one write per token.
+    v1::GenerateStreamResponse& last = queue_.back();
+    last.mutable_text()->append(msg.text());
+    last.mutable_token_ids()->MergeFrom(msg.token_ids());
+    last.mutable_logprobs()->MergeFrom(msg.logprobs());
+    queued_tokens_ += msg.token_ids_size();
   } else {
+    queued_tokens_ += msg.token_ids_size();
     queue_.push_back(std::move(msg));
   }
   const Next next = writing_ ? Next::kNothing : PlanNextLocked();
@@ -166,6 +175,7 @@ StreamGenerateCall::Next StreamGenerateCall::PlanNextLocked() {
   if (!queue_.empty()) {
     current_ = std::move(queue_.front());
     queue_.pop_front();
+    queued_tokens_ -= std::min<size_t>(queued_tokens_, current_.token_ids_size());
     writing_ = true;
     return Next::kWrite;
   }
@@ -184,7 +194,9 @@ void StreamGenerateCall::Run(Next next) {
 
 size_t StreamGenerateCall::Backlog() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return queue_.size() + (writing_ ? 1 : 0);
+  // In tokens (one per engine step), so the --stream-buffer bound keeps its meaning although
+  // queued messages are merged.
+  return queued_tokens_ + (writing_ ? 1 : 0);
 }
 
 void StreamGenerateCall::OnWriteDone(bool ok) {
@@ -193,6 +205,7 @@ void StreamGenerateCall::OnWriteDone(bool ok) {
   if (!ok) {
     // The stream is broken (client gone): drop what is queued and end the request.
     queue_.clear();
+    queued_tokens_ = 0;
     if (submitted_ && !have_final_) {
       ctx_.engine->Cancel(id_, absl::CancelledError("the stream to the client broke"));
     }

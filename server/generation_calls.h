@@ -71,6 +71,7 @@ class StreamGenerateCall : public grpc::ServerWriteReactor<v1::GenerateStreamRes
   std::string client_id_;
   mutable std::mutex mu_;
   std::deque<v1::GenerateStreamResponse> queue_;
+  size_t queued_tokens_ = 0;  // tokens in queue_ (messages are merged while a write is out)
   v1::GenerateStreamResponse current_;
   bool writing_ = false;
   bool have_final_ = false;

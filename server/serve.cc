@@ -71,8 +71,10 @@ absl::Status Start(Server& s) {
     s.observer = std::make_unique<MetricsObserver>(s.metrics.get());
   }
   const size_t weight_bytes = runner->weight_bytes();
+  EngineOptions eo = c.engine;
+  eo.threads = c.threads;
   MESA_ASSIGN_OR_RETURN(s.engine, Engine::Create(std::move(runner), s.tokenizer.get(),
-                                                 s.observer.get(), c.engine));
+                                                 s.observer.get(), eo));
   s.service = std::make_unique<GenerationService>(s.engine.get(), s.tokenizer.get(), &s.config,
                                                   s.metrics.get(), dir.filename().string());
 
@@ -151,7 +153,7 @@ int RunServe(const std::vector<std::string>& args) {
   s.config = std::move(*config);
   LogLevel level;
   if (ParseLogLevel(s.config.log_level, &level)) SetMinLogLevel(level);
-  if (s.config.threads > 0) omp_set_num_threads(s.config.threads);
+  if (s.config.threads > 0) omp_set_num_threads(s.config.threads);  // this thread's kernels (loading)
   if (absl::Status st = Start(s); !st.ok()) {
     MESA_LOG(ERROR) << "cannot start: " << st;
     std::fprintf(stderr, "error: %s\n", std::string(st.message()).c_str());
