@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "cli/commands.h"
+#include "cli/engine_load.h"
 #include "cli/model_setup.h"
 
 namespace mesa::cli {
@@ -58,12 +59,20 @@ int RunBench(const std::vector<std::string>& args) {
   ModelFlags model_flags;
   std::string batches = "1,4,8";
   int64_t steps = 32, prefill_tokens = 512, copy_mb = 1024, context = 128;
+  std::string engine_concurrency;
+  int64_t load_requests = 0, load_prompt = 32, load_new = 64;
   AddModelFlags(flags, &model_flags);
   flags.String("batches", &batches, "decode batch sizes to time, comma-separated");
   flags.Int("steps", &steps, "decode steps timed per batch size");
   flags.Int("context", &context, "tokens prefilled into each sequence before decode is timed");
   flags.Int("prefill-tokens", &prefill_tokens, "prompt length for the prefill timing");
   flags.Int("copy-mb", &copy_mb, "buffer size for the copy-bandwidth measurement (MiB)");
+  flags.String("engine-concurrency", &engine_concurrency,
+               "also run the serving engine in-process with these closed-loop concurrencies, "
+               "e.g. 1,4,8 (the engine-only baseline for the server)");
+  flags.Int("load-requests", &load_requests, "requests per concurrency level; 0 = 25 x concurrency");
+  flags.Int("load-prompt-tokens", &load_prompt, "prompt length of the engine load");
+  flags.Int("load-new-tokens", &load_new, "generated tokens per request of the engine load");
   if (absl::Status s = flags.Parse(args); !s.ok()) return Fail(std::string(s.message()));
   if (flags.help_requested()) {
     std::fputs(flags.Usage().c_str(), stdout);
@@ -80,21 +89,44 @@ int RunBench(const std::vector<std::string>& args) {
   if (steps < 1 || prefill_tokens < 1 || copy_mb < 16 || context < 1) {
     return Fail("--steps, --context and --prefill-tokens must be positive and --copy-mb at least 16");
   }
-  const int32_t max_batch = *std::max_element(batch_sizes.begin(), batch_sizes.end());
+  const int32_t max_batch =
+      batch_sizes.empty() ? 1 : *std::max_element(batch_sizes.begin(), batch_sizes.end());
   auto loaded = LoadModel(model_flags, /*need_tokenizer=*/false, max_batch);
   if (!loaded.ok()) return Fail(std::string(loaded.status().message()));
   ModelRunner& runner = *loaded->runner;
   const MesaConfig& config = runner.config();
 
-  const double bandwidth = MeasureCopyBandwidth(static_cast<size_t>(copy_mb) << 20);
   const double weight_bytes = static_cast<double>(runner.weight_bytes());
   const double state_bytes = static_cast<double>(runner.state_bytes_per_slot());
   std::printf("model %s: %.1f MB of weights, %.2f MB of state per sequence, backend %s\n",
               model_flags.model.c_str(), weight_bytes / 1e6, state_bytes / 1e6, runner.backend_name());
-  std::printf("memory copy bandwidth (read + write): %.1f GB/s (%lld MiB buffers)\n",
-              bandwidth / 1e9, static_cast<long long>(copy_mb));
   std::printf("CG: mode %s, tol %g, cap %d\n\n", CgModeName(loaded->cg.mode), loaded->cg.tol,
               DecodeCgControl(loaded->cg, config).max_iters);
+  // The engine load runs first: its engine thread must not share the cores with OpenMP workers
+  // left over from this thread's earlier parallel regions (seen to cost 2x).
+  if (!engine_concurrency.empty()) {
+    std::printf("engine load (prompt %lld, %lld new tokens, closed loop)\n%-12s %10s %12s %12s\n",
+                static_cast<long long>(load_prompt), static_cast<long long>(load_new), "concurrency",
+                "requests", "requests/s", "tokens/s");
+    for (absl::string_view part : absl::StrSplit(engine_concurrency, ',', absl::SkipWhitespace())) {
+      int32_t c = 0;
+      if (!absl::SimpleAtoi(part, &c) || c < 1 || c > 4096) {
+        return Fail(absl::StrFormat("--engine-concurrency: '%s' is not in [1, 4096]", std::string(part)));
+      }
+      auto fresh = LoadModel(model_flags, /*need_tokenizer=*/false, c);
+      if (!fresh.ok()) return Fail(std::string(fresh.status().message()));
+      const int32_t n = load_requests > 0 ? static_cast<int32_t>(load_requests) : 25 * c;
+      auto r = RunEngineLoad(std::move(fresh->runner), fresh->cg, c, n, static_cast<int32_t>(load_prompt),
+                             static_cast<int32_t>(load_new));
+      if (!r.ok()) return Fail(std::string(r.status().message()));
+      std::printf("%-12d %10lld %12.2f %12.1f\n", c, static_cast<long long>(r->requests),
+                  r->requests / r->seconds, r->tokens / r->seconds);
+    }
+    std::printf("\n");
+  }
+  const double bandwidth = MeasureCopyBandwidth(static_cast<size_t>(copy_mb) << 20);
+  std::printf("memory copy bandwidth (read + write): %.1f GB/s (%lld MiB buffers)\n\n",
+              bandwidth / 1e9, static_cast<long long>(copy_mb));
 
   std::mt19937 rng(1);
   std::uniform_int_distribution<int32_t> token(3, config.vocab_size - 1);
@@ -144,6 +176,7 @@ int RunBench(const std::vector<std::string>& args) {
   const double s = Median(times);
   std::printf("\nprefill T=%lld: %.3f s, %.1f tokens/s\n", static_cast<long long>(prefill_tokens), s,
               prefill_tokens / s);
+
   return 0;
 }
 

@@ -7,5 +7,4 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 bash scripts/build.sh --target mesaserve
 BUILD_DIR="${MESA_BUILD_DIR:-build}"
-export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
 exec "$BUILD_DIR/cli/mesaserve" serve "$@"

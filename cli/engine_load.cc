@@ -1,0 +1,90 @@
+#include "cli/engine_load.h"
+
+#include <condition_variable>
+#include <mutex>
+#include <random>
+
+#include "base/status_macros.h"
+#include "engine/engine.h"
+
+namespace mesa::cli {
+namespace {
+
+// Counts tokens and wakes the driver when a request ends.
+class CountingSink : public GenerationSink {
+ public:
+  CountingSink(std::mutex* mu, std::condition_variable* cv, int64_t* tokens, int32_t* done,
+               absl::Status* error)
+      : mu_(mu), cv_(cv), tokens_(tokens), done_(done), error_(error) {}
+  void Push(GenerationEvent event) override {
+    std::lock_guard<std::mutex> lock(*mu_);
+    *tokens_ += static_cast<int64_t>(event.tokens.size());
+    if (event.final) {
+      if (!event.status.ok() && error_->ok()) *error_ = event.status;
+      ++*done_;
+      cv_->notify_all();
+    }
+  }
+  size_t Backlog() const override { return 0; }
+
+ private:
+  std::mutex* mu_;
+  std::condition_variable* cv_;
+  int64_t* tokens_;
+  int32_t* done_;
+  absl::Status* error_;
+};
+
+}  // namespace
+
+absl::StatusOr<EngineLoadResult> RunEngineLoad(std::unique_ptr<ModelRunner> runner,
+                                               const CgSettings& cg, int32_t concurrency,
+                                               int32_t requests, int32_t prompt_tokens,
+                                               int32_t max_new_tokens) {
+  const int32_t vocab = runner->config().vocab_size;
+  EngineOptions options;
+  options.max_waiting = requests;
+  MESA_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
+                        Engine::Create(std::move(runner), nullptr, nullptr, options));
+  std::mutex mu;
+  std::condition_variable cv;
+  int64_t tokens = 0;
+  int32_t done = 0, submitted = 0;
+  absl::Status error;
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int32_t> token(3, vocab - 1);
+  auto submit = [&]() -> absl::Status {
+    GenerationRequest r;
+    r.prompt.resize(prompt_tokens);
+    for (int32_t& t : r.prompt) t = token(rng);
+    r.sampling.seed = static_cast<uint64_t>(submitted);
+    r.stopping.max_new_tokens = max_new_tokens;
+    r.stopping.ignore_eos = true;
+    r.cg = cg;
+    ++submitted;
+    return engine->Submit(std::move(r), std::make_shared<CountingSink>(&mu, &cv, &tokens, &done, &error))
+        .status();
+  };
+  const absl::Time t0 = absl::Now();
+  for (int32_t i = 0; i < std::min(concurrency, requests); ++i) MESA_RETURN_IF_ERROR(submit());
+  std::unique_lock<std::mutex> lock(mu);
+  while (done < requests) {
+    const int32_t before = done;
+    cv.wait(lock, [&] { return done > before; });
+    // Closed loop: each finished request is replaced by a new one.
+    for (int32_t i = before; i < done && submitted < requests; ++i) {
+      lock.unlock();
+      absl::Status s = submit();
+      lock.lock();
+      MESA_RETURN_IF_ERROR(s);
+    }
+  }
+  MESA_RETURN_IF_ERROR(error);
+  EngineLoadResult r;
+  r.requests = requests;
+  r.tokens = tokens;
+  r.seconds = absl::ToDoubleSeconds(absl::Now() - t0);
+  return r;
+}
+
+}  // namespace mesa::cli

@@ -1,0 +1,27 @@
+// Engine-only load: the serving engine (continuous batching, sampling, stop checks) driven
+// in-process by closed-loop clients, without gRPC. The baseline for the server's throughput.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "engine/cg_settings.h"
+#include "engine/model_runner.h"
+
+namespace mesa::cli {
+
+struct EngineLoadResult {
+  int64_t requests = 0;
+  int64_t tokens = 0;
+  double seconds = 0.0;
+};
+
+// Runs `requests` requests of `prompt_tokens` random token ids and exactly `max_new_tokens`
+// generated tokens, `concurrency` at a time, through an Engine on `runner`.
+absl::StatusOr<EngineLoadResult> RunEngineLoad(std::unique_ptr<ModelRunner> runner,
+                                               const CgSettings& cg, int32_t concurrency,
+                                               int32_t requests, int32_t prompt_tokens,
+                                               int32_t max_new_tokens);
+
+}  // namespace mesa::cli
