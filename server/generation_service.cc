@@ -39,8 +39,32 @@ GenerationService::GenerationService(Engine* engine, const Tokenizer* tokenizer,
   calls_.metrics = metrics_;
 }
 
+absl::Status GenerationService::Authorize(grpc::CallbackServerContext* context) {
+  const std::string& token = config_->security.auth_token;
+  if (token.empty()) return absl::OkStatus();
+  const auto& metadata = context->client_metadata();
+  auto it = metadata.find("authorization");
+  if (it == metadata.end()) {
+    return absl::UnauthenticatedError(
+        "missing credentials: send the metadata 'authorization: Bearer <token>'");
+  }
+  const std::string presented(it->second.data(), it->second.size());
+  const std::string expected = "Bearer " + token;
+  // Compare in time independent of where the strings differ.
+  unsigned char diff = presented.size() == expected.size() ? 0 : 1;
+  for (size_t i = 0; i < presented.size(); ++i) {
+    diff |= static_cast<unsigned char>(presented[i] ^ expected[i % expected.size()]);
+  }
+  if (diff != 0) return absl::UnauthenticatedError("invalid bearer token");
+  return absl::OkStatus();
+}
+
 absl::StatusOr<GenerationRequest> GenerationService::Prepare(grpc::CallbackServerContext* context,
                                                              const v1::GenerateRequest& request) {
+  if (absl::Status auth = Authorize(context); !auth.ok()) {
+    if (metrics_) metrics_->RequestFinished(RequestOutcome::kRejected);
+    return auth;
+  }
   absl::StatusOr<GenerationRequest> r = ToGenerationRequest(request, translation_);
   if (!r.ok()) {
     if (metrics_) metrics_->RequestFinished(RequestOutcome::kRejected);
@@ -72,6 +96,7 @@ grpc::ServerWriteReactor<v1::GenerateStreamResponse>* GenerationService::Generat
 grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContext* context,
                                                       const v1::TokenizeRequest* request,
                                                       v1::TokenizeResponse* response) {
+  if (absl::Status auth = Authorize(context); !auth.ok()) return FinishNow(context, ToGrpcStatus(auth));
   if (tokenizer_ == nullptr) {
     return FinishNow(context, grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                                            "the model has no tokenizer.model"));
@@ -97,6 +122,7 @@ grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* GenerationService::Detokenize(grpc::CallbackServerContext* context,
                                                         const v1::DetokenizeRequest* request,
                                                         v1::DetokenizeResponse* response) {
+  if (absl::Status auth = Authorize(context); !auth.ok()) return FinishNow(context, ToGrpcStatus(auth));
   if (tokenizer_ == nullptr) {
     return FinishNow(context, grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                                            "the model has no tokenizer.model"));
@@ -116,6 +142,7 @@ grpc::ServerUnaryReactor* GenerationService::Detokenize(grpc::CallbackServerCont
 grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerContext* context,
                                                           const v1::GetModelInfoRequest*,
                                                           v1::ModelInfo* info) {
+  if (absl::Status auth = Authorize(context); !auth.ok()) return FinishNow(context, ToGrpcStatus(auth));
   const ModelRunner& runner = engine_->runner();
   const MesaConfig& c = runner.config();
   info->set_name(model_name_);

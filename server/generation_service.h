@@ -35,6 +35,8 @@ class GenerationService final : public v1::Generation::CallbackService {
                                          v1::ModelInfo* response) override;
 
  private:
+  // UNAUTHENTICATED unless the call carries the configured bearer token (when one is set).
+  absl::Status Authorize(grpc::CallbackServerContext* context);
   // Validates and converts a request; counts a rejection in the metrics on failure.
   absl::StatusOr<GenerationRequest> Prepare(grpc::CallbackServerContext* context,
                                             const v1::GenerateRequest& request);

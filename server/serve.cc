@@ -35,7 +35,26 @@ struct Server {
   std::unique_ptr<Engine> engine;
   std::unique_ptr<GenerationService> service;
   std::unique_ptr<grpc::Server> grpc_server;
+  std::unique_ptr<grpc::Server> health_server;  // --health-listen
+
+  void SetServing(bool serving) {
+    for (grpc::Server* server : {grpc_server.get(), health_server.get()}) {
+      if (server == nullptr) continue;
+      server->GetHealthCheckService()->SetServingStatus(serving);
+      server->GetHealthCheckService()->SetServingStatus(kServiceName, serving);
+    }
+  }
 };
+
+std::shared_ptr<grpc::ServerCredentials> Credentials(const SecurityConfig& s) {
+  if (!s.tls()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions options(
+      s.tls_client_ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                              : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  options.pem_key_cert_pairs.push_back({s.tls_key, s.tls_cert});
+  options.pem_root_certs = s.tls_client_ca;
+  return grpc::SslServerCredentials(options);
+}
 
 absl::Status Start(Server& s) {
   const ServeConfig& c = s.config;
@@ -82,29 +101,44 @@ absl::Status Start(Server& s) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(c.listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(c.listen, Credentials(c.security), &port);
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, c.max_streams_per_connection);
   builder.RegisterService(s.service.get());
   s.grpc_server = builder.BuildAndStart();
   if (s.grpc_server == nullptr || port == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen for gRPC on ", c.listen,
                                                " (address in use or invalid?)"));
   }
-  s.grpc_server->GetHealthCheckService()->SetServingStatus(true);
-  s.grpc_server->GetHealthCheckService()->SetServingStatus(kServiceName, true);
+  int health_port = 0;
+  if (!c.health_listen.empty()) {
+    grpc::ServerBuilder health_builder;
+    health_builder.AddListeningPort(c.health_listen, grpc::InsecureServerCredentials(), &health_port);
+    s.health_server = health_builder.BuildAndStart();
+    if (s.health_server == nullptr || health_port == 0) {
+      return absl::UnavailableError(absl::StrCat("cannot listen for health checks on ", c.health_listen));
+    }
+  }
+  s.SetServing(true);
   std::string metrics_where = "off";
   if (s.metrics) {
     const std::vector<int> ports = s.metrics->ListeningPorts();
     metrics_where = absl::StrCat(c.metrics_listen, ports.empty() ? "" : absl::StrCat(" (port ", ports[0], ")"));
     s.metrics->SetHealthy(true);
   }
+  MESA_LOG(INFO) << "gRPC security: " << (c.security.tls() ? "TLS" : "plaintext")
+                 << (c.security.tls_client_ca.empty() ? "" : " with client certificates")
+                 << (c.security.auth_token.empty() ? ", no token" : ", bearer token required")
+                 << (c.health_listen.empty() ? "" : absl::StrCat("; health also on ", c.health_listen,
+                                                                 " (port ", health_port, ")"));
   MESA_LOG(INFO) << "serving " << dir.string() << " (" << ScalarTypeName(model.dtype) << ", "
                  << weight_bytes / 1e6 << " MB of weights) on gRPC port " << port << " ("
                  << c.listen << "), metrics " << metrics_where << "; " << slots << " state slots of "
                  << state_bytes / 1e6 << " MB, CG " << CgModeName(c.cg.mode) << " tol " << c.cg.tol;
   // A line for scripts that start the server on port 0 and need the port.
-  std::printf("mesaserve listening grpc=%d metrics=%d\n", port,
-              s.metrics && !s.metrics->ListeningPorts().empty() ? s.metrics->ListeningPorts()[0] : 0);
+  std::printf("mesaserve listening grpc=%d metrics=%d health=%d\n", port,
+              s.metrics && !s.metrics->ListeningPorts().empty() ? s.metrics->ListeningPorts()[0] : 0,
+              health_port);
   std::fflush(stdout);
   return absl::OkStatus();
 }
@@ -116,8 +150,7 @@ void WatchHealth(Server& s, const std::atomic<bool>& stop) {
     const EngineHealth h = s.engine->Health();
     const bool ready = h.loop_alive && !h.failed && !h.draining;
     if (ready != last) {
-      s.grpc_server->GetHealthCheckService()->SetServingStatus(ready);
-      s.grpc_server->GetHealthCheckService()->SetServingStatus(kServiceName, ready);
+      s.SetServing(ready);
       MESA_LOG(WARNING) << "readiness " << (ready ? "SERVING" : "NOT_SERVING") << " (loop alive "
                         << h.loop_alive << ", failed " << h.failed << ", draining " << h.draining
                         << ")";
@@ -168,8 +201,7 @@ int RunServe(const std::vector<std::string>& args) {
   MESA_LOG(INFO) << "signal " << sig << ": draining (up to " << s.config.drain_timeout_seconds
                  << " s for running requests)";
   s.engine->StartDrain();
-  s.grpc_server->GetHealthCheckService()->SetServingStatus(false);
-  s.grpc_server->GetHealthCheckService()->SetServingStatus(kServiceName, false);
+  s.SetServing(false);
   const absl::Time deadline = absl::Now() + absl::Seconds(s.config.drain_timeout_seconds);
   while (!s.engine->Idle() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(20));
   if (!s.engine->Idle()) {
@@ -182,6 +214,7 @@ int RunServe(const std::vector<std::string>& args) {
   }
   // Let the last responses go out, then stop.
   s.grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  if (s.health_server) s.health_server->Shutdown(std::chrono::system_clock::now());
   stop_watch = true;
   watcher.join();
   s.grpc_server.reset();

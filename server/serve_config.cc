@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -19,6 +20,50 @@ absl::Status CheckRange(const char* flag, int64_t value, int64_t lo, int64_t hi)
   if (value < lo || value > hi) {
     return absl::InvalidArgumentError(
         absl::StrCat("--", flag, " ", value, " is outside the allowed range [", lo, ", ", hi, "]"));
+  }
+  return absl::OkStatus();
+}
+
+// Reads a PEM or secret file named by a flag; errors name the flag and the path, never the
+// content.
+absl::StatusOr<std::string> ReadSecretFile(const char* flag, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::InvalidArgumentError(absl::StrCat("--", flag, ": cannot read '", path, "'"));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (text.str().size() > (1u << 20)) {
+    return absl::InvalidArgumentError(absl::StrCat("--", flag, ": '", path, "' is larger than 1 MiB"));
+  }
+  return text.str();
+}
+
+absl::Status LoadSecurity(const std::string& auth_token_file, SecurityConfig* s) {
+  if (s->tls_cert.empty() != s->tls_key.empty()) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key must be given together");
+  }
+  if (!s->tls_client_ca.empty() && s->tls_cert.empty()) {
+    return absl::InvalidArgumentError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key");
+  }
+  // The flags name files; from here on the fields hold their contents.
+  if (!s->tls_cert.empty()) {
+    MESA_ASSIGN_OR_RETURN(s->tls_cert, ReadSecretFile("tls-cert", s->tls_cert));
+    MESA_ASSIGN_OR_RETURN(s->tls_key, ReadSecretFile("tls-key", s->tls_key));
+  }
+  if (!s->tls_client_ca.empty()) {
+    MESA_ASSIGN_OR_RETURN(s->tls_client_ca, ReadSecretFile("tls-client-ca", s->tls_client_ca));
+  }
+  if (!auth_token_file.empty()) {
+    MESA_ASSIGN_OR_RETURN(std::string token, ReadSecretFile("auth-token-file", auth_token_file));
+    while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
+    while (!token.empty() && std::isspace(static_cast<unsigned char>(token.front()))) token.erase(0, 1);
+    if (token.size() < 16) {
+      return absl::InvalidArgumentError(absl::StrCat("--auth-token-file: the token in '", auth_token_file,
+                                                     "' has ", token.size(),
+                                                     " characters; at least 16 are required"));
+    }
+    s->auth_token = token;
   }
   return absl::OkStatus();
 }
@@ -96,6 +141,17 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::vector<std::string>& arg
   f.Float("drain-timeout", &drain, "seconds SIGTERM waits for running requests");
   f.Int("threads", &threads, "CPU threads; 0 = all cores");
   f.String("log-level", &c.log_level, "debug, info, warning or error");
+  std::string auth_token_file;
+  int64_t max_streams = c.max_streams_per_connection;
+  f.String("health-listen", &c.health_listen,
+           "extra plaintext address serving only grpc.health.v1 (for probes when TLS or auth is on)");
+  f.Int("max-streams-per-connection", &max_streams, "concurrent calls one client connection may open");
+  f.String("tls-cert", &c.security.tls_cert, "PEM certificate chain: serve gRPC over TLS");
+  f.String("tls-key", &c.security.tls_key, "PEM private key of --tls-cert");
+  f.String("tls-client-ca", &c.security.tls_client_ca,
+           "PEM CA bundle: require client certificates signed by it (mutual TLS)");
+  f.String("auth-token-file", &auth_token_file,
+           "file holding the bearer token that mesa.v1.Generation calls must send");
   MESA_RETURN_IF_ERROR(f.Parse(args));
   *help_requested = f.help_requested();
   *usage = f.Usage();
@@ -121,6 +177,9 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::vector<std::string>& arg
   MESA_RETURN_IF_ERROR(CheckRange("cg-max-iters-limit", cg_iters_limit, 1, kMaxCgIters));
   MESA_RETURN_IF_ERROR(CheckRange("cg-max-iters", cg_iters, 0, cg_iters_limit));
   MESA_RETURN_IF_ERROR(CheckRange("threads", threads, 0, 1024));
+  MESA_RETURN_IF_ERROR(CheckRange("max-streams-per-connection", max_streams, 1, 1 << 16));
+  c.max_streams_per_connection = static_cast<int32_t>(max_streams);
+  MESA_RETURN_IF_ERROR(LoadSecurity(auth_token_file, &c.security));
   if (!(drain >= 0.0 && drain <= 86400.0)) {
     return absl::InvalidArgumentError(absl::StrCat("--drain-timeout ", drain, " is outside [0, 86400]"));
   }

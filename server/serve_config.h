@@ -26,10 +26,21 @@ struct Limits {
   int32_t max_cg_iters = 200;
 };
 
+struct SecurityConfig {
+  std::string tls_cert;        // PEM server certificate chain; with tls_key enables TLS
+  std::string tls_key;         // PEM private key
+  std::string tls_client_ca;   // PEM CA bundle: clients must present a certificate it signed
+  std::string auth_token;      // bearer token required by mesa.v1.Generation (from a file)
+  bool tls() const { return !tls_cert.empty(); }
+};
+
 struct ServeConfig {
   std::string model;
   std::string listen = "0.0.0.0:50051";
   std::string metrics_listen = "0.0.0.0:9090";
+  std::string health_listen;     // extra plaintext listener with only grpc.health.v1; empty = none
+  int32_t max_streams_per_connection = 128;
+  SecurityConfig security;
   int32_t slots = 0;             // 0 = from state_memory_mb
   int64_t state_memory_mb = 0;   // 0 = 25% of available memory, at most 4096
   int32_t threads = 0;

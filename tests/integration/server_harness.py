@@ -210,6 +210,7 @@ class ServerProcess:
         self.proc = None
         self.grpc_port = None
         self.metrics_port = None
+        self.health_port = None
         self._dir = tempfile.mkdtemp(prefix="mesa_it_server_")
         self._out_path = os.path.join(self._dir, "stdout")
         self._err_path = os.path.join(self._dir, "stderr")
@@ -228,12 +229,13 @@ class ServerProcess:
             self.proc = subprocess.Popen(args, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
                                          cwd=SOURCE_DIR)
         deadline = time.monotonic() + timeout
-        pattern = re.compile(r"mesaserve listening grpc=(\d+) metrics=(\d+)")
+        pattern = re.compile(r"mesaserve listening grpc=(\d+) metrics=(\d+)(?: health=(\d+))?")
         while True:
             with open(self._out_path, "r", errors="replace") as f:
                 m = pattern.search(f.read())
             if m:
                 self.grpc_port, self.metrics_port = int(m.group(1)), int(m.group(2))
+                self.health_port = int(m.group(3)) if m.group(3) else None
                 return self
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mesaserve serve {' '.join(self.flags)} exited with {self.proc.returncode} "
