@@ -7,12 +7,14 @@ client certificate from that CA, and a client certificate from a second, foreign
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import unittest
 
 import grpc
 
-from server_harness import MESASERVE, SOURCE_DIR, ServerProcess, health_check, stubs
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from server_harness import MESASERVE, SOURCE_DIR, ServerProcess, health_check, stubs  # noqa: E402
 
 pb, rpc = stubs()
 TOKEN = "s3cret-token-for-tests-0123456789"
