@@ -319,7 +319,9 @@ absl::Status Engine::PrefillStep(bool* worked) {
   *worked = true;
   std::vector<PrefillResult> results(batch.size());
   const absl::Time t0 = absl::Now();
-  if (absl::Status s = runner_->Prefill(batch, absl::MakeSpan(results)); !s.ok()) return s;
+  if (absl::Status s = runner_->Prefill(batch, absl::MakeSpan(results)); !s.ok()) {
+    return StepFailed(s, owners);
+  }
   int32_t tokens = 0;
   for (size_t i = 0; i < batch.size(); ++i) {
     Active& a = *owners[i];
@@ -361,7 +363,7 @@ absl::Status Engine::DecodeStep(bool* worked) {
   *worked = true;
   DecodeResult result;
   const absl::Time t0 = absl::Now();
-  if (absl::Status s = runner_->Decode(rows, &result); !s.ok()) return s;
+  if (absl::Status s = runner_->Decode(rows, &result); !s.ok()) return StepFailed(s, owners);
   const int64_t vocab = runner_->config().vocab_size;
   std::vector<int32_t> row_request(rows.size());
   for (size_t i = 0; i < rows.size(); ++i) row_request[i] = static_cast<int32_t>(i);
@@ -504,6 +506,14 @@ void Engine::Finish(Active& a, absl::Status status, FinishReason reason) {
   }
   if (observer_) observer_->OnFinished(status, s);
   a.sink->Push(std::move(event));
+}
+
+absl::Status Engine::StepFailed(const absl::Status& status, const std::vector<Active*>& owners) {
+  if (runner_->poisoned()) return status;
+  MESA_LOG(ERROR) << "engine step failed for " << owners.size() << " request(s): " << status;
+  const absl::Status failed = absl::InternalError(absl::StrCat("engine step failed: ", status.message()));
+  for (Active* a : owners) Finish(*a, failed, FinishReason::kNone);
+  return absl::OkStatus();
 }
 
 void Engine::Fail(const absl::Status& status) {

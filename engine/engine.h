@@ -104,6 +104,9 @@ class Engine {
   void ReportCg(bool prefill, const CgStats& stats, const std::vector<int32_t>& row_request,
                 const std::vector<Active*>& requests);
   void Fail(const absl::Status& status);
+  // A step of the runner failed: fatal (everything fails, readiness drops) if the runner is
+  // poisoned; otherwise only the requests of that step fail and serving goes on.
+  absl::Status StepFailed(const absl::Status& status, const std::vector<Active*>& owners);
 
   std::unique_ptr<ModelRunner> runner_;
   const Tokenizer* tokenizer_;

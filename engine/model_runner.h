@@ -81,6 +81,11 @@ class ModelRunner {
                                absl::Span<PrefillResult> results) = 0;
   // One token for each row, each from and into its own slot.
   virtual absl::Status Decode(absl::Span<const DecodeRow> rows, DecodeResult* result) = 0;
+
+  // True after an unrecoverable fault (e.g. a sticky device error): the engine then fails
+  // everything and readiness goes false. A failed step of a runner that is not poisoned fails
+  // only the requests in that step.
+  virtual bool poisoned() const { return false; }
 };
 
 }  // namespace mesa

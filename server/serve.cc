@@ -15,6 +15,7 @@
 #include "base/log.h"
 #include "base/status_macros.h"
 #include "engine/cpu_model_runner.h"
+#include "engine/fault_injection.h"
 #include "models/checkpoint.h"
 #include "server/generation_service.h"
 #include "server/metrics_observer.h"
@@ -76,6 +77,11 @@ absl::Status Start(Server& s) {
   CpuRunnerOptions ro;
   ro.num_slots = slots;
   MESA_ASSIGN_OR_RETURN(std::unique_ptr<ModelRunner> runner, CreateCpuModelRunner(std::move(weights), ro));
+  // Test-only fault hook (fault tests start the real server with it).
+  if (const char* faults = std::getenv("MESA_FAULT_INJECTION"); faults != nullptr && *faults != '\0') {
+    MESA_LOG(WARNING) << "MESA_FAULT_INJECTION=" << faults << ": engine steps will fail on purpose";
+    MESA_ASSIGN_OR_RETURN(runner, WrapWithFaultInjection(std::move(runner), faults));
+  }
 
   if (!c.metrics_listen.empty()) {
     MetricsOptions mo;
