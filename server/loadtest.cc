@@ -45,8 +45,10 @@ struct Options {
   double duration = 0;
   std::string prompt;
   int64_t prompt_tokens = 32;
+  int64_t prompt_tokens_min = 0;   // > 0: lengths drawn uniformly from [min, prompt_tokens]
   int64_t seed = 1;
   int64_t max_new_tokens = 64;
+  int64_t max_new_tokens_min = 0;  // > 0: drawn uniformly from [min, max_new_tokens]
   bool ignore_eos = true;
   double temperature = -1;  // < 0: the server's default
   std::string mode = "stream";
@@ -153,7 +155,21 @@ class LoadTest {
   }
 
  private:
+  // Prompt length and max_new_tokens of request `index`: fixed, or drawn from the ranges with
+  // a generator seeded by (seed, index) so a run is reproducible.
+  std::pair<int64_t, int64_t> Lengths(int64_t index) const {
+    std::seed_seq seq{static_cast<uint64_t>(o_.seed), static_cast<uint64_t>(index), uint64_t{7}};
+    std::mt19937 rng(seq);
+    auto draw = [&](int64_t lo, int64_t hi) {
+      return lo > 0 && lo < hi ? std::uniform_int_distribution<int64_t>(lo, hi)(rng) : hi;
+    };
+    const int64_t prompt = draw(o_.prompt_tokens_min, o_.prompt_tokens);
+    const int64_t out = draw(o_.max_new_tokens_min, o_.max_new_tokens);
+    return {prompt, out};
+  }
+
   v1::GenerateRequest BuildRequest(int64_t index) const {
+    const auto [prompt_tokens, max_new_tokens] = Lengths(index);
     v1::GenerateRequest req;
     req.set_request_id(absl::StrCat("loadtest-", index));
     if (!o_.prompt.empty()) {
@@ -165,13 +181,13 @@ class LoadTest {
       std::mt19937 rng(seq);
       std::uniform_int_distribution<int32_t> token(3, vocab_size_ - 1);
       auto* ids = req.mutable_token_ids()->mutable_ids();
-      ids->Reserve(static_cast<int>(o_.prompt_tokens));
-      for (int64_t t = 0; t < o_.prompt_tokens; ++t) ids->Add(token(rng));
+      ids->Reserve(static_cast<int>(prompt_tokens));
+      for (int64_t t = 0; t < prompt_tokens; ++t) ids->Add(token(rng));
     }
     v1::SamplingParams* s = req.mutable_sampling();
     if (o_.temperature >= 0) s->set_temperature(static_cast<float>(o_.temperature));
     s->set_seed(static_cast<uint64_t>(o_.seed) * 1000003u + static_cast<uint64_t>(index));
-    req.mutable_stopping()->set_max_new_tokens(static_cast<uint32_t>(o_.max_new_tokens));
+    req.mutable_stopping()->set_max_new_tokens(static_cast<uint32_t>(max_new_tokens));
     req.mutable_stopping()->set_ignore_eos(o_.ignore_eos);
     if (!o_.cg_mode.empty()) {
       req.mutable_cg()->set_mode(o_.cg_mode == "fixed" ? v1::CG_MODE_FIXED : v1::CG_MODE_ADAPTIVE);
@@ -252,8 +268,8 @@ class LoadTest {
       if (r.tokens != r.completion_tokens) {
         r.check_error = absl::StrCat("received ", r.tokens, " tokens but usage.completion_tokens is ",
                                      r.completion_tokens);
-      } else if (o_.ignore_eos && r.tokens != o_.max_new_tokens) {
-        r.check_error = absl::StrCat("expected ", o_.max_new_tokens, " tokens with ignore_eos, got ",
+      } else if (o_.ignore_eos && r.tokens != Lengths(index).second) {
+        r.check_error = absl::StrCat("expected ", Lengths(index).second, " tokens with ignore_eos, got ",
                                      r.tokens, " (finish ", r.finish_reason, ")");
       }
     }
@@ -491,8 +507,12 @@ int RunLoadTest(const std::vector<std::string>& args) {
   f.Float("duration", &o.duration, "seconds to keep starting requests (0 = until --requests are done)");
   f.String("prompt", &o.prompt, "prompt text (tokenized by the server); empty = random token ids");
   f.Int("prompt-tokens", &o.prompt_tokens, "length of the random token-id prompts when --prompt is empty");
+  f.Int("prompt-tokens-min", &o.prompt_tokens_min,
+        "with it, prompt lengths are drawn uniformly from [min, --prompt-tokens] (mixed load)");
   f.Int("seed", &o.seed, "seed of the random prompts and of the per-request sampling seeds");
   f.Int("max-new-tokens", &o.max_new_tokens, "tokens to generate per request");
+  f.Int("max-new-tokens-min", &o.max_new_tokens_min,
+        "with it, max_new_tokens is drawn uniformly from [min, --max-new-tokens] (mixed load)");
   f.Bool("ignore-eos", &o.ignore_eos,
          "keep generating past EOS, so every request generates exactly --max-new-tokens");
   f.Float("temperature", &o.temperature, "sampling temperature; negative = the server's default");
