@@ -43,13 +43,26 @@ def main():
     ap.add_argument('--unary', action='store_true', help='one response instead of a stream')
     ap.add_argument('--info', action='store_true', help='print the model info and exit')
     ap.add_argument('--timeout', type=float, default=120.0, help='call deadline in seconds')
+    ap.add_argument('--token-file', help='file with the bearer token the server requires')
+    ap.add_argument('--tls-ca', help='PEM CA that signed the server certificate (enables TLS)')
+    ap.add_argument('--tls-cert', help='PEM client certificate (mutual TLS)')
+    ap.add_argument('--tls-key', help='PEM key of --tls-cert')
     args = ap.parse_args()
 
     import grpc
     pb, rpc = load_stubs()
-    stub = rpc.GenerationStub(grpc.insecure_channel(args.address))
+    if args.tls_ca:
+        read = lambda p: open(p, 'rb').read() if p else None  # noqa: E731
+        creds = grpc.ssl_channel_credentials(read(args.tls_ca), read(args.tls_key), read(args.tls_cert))
+        channel = grpc.secure_channel(args.address, creds)
+    else:
+        channel = grpc.insecure_channel(args.address)
+    stub = rpc.GenerationStub(channel)
+    metadata = None
+    if args.token_file:
+        metadata = [('authorization', 'Bearer ' + open(args.token_file).read().strip())]
     if args.info:
-        print(stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=args.timeout))
+        print(stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=args.timeout, metadata=metadata))
         return 0
     request = pb.GenerateRequest(
         text=args.prompt,
@@ -58,12 +71,12 @@ def main():
         cg=pb.CgOptions(tolerance=args.cg_tol) if args.cg_tol else None)
     try:
         if args.unary:
-            r = stub.Generate(request, timeout=args.timeout)
+            r = stub.Generate(request, timeout=args.timeout, metadata=metadata)
             print(args.prompt + r.text)
             final = r
         else:
             sys.stdout.write(args.prompt)
-            for message in stub.GenerateStream(request, timeout=args.timeout):
+            for message in stub.GenerateStream(request, timeout=args.timeout, metadata=metadata):
                 sys.stdout.write(message.text)
                 sys.stdout.flush()
                 final = message
