@@ -4,6 +4,7 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
 #include "base/file_util.h"
 #include "base/half.h"
@@ -101,17 +102,30 @@ absl::StatusOr<NpyArray> ReadNpy(const std::filesystem::path& path) {
     const size_t comma = shape.find(',', pos);
     std::string item = shape.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
     item.erase(0, item.find_first_not_of(' '));
-    if (!item.empty()) a.shape.push_back(std::stoll(item));
+    item.erase(item.find_last_not_of(' ') + 1);
+    if (!item.empty()) {
+      int64_t dim = 0;
+      if (!absl::SimpleAtoi(item, &dim) || dim < 0) {
+        return Malformed(path, absl::StrCat("shape entry '", item, "' is not a dimension"));
+      }
+      a.shape.push_back(dim);
+    }
     if (comma == std::string::npos) break;
     pos = comma + 1;
   }
-  const int64_t n = a.num_elements();
+  // The element count must fit the file (at most 1 GiB), so a product past 2^31 is an error
+  // before it can overflow.
+  int64_t n = 1;
+  for (int64_t d : a.shape) {
+    if (d != 0 && n > (int64_t{1} << 31) / d) return Malformed(path, "shape has more than 2^31 elements");
+    n *= d;
+  }
   const char* data = bytes.data() + offset + header_len;
   const size_t avail = bytes.size() - offset - header_len;
   if (a.descr == "<f4") {
     if (avail < static_cast<size_t>(n) * 4) return Malformed(path, "truncated data");
     a.f32.resize(n);
-    std::memcpy(a.f32.data(), data, n * 4);
+    if (n > 0) std::memcpy(a.f32.data(), data, n * 4);  // data() of an empty vector may be null
   } else if (a.descr == "<f2") {
     // Half-precision storage of bf16 logits (exact for magnitudes in fp16's normal range).
     if (avail < static_cast<size_t>(n) * 2) return Malformed(path, "truncated data");
@@ -124,12 +138,12 @@ absl::StatusOr<NpyArray> ReadNpy(const std::filesystem::path& path) {
   } else if (a.descr == "<i4") {
     if (avail < static_cast<size_t>(n) * 4) return Malformed(path, "truncated data");
     std::vector<int32_t> v(n);
-    std::memcpy(v.data(), data, n * 4);
+    if (n > 0) std::memcpy(v.data(), data, n * 4);
     a.ints.assign(v.begin(), v.end());
   } else if (a.descr == "<i8") {
     if (avail < static_cast<size_t>(n) * 8) return Malformed(path, "truncated data");
     a.ints.resize(n);
-    std::memcpy(a.ints.data(), data, n * 8);
+    if (n > 0) std::memcpy(a.ints.data(), data, n * 8);
   } else {
     return Malformed(path, absl::StrCat("dtype ", a.descr));
   }

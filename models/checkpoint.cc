@@ -182,7 +182,7 @@ absl::StatusOr<std::vector<fs::path>> ListWeightFiles(const fs::path& dir) {
     Json index;
     try {
       index = Json::parse(text);
-    } catch (const Json::parse_error& e) {
+    } catch (const Json::exception& e) {  // parse_error; out_of_range for numbers past double
       return absl::InvalidArgumentError(absl::StrCat(index_path.string(), ": malformed JSON: ", e.what()));
     }
     auto map_it = index.is_object() ? index.find("weight_map") : index.end();

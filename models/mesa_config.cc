@@ -112,7 +112,7 @@ absl::StatusOr<MesaConfig> ParseMesaConfig(std::string_view json_text, const std
   Json root;
   try {
     root = Json::parse(json_text.begin(), json_text.end());
-  } catch (const Json::parse_error& e) {
+  } catch (const Json::exception& e) {  // parse_error; out_of_range for numbers past double
     return absl::InvalidArgumentError(absl::StrCat(source, ": malformed JSON: ", e.what()));
   }
   if (!root.is_object()) {

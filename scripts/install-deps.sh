@@ -7,7 +7,7 @@
 #
 # Environment:
 #   MESA_DEPS_DIR   where locally built dependencies go (default: /opt/mesaserve-deps)
-#   MESA_DEPS_MINIMAL=1   skip test-only tools (python grpcio, promtool) e.g. in a runtime image
+#   MESA_DEPS_MINIMAL=1   skip test-only tools (python grpcio, promtool, clang for fuzzing) e.g. in a runtime image
 set -euo pipefail
 
 DEPS_DIR="${MESA_DEPS_DIR:-/opt/mesaserve-deps}"
@@ -28,6 +28,9 @@ APT_PACKAGES=(
 if [ "${MESA_DEPS_MINIMAL:-0}" != "1" ]; then
   # Test tools: promtool (metrics lint) and python for the client tests.
   APT_PACKAGES+=(prometheus python3 python3-pip python3-venv)
+  # Fuzzing (scripts/fuzz.sh, ctest fuzz_smoke): clang with libFuzzer and the sanitizer
+  # runtimes, OpenMP for clang, llvm-symbolizer for readable reports.
+  APT_PACKAGES+=(clang-14 libclang-rt-14-dev libomp-14-dev llvm-14)
 fi
 
 missing=()

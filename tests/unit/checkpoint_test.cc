@@ -267,7 +267,10 @@ INSTANTIATE_TEST_SUITE_P(
         ConfigCase{"old_gate", std::string("{") + kBase + R"(, "use_gate": true})",
                    {"use_gate", "use_output_gate"}},
         ConfigCase{"old_param", std::string("{") + kBase + R"(, "expand_v": 1})", {"A_log"}},
-        ConfigCase{"eps", std::string("{") + kBase + R"(, "norm_eps": -1})", {"norm_eps"}}),
+        ConfigCase{"eps", std::string("{") + kBase + R"(, "norm_eps": -1})", {"norm_eps"}},
+        // Found by fuzz_mesa_config: a number past double's range used to escape as an exception.
+        ConfigCase{"number_overflow", std::string("{") + kBase + R"(, "bos_token_id": 1e3081})",
+                   {"config.json", "malformed JSON", "number overflow"}}),
     [](const auto& info) { return info.param.name; });
 
 TEST(ConfigTest, DefaultsFollowFlaAndIntermediateSizeIsDerived) {
