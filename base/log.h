@@ -16,6 +16,12 @@ LogLevel MinLogLevel();
 // Parses "debug", "info", "warning", "error"; returns false on anything else.
 bool ParseLogLevel(std::string_view text, LogLevel* level);
 
+// Turns the stream expression into void so both branches of MESA_LOG's ?: agree; `&` binds
+// more loosely than `<<`, so the whole message is formatted first.
+struct LogVoidify {
+  void operator&(std::ostream&) {}
+};
+
 class LogMessage {
  public:
   LogMessage(LogLevel level, const char* file, int line);
@@ -34,7 +40,11 @@ class LogMessage {
 #define MESA_LOG_LEVEL_WARNING ::mesa::LogLevel::kWarning
 #define MESA_LOG_LEVEL_ERROR ::mesa::LogLevel::kError
 
-#define MESA_LOG(severity)                                        \
-  if (MESA_LOG_LEVEL_##severity < ::mesa::MinLogLevel()) {        \
-  } else                                                          \
-    ::mesa::LogMessage(MESA_LOG_LEVEL_##severity, __FILE__, __LINE__).stream()
+// A conditional expression rather than an if/else, so that `if (x) MESA_LOG(INFO) << ...;
+// else ...` parses as written (no dangling else); the stream expression is only evaluated
+// when the level is enabled.
+#define MESA_LOG(severity)                                                     \
+  (MESA_LOG_LEVEL_##severity < ::mesa::MinLogLevel())                          \
+      ? (void)0                                                                \
+      : ::mesa::LogVoidify() &                                                 \
+            ::mesa::LogMessage(MESA_LOG_LEVEL_##severity, __FILE__, __LINE__).stream()

@@ -112,18 +112,22 @@ class FaultTest(unittest.TestCase):
             with ThreadPoolExecutor(max_workers=32) as pool:
                 list(pool.map(one, range(start, start + n)))
 
+        # MESA_FAULT_TEST_REQUESTS scales the run down for sanitizer builds (scripts/sanitize.sh),
+        # where 10,000 requests take longer than the test's timeout; ASan's RSS is not comparable.
+        total = int(os.environ.get("MESA_FAULT_TEST_REQUESTS", "10000"))
         run(0, 500)  # warm up allocators before the baseline
         self.wait_gauge(server, "mesa_state_slots_used", 0)
         base = rss_kb(server.proc.pid)
-        run(500, 10000)
+        run(500, total)
         self.wait_gauge(server, "mesa_state_slots_used", 0)
         self.wait_gauge(server, "mesa_requests_running", 0)
         self.wait_gauge(server, "mesa_requests_waiting", 0)
         growth_mb = (rss_kb(server.proc.pid) - base) / 1024
-        print(f"\n10,000 requests: {counts}, server RSS {base / 1024:.1f} MB -> growth {growth_mb:+.1f} MB",
+        print(f"\n{total} requests: {counts}, server RSS {base / 1024:.1f} MB -> growth {growth_mb:+.1f} MB",
               file=sys.stderr)
-        self.assertGreater(counts["cancelled"], 1000)
-        self.assertLess(growth_mb, 32, "server memory grew")
+        self.assertGreater(counts["cancelled"], total // 10)
+        if total >= 10000:
+            self.assertLess(growth_mb, 32, "server memory grew")
         self.assertEqual(server.metrics().value("mesa_requests_total", outcome="error"), 0)
 
     def test_sigterm_under_load_drains_in_time(self):
