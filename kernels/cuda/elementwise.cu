@@ -1,0 +1,119 @@
+#include "kernels/cuda/elementwise.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/device_math.cuh"
+
+namespace mesa::gpu {
+namespace {
+
+constexpr int kThreads = 256;
+
+// Grid-stride launches: enough blocks to fill the GPU, never more than the work needs.
+unsigned BlocksFor(int64_t n) {
+  return static_cast<unsigned>(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, 65535));
+}
+
+template <typename T>
+__global__ void SwiGluKernel(T* out, const float* gate_up, int64_t rows, int64_t inter) {
+  const int64_t n = rows * inter;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = e / inter, j = e % inter;
+    const float* g = gate_up + r * 2 * inter;
+    out[e] = FromFloat<T>(Silu(RoundTo<T>(g[j])) * RoundTo<T>(g[inter + j]));
+  }
+}
+
+template <typename T>
+__global__ void AddResidualKernel(T* x, const float* u, int64_t n) {
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    x[e] = FromFloat<T>(ToFloat<T>(x[e]) + RoundTo<T>(u[e]));
+  }
+}
+
+template <typename T>
+__global__ void RoundInPlaceKernel(float* y, int64_t n) {
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    y[e] = RoundTo<T>(y[e]);
+  }
+}
+
+template <typename T>
+__global__ void EmbedKernel(T* x, const T* table, const int32_t* tokens, int64_t rows, int64_t d,
+                            int64_t vocab) {
+  const int64_t n = rows * d;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = e / d, j = e % d;
+    const int64_t t = min(max(static_cast<int64_t>(tokens[r]), int64_t{0}), vocab - 1);
+    x[e] = table[t * d + j];
+  }
+}
+
+absl::Status CheckCount(const char* op, int64_t n) {
+  if (n < 0) return absl::InvalidArgumentError(absl::StrCat(op, ": negative size ", n));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status SwiGlu(void* out, const float* gate_up, int64_t rows, int64_t inter, ScalarType act,
+                    cudaStream_t stream) {
+  if (rows < 0 || inter < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("SwiGlu: rows ", rows, " and width ", inter, " out of range"));
+  }
+  if (rows == 0) return absl::OkStatus();
+  return DispatchActType(act, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    SwiGluKernel<T><<<BlocksFor(rows * inter), kThreads, 0, stream>>>(static_cast<T*>(out),
+                                                                      gate_up, rows, inter);
+    MESA_CUDA_RETURN_IF_LAUNCH_FAILED("SwiGluKernel");
+    return absl::OkStatus();
+  });
+}
+
+absl::Status AddResidual(void* x, const float* u, int64_t n, ScalarType act, cudaStream_t stream) {
+  absl::Status ok = CheckCount("AddResidual", n);
+  if (!ok.ok() || n == 0) return ok;
+  return DispatchActType(act, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    AddResidualKernel<T><<<BlocksFor(n), kThreads, 0, stream>>>(static_cast<T*>(x), u, n);
+    MESA_CUDA_RETURN_IF_LAUNCH_FAILED("AddResidualKernel");
+    return absl::OkStatus();
+  });
+}
+
+absl::Status RoundInPlace(float* y, int64_t n, ScalarType act, cudaStream_t stream) {
+  absl::Status ok = CheckCount("RoundInPlace", n);
+  if (!ok.ok() || n == 0 || act == ScalarType::kFp32) return ok;
+  return DispatchActType(act, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    RoundInPlaceKernel<T><<<BlocksFor(n), kThreads, 0, stream>>>(y, n);
+    MESA_CUDA_RETURN_IF_LAUNCH_FAILED("RoundInPlaceKernel");
+    return absl::OkStatus();
+  });
+}
+
+absl::Status Embed(void* x, const void* table, const int32_t* tokens, int64_t rows, int64_t d,
+                   int64_t vocab, ScalarType act, cudaStream_t stream) {
+  if (rows < 0 || d < 1 || vocab < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("Embed: rows ", rows, ", width ", d,
+                                                   " and vocab ", vocab, " out of range"));
+  }
+  if (rows == 0) return absl::OkStatus();
+  return DispatchActType(act, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    EmbedKernel<T><<<BlocksFor(rows * d), kThreads, 0, stream>>>(
+        static_cast<T*>(x), static_cast<const T*>(table), tokens, rows, d, vocab);
+    MESA_CUDA_RETURN_IF_LAUNCH_FAILED("EmbedKernel");
+    return absl::OkStatus();
+  });
+}
+
+}  // namespace mesa::gpu

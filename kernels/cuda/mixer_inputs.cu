@@ -1,0 +1,96 @@
+#include "kernels/cuda/mixer_inputs.h"
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/device_math.cuh"
+
+namespace mesa::gpu {
+namespace {
+
+constexpr int kMaxConv = 16;  // models/mesa_config.h kMaxConvSize
+
+// One channel's causal conv for one new token, then SiLU, rounded to T. `state` ([W-1, dk],
+// oldest first) is shifted by one and takes the new input, unless it is null (pad row).
+// Tap order and FMA accumulation follow kernels/cpu/short_conv.cc.
+template <typename T>
+__device__ float ConvStep(float x, const float* w, int width, float* state, int64_t dk,
+                          int64_t c) {
+  float hist[kMaxConv];
+  float acc = 0.0f;
+  for (int i = 0; i + 1 < width; ++i) {
+    hist[i] = state != nullptr ? state[i * dk + c] : 0.0f;
+    acc = fmaf(w[i], hist[i], acc);
+  }
+  acc = fmaf(w[width - 1], x, acc);
+  if (state != nullptr && width > 1) {
+    for (int i = 0; i + 2 < width; ++i) state[i * dk + c] = hist[i + 1];
+    state[(width - 2) * dk + c] = x;
+  }
+  return RoundTo<T>(Silu(acc));
+}
+
+// grid (H, B), blockDim = K rounded up to a warp.
+template <typename T>
+__global__ void MixerInputsDecodeKernel(MixerInputsDecodeParams p) {
+  __shared__ float scratch[32];
+  const int h = blockIdx.x;
+  const int b = blockIdx.y;
+  const int K = p.head_dim;
+  const int W = p.conv_size;
+  const int j = threadIdx.x;
+  const bool owner = j < K;
+  const int64_t dk = static_cast<int64_t>(p.num_heads) * K;
+  const int64_t c = static_cast<int64_t>(h) * K + j;
+  const float* pr = p.proj + b * p.ld_proj;
+  const int64_t out_index = b * dk + c;
+
+  float qc = 0.0f, kc = 0.0f;
+  if (owner) {
+    qc = ConvStep<T>(RoundTo<T>(pr[p.q_col + c]), p.q_conv + c * W, W, p.conv_q_state[b], dk, c);
+    kc = ConvStep<T>(RoundTo<T>(pr[p.k_col + c]), p.k_conv + c * W, W, p.conv_k_state[b], dk, c);
+    static_cast<T*>(p.v)[out_index] = FromFloat<T>(pr[p.v_col + c]);
+    if (p.g_col >= 0) static_cast<T*>(p.z)[out_index] = FromFloat<T>(pr[p.g_col + c]);
+  }
+  // L2NormHeads: x / sqrt(|x|^2 + 1e-6), rounded to T (decode keeps the model dtype).
+  const float ss_q = BlockSum(qc * qc, scratch);
+  const float ss_k = BlockSum(kc * kc, scratch);
+  if (owner) {
+    const float inv_q = 1.0f / sqrtf(ss_q + 1e-6f);
+    const float inv_k = 1.0f / sqrtf(ss_k + 1e-6f);
+    static_cast<T*>(p.q)[out_index] = FromFloat<T>(qc * inv_q);
+    static_cast<T*>(p.k)[out_index] = FromFloat<T>(kc * inv_k);
+  }
+  if (j == 0) {
+    const int64_t bh = static_cast<int64_t>(b) * p.num_heads + h;
+    p.log_decay[bh] = LogSigmoid(RoundTo<T>(pr[p.a_col + h] + p.a_bias[h]));
+    p.beta[bh] = Sigmoid(RoundTo<T>(pr[p.b_col + h] + p.b_bias[h]));
+  }
+}
+
+}  // namespace
+
+absl::Status MixerInputsDecode(const MixerInputsDecodeParams& p) {
+  if (p.head_dim < 1 || p.head_dim > 1024 || p.conv_size < 1 || p.conv_size > kMaxConv ||
+      p.batch < 0 || p.batch > 65535 || p.num_heads < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "MixerInputsDecode: head_dim ", p.head_dim, " (1..1024), conv_size ", p.conv_size,
+        " (1..", kMaxConv, "), batch ", p.batch, " (<= 65535) or num_heads ", p.num_heads,
+        " out of range"));
+  }
+  if (p.batch == 0 || p.num_heads == 0) return absl::OkStatus();
+  if (p.g_col >= 0 && p.z == nullptr) {
+    return absl::InvalidArgumentError("MixerInputsDecode: g_col is set but z is null");
+  }
+  if (p.conv_q_state == nullptr || p.conv_k_state == nullptr) {
+    return absl::InvalidArgumentError("MixerInputsDecode: conv state tables are null");
+  }
+  return DispatchActType(p.act, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const dim3 grid(p.num_heads, p.batch);
+    MixerInputsDecodeKernel<T><<<grid, RoundUpToWarp(p.head_dim), 0, p.stream>>>(p);
+    MESA_CUDA_RETURN_IF_LAUNCH_FAILED("MixerInputsDecodeKernel");
+    return absl::OkStatus();
+  });
+}
+
+}  // namespace mesa::gpu

@@ -1,0 +1,51 @@
+// Everything between the in_proj GEMM and the fused decode step, for one decode token per row,
+// in one kernel. It is the GPU twin of this sequence in the CPU runner's Decode
+// (engine/cpu_model_runner.cc), with the same rounding points:
+//   proj = act(proj + bias)                    (InputProjections; bias only on the a/b gates)
+//   q, k = ShortConvSilu(proj_q/k, state, t=1)  (kernels/cpu/short_conv.h, rounded to act)
+//   q, k = L2NormHeads(q/k, rounding act)       (kernels/cpu/mixer_inputs.h; decode keeps act)
+//   log_decay, beta = MesaGates(a, b)           (kernels/cpu/mixer_inputs.h)
+//   v = act(proj_v), z = act(proj_g)            (copies of the rounded projections)
+// One block per (row, head), one thread per channel of the head.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+#include "absl/status/status.h"
+#include "base/half.h"
+
+namespace mesa::gpu {
+
+// All pointers are device pointers; "act" arrays hold the model dtype `act`.
+struct MixerInputsDecodeParams {
+  int32_t batch = 0;      // B
+  int32_t num_heads = 0;  // H
+  int32_t head_dim = 0;   // K, <= 1024
+  int32_t conv_size = 0;  // W, 1..16 (kMaxConvSize)
+  const float* proj = nullptr;  // [B, ld_proj] fp32 in_proj GEMM output, bias not yet added
+  int64_t ld_proj = 0;
+  // Column offsets inside a proj row (models/mesa_weights.h InProjLayout); g < 0: no gate.
+  int64_t q_col = 0, k_col = 0, v_col = 0, g_col = -1, a_col = 0, b_col = 0;
+  const float* a_bias = nullptr;  // [H]
+  const float* b_bias = nullptr;  // [H]
+  const float* q_conv = nullptr;  // [H*K, W]: tap W-1 multiplies the current token
+  const float* k_conv = nullptr;  // [H*K, W]
+  // [B] -> [W-1, H*K] fp32 conv state of the row's slot (previous inputs, oldest first),
+  // updated in place. A null entry is a pad row: zeros are used and nothing is written.
+  float* const* conv_q_state = nullptr;
+  float* const* conv_k_state = nullptr;
+  void* q = nullptr;  // act [B, H*K] out: conv + SiLU + l2 norm
+  void* k = nullptr;  // act [B, H*K] out
+  void* v = nullptr;  // act [B, H*K] out
+  void* z = nullptr;  // act [B, H*K] out, only when g_col >= 0 (output gate values)
+  float* log_decay = nullptr;  // [B, H] out
+  float* beta = nullptr;       // [B, H] out
+  ScalarType act = ScalarType::kBf16;
+  cudaStream_t stream = nullptr;
+};
+
+absl::Status MixerInputsDecode(const MixerInputsDecodeParams& p);
+
+}  // namespace mesa::gpu
