@@ -155,6 +155,10 @@ class SecurityTest(unittest.TestCase):
     def test_stream_limit_per_connection(self):
         server = self.serve("--max-streams-per-connection", "2", "--slots", "4")
         stub = rpc.GenerationStub(server.shared_channel())
+        # One call first, so that the connection's SETTINGS (with the limit) have been exchanged:
+        # a burst on a brand-new connection races them, and with Debian's gRPC 1.51 one stream of
+        # such a burst sometimes stalls (about 1 run in 8 on a loaded machine; see docs/reliability.md).
+        self.assertEqual(sum(len(m.token_ids) for m in stub.GenerateStream(request(max_new=1), timeout=60)), 1)
         # Three streams on one connection: the third waits for a free stream, it is not refused.
         calls = [stub.GenerateStream(request(max_new=8), timeout=60) for _ in range(3)]
         self.assertEqual([sum(len(m.token_ids) for m in c) for c in calls], [8, 8, 8])
