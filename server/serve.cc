@@ -97,11 +97,12 @@ absl::Status Start(Server& s) {
   }
   const size_t weight_bytes = runner->weight_bytes();
   EngineOptions eo = c.engine;
-  // By default the engine leaves one core to gRPC: OpenMP workers that spin between the
-  // engine's short parallel steps would otherwise starve the threads that send the tokens, and
-  // streams would arrive in one burst at the end (seen on 2 cores).
+  // By default the engine uses every core. Leaving one to gRPC was tried: on the 2-core
+  // development machine it cost 38 % of single-stream throughput and 35 % at 64 streams, with
+  // worse TTFT and inter-token latency, and streams still arrived token by token with all cores
+  // (docs/serving-benchmarks.md, 2026-11-26).
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  eo.threads = c.threads > 0 ? c.threads : std::max(1, cores - 1);
+  eo.threads = c.threads > 0 ? c.threads : cores;
   MESA_ASSIGN_OR_RETURN(s.engine, Engine::Create(std::move(runner), s.tokenizer.get(),
                                                  s.observer.get(), eo));
   s.service = std::make_unique<GenerationService>(s.engine.get(), s.tokenizer.get(), &s.config,

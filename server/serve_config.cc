@@ -139,7 +139,7 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::vector<std::string>& arg
   f.Float("cg-min-tol", &cg_min_tol, "smallest tolerance a request may ask for");
   f.Int("cg-max-iters-limit", &cg_iters_limit, "largest CG cap a request may ask for");
   f.Float("drain-timeout", &drain, "seconds SIGTERM waits for running requests");
-  f.Int("threads", &threads, "engine CPU threads; 0 = all cores but one (left to gRPC)");
+  f.Int("threads", &threads, "engine CPU threads; 0 = all cores");
   f.String("log-level", &c.log_level, "debug, info, warning or error");
   std::string auth_token_file;
   int64_t max_streams = c.max_streams_per_connection;
