@@ -118,45 +118,9 @@ def log(*a):
     print(*a, flush=True)
 
 
-# ----------------------------------------------------------------------------------------
-# Triton autotuning. fla autotunes most kernels over 4-48 configurations and compiles each
-# one first; on a fresh machine that costs minutes per configuration of the model. With
-# --autotune lean (default) every autotuned kernel keeps at most 3 configurations (block
-# sizes spread over fla's range; num_warps nearest 4, fewest stages first). The choice of
-# launch configuration changes only speed and float summation order (as autotuning on a
-# different GPU would), not the algorithm. --autotune full runs fla exactly as shipped.
-
-LEAN_CONFIGS = 3
-
-
-def install_lean_autotune(k=LEAN_CONFIGS):
-    from triton.runtime import autotuner
-    orig = autotuner.Autotuner.__init__
-    if getattr(orig, '_mesanet_lean', False):
-        return
-
-    def score(c):
-        w = max(1, int(getattr(c, 'num_warps', 4) or 4))
-        st = int(getattr(c, 'num_stages', 2) or 2)
-        return (abs(math.log2(w) - 2), st)
-
-    def init(self, fn, arg_names, configs, *a, **kw):
-        full = list(configs)
-        lean = full
-        if len(full) > k and not kw.get('prune_configs_by'):
-            groups = {}
-            for c in full:
-                groups.setdefault(tuple(sorted((getattr(c, 'kwargs', None) or {}).items())), []).append(c)
-            keys = list(groups)
-            if len(keys) == 1:
-                lean = sorted(full, key=score)[:k]
-            else:
-                idx = sorted({round(i * (len(keys) - 1) / (k - 1)) for i in range(k)})
-                lean = [min(groups[keys[i]], key=score) for i in idx]
-        orig(self, fn, arg_names, lean, *a, **kw)
-
-    init._mesanet_lean = True
-    autotuner.Autotuner.__init__ = init
+# Triton autotuning: --autotune lean (default) keeps at most 3 configurations per fla kernel
+# (tools/fla/lean_autotune.py); --autotune full runs fla exactly as shipped.
+from lean_autotune import install_lean_autotune  # noqa: E402  (this script's own folder)
 
 
 # ----------------------------------------------------------------------------------------

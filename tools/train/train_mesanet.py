@@ -151,60 +151,12 @@ def default_name(args):
 
 
 # ----------------------------------------------------------------------------------------
-# Triton autotuning
-#
-# fla's kernels autotune over 9-30 configurations each, and every configuration is compiled
-# before it is timed: on a fresh machine the first training step took ~230 s (H200). With
-# --autotune lean (default) each autotuned kernel keeps at most LEAN_CONFIGS configurations
-# (block sizes spread over fla's range; num_warps nearest 4, fewest pipeline stages first). Kernel choice only affects speed and
-# float summation order, not the math. If a lean set fails at the first step, the full lists
-# are restored and the step is retried.
+# Triton autotuning: --autotune lean (default) keeps at most 3 configurations per fla kernel
+# (tools/fla/lean_autotune.py). If a lean set fails at the first step, the full lists are
+# restored and the step is retried.
 
-LEAN_CONFIGS = 3
-_TUNERS = []
-
-
-def install_lean_autotune(k=LEAN_CONFIGS):
-    from triton.runtime import autotuner
-    orig = autotuner.Autotuner.__init__
-    if getattr(orig, '_mesanet_lean', False):
-        return
-
-    def score(c):
-        w = max(1, int(getattr(c, 'num_warps', 4) or 4))
-        st = int(getattr(c, 'num_stages', 2) or 2)
-        return (abs(math.log2(w) - 2), st)
-
-    def init(self, fn, arg_names, configs, *a, **kw):
-        full = list(configs)
-        lean = full
-        if len(full) > k and not kw.get('prune_configs_by'):
-            groups = {}
-            for c in full:  # configs grouped by their block sizes (kwargs), in fla's order
-                groups.setdefault(tuple(sorted((getattr(c, 'kwargs', None) or {}).items())), []).append(c)
-            keys = list(groups)
-            if len(keys) == 1:
-                lean = sorted(full, key=score)[:k]  # stable: ties keep fla's order
-            else:  # block sizes spread over fla's range, each with its best warps/stages
-                idx = sorted({round(i * (len(keys) - 1) / (k - 1)) for i in range(k)})
-                lean = [min(groups[keys[i]], key=score) for i in idx]
-        orig(self, fn, arg_names, lean, *a, **kw)
-        self._mesanet_full_configs = full
-        _TUNERS.append(self)
-
-    init._mesanet_lean = True
-    autotuner.Autotuner.__init__ = init
-
-
-def restore_full_autotune():
-    n = 0
-    for t in _TUNERS:
-        full = getattr(t, '_mesanet_full_configs', None)
-        if full is not None and len(full) != len(t.configs):
-            t.configs = full
-            t.cache.clear()
-            n += 1
-    return n
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'fla'))
+from lean_autotune import TUNERS as _TUNERS, install_lean_autotune, restore_full_autotune  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------
