@@ -1,0 +1,655 @@
+#include "engine/cuda_model_runner.h"
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstring>
+#include <set>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/device_buffer.h"
+#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/gemm.h"
+#include "kernels/cuda/mesa_decode.h"
+#include "kernels/cuda/mixer_inputs.h"
+#include "kernels/cuda/norm.h"
+
+namespace mesa {
+namespace {
+
+using gpu::DeviceBuffer;
+
+// Offsets inside the device arenas are aligned like cudaMalloc's own results, so that every
+// tensor can be read with the kernels' vector loads.
+constexpr size_t kAlign = 256;
+size_t AlignUp(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// Lays out many host arrays in one device allocation: one cudaMalloc for all weights, so the
+// memory plan counts exactly what is allocated.
+class ArenaLayout {
+ public:
+  // Reserves `bytes` (copied from `src` by Upload when src is not null); returns the offset.
+  size_t Add(size_t bytes, const void* src = nullptr) {
+    const size_t offset = size_;
+    size_ = AlignUp(offset + bytes);
+    if (src != nullptr && bytes > 0) copies_.push_back({src, bytes, offset});
+    return offset;
+  }
+  size_t bytes() const { return size_; }
+  absl::Status Upload(DeviceBuffer& buffer) const {
+    for (const Copy& c : copies_) MESA_RETURN_IF_ERROR(buffer.CopyFromHost(c.src, c.bytes, c.offset));
+    return absl::OkStatus();
+  }
+
+ private:
+  struct Copy {
+    const void* src;
+    size_t bytes;
+    size_t offset;
+  };
+  size_t size_ = 0;
+  std::vector<Copy> copies_;
+};
+
+// A page-locked host buffer: device-to-host copies into it are true async DMA, and the
+// per-step upload of pointer tables does not stage through a driver bounce buffer.
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  ~PinnedBuffer() {
+    if (ptr_ != nullptr) cudaFreeHost(ptr_);  // errors cannot be reported from here
+  }
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+
+  absl::Status Allocate(size_t bytes) {
+    if (bytes == 0) return absl::OkStatus();
+    MESA_CUDA_RETURN_IF_ERROR(cudaMallocHost(&ptr_, bytes));
+    bytes_ = bytes;
+    return absl::OkStatus();
+  }
+  char* data() { return static_cast<char*>(ptr_); }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Offsets (in floats) of one layer's state inside a slot: the CPU runner's LayerStateLayout.
+struct LayerStateLayout {
+  int64_t h_kk = 0, h_kv = 0, conv_q = 0, conv_k = 0, stride = 0;
+};
+
+LayerStateLayout StateLayoutFor(const MesaConfig& c) {
+  const int64_t kk = static_cast<int64_t>(c.num_heads) * c.head_dim * c.head_dim;
+  const int64_t conv = static_cast<int64_t>(c.conv_size - 1) * c.key_dim();
+  LayerStateLayout l;
+  l.h_kk = 0;
+  l.h_kv = kk;
+  l.conv_q = 2 * kk;
+  l.conv_k = 2 * kk + conv;
+  l.stride = 2 * kk + 2 * conv;
+  return l;
+}
+
+// Byte offsets of one layer's weights in the weight arena.
+struct LayerWeightOffsets {
+  size_t attn_norm, in_proj, a_bias, b_bias, lambda, q_conv, k_conv, o_norm, o_proj, mlp_norm,
+      gate_up, down;
+};
+
+struct WeightOffsets {
+  size_t embeddings = 0, final_norm = 0, output = 0;
+  std::vector<LayerWeightOffsets> layers;
+};
+
+// Frees the host copies of the matrices once they are on the device (a large model would
+// otherwise be held twice); rows, cols and type stay for the GEMM shapes.
+void ReleaseHostData(MesaWeights& w) {
+  auto release = [](WeightMatrix& m) {
+    std::vector<uint16_t>().swap(m.half);
+    std::vector<float>().swap(m.full);
+  };
+  release(w.embeddings);
+  release(w.lm_head);
+  for (MesaLayerWeights& l : w.layers) {
+    release(l.in_proj);
+    release(l.o_proj);
+    release(l.gate_up);
+    release(l.down);
+  }
+}
+
+template <typename T>
+size_t AddVector(ArenaLayout& arena, const std::vector<T>& v) {
+  return arena.Add(v.size() * sizeof(T), v.data());
+}
+size_t AddMatrix(ArenaLayout& arena, const WeightMatrix& m) { return arena.Add(m.bytes(), m.data()); }
+
+WeightOffsets LayOutWeights(const MesaWeights& w, ArenaLayout& arena) {
+  WeightOffsets o;
+  o.embeddings = AddMatrix(arena, w.embeddings);
+  o.final_norm = AddVector(arena, w.final_norm);
+  o.output = w.config.tie_word_embeddings ? o.embeddings : AddMatrix(arena, w.lm_head);
+  for (const MesaLayerWeights& l : w.layers) {
+    LayerWeightOffsets lo;
+    lo.attn_norm = AddVector(arena, l.attn_norm);
+    lo.in_proj = AddMatrix(arena, l.in_proj);
+    lo.a_bias = AddVector(arena, l.a_bias);
+    lo.b_bias = AddVector(arena, l.b_bias);
+    lo.lambda = AddVector(arena, l.lambda);
+    lo.q_conv = AddVector(arena, l.q_conv);
+    lo.k_conv = AddVector(arena, l.k_conv);
+    lo.o_norm = AddVector(arena, l.o_norm);
+    lo.o_proj = AddMatrix(arena, l.o_proj);
+    lo.mlp_norm = AddVector(arena, l.mlp_norm);
+    lo.gate_up = AddMatrix(arena, l.gate_up);
+    lo.down = AddMatrix(arena, l.down);
+    o.layers.push_back(lo);
+  }
+  return o;
+}
+
+// Byte offsets of the activations and per-step tables in the workspace arena, sized for
+// `rows` rows. Activations "act" are in the model dtype, GEMM outputs fp32.
+struct Workspace {
+  size_t x, u, proj, q, k, v, z, mix, log_decay, beta, gemm_out, mlp, swiglu, logits, iters,
+      residual, args;
+  size_t args_bytes;
+};
+
+// The per-step arguments uploaded in one copy, for a step of b rows: the state pointer tables
+// [L][4][b] (h_kk, h_kv, conv_q, conv_k), the CG controls [b] and the token ids [b].
+struct StepArgsLayout {
+  size_t tables = 0, cg = 0, tokens = 0, bytes = 0;
+  static StepArgsLayout For(int64_t layers, int64_t b) {
+    StepArgsLayout a;
+    a.tables = 0;
+    a.cg = AlignUp(static_cast<size_t>(layers) * 4 * b * sizeof(float*));
+    a.tokens = AlignUp(a.cg + b * sizeof(CgControl));
+    a.bytes = a.tokens + b * sizeof(int32_t);
+    return a;
+  }
+};
+
+Workspace LayOutWorkspace(const MesaConfig& c, int64_t rows, ArenaLayout& arena) {
+  const size_t act = c.dtype == ScalarType::kFp32 ? 4 : 2;
+  const int64_t d = c.hidden_size, dk = c.key_dim(), inter = c.intermediate_size;
+  const int64_t H = c.num_heads, L = c.num_hidden_layers;
+  const int64_t proj_rows = InProjLayout::For(c).rows;
+  Workspace ws;
+  ws.x = arena.Add(rows * d * act);
+  ws.u = arena.Add(rows * d * act);
+  ws.proj = arena.Add(rows * proj_rows * sizeof(float));
+  ws.q = arena.Add(rows * dk * act);
+  ws.k = arena.Add(rows * dk * act);
+  ws.v = arena.Add(rows * dk * act);
+  ws.z = arena.Add(rows * dk * act);
+  ws.mix = arena.Add(rows * dk * act);
+  ws.log_decay = arena.Add(rows * H * sizeof(float));
+  ws.beta = arena.Add(rows * H * sizeof(float));
+  ws.gemm_out = arena.Add(rows * d * sizeof(float));
+  ws.mlp = arena.Add(rows * 2 * inter * sizeof(float));
+  ws.swiglu = arena.Add(rows * inter * act);
+  ws.logits = arena.Add(rows * static_cast<int64_t>(c.vocab_size) * sizeof(float));
+  ws.iters = arena.Add(L * rows * H * sizeof(int32_t));
+  ws.residual = arena.Add(L * rows * H * sizeof(float));
+  ws.args_bytes = StepArgsLayout::For(L, rows).bytes;
+  ws.args = arena.Add(ws.args_bytes);
+  return ws;
+}
+
+class CudaModelRunnerImpl final : public CudaModelRunner {
+ public:
+  CudaModelRunnerImpl(MesaWeights weights, const CudaRunnerOptions& options)
+      : w_(std::move(weights)),
+        c_(w_.config),
+        options_(options),
+        inproj_(InProjLayout::For(c_)),
+        layer_(StateLayoutFor(c_)),
+        slot_floats_(layer_.stride * c_.num_hidden_layers) {}
+
+  ~CudaModelRunnerImpl() override {
+    // Work still queued must finish before its buffers are freed (errors are moot here).
+    // The cuBLAS handle goes before the stream it was last bound to.
+    if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+    cublas_ = gpu::CublasHandle();
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+
+  absl::Status Init();
+
+  const MesaConfig& config() const override { return c_; }
+  const char* backend_name() const override { return "cuda"; }
+  int32_t num_slots() const override { return options_.num_slots; }
+  size_t state_bytes_per_slot() const override { return slot_floats_ * sizeof(float); }
+  size_t weight_bytes() const override { return plan_.weight_bytes; }
+  bool poisoned() const override { return poisoned_; }
+  const CudaMemoryPlan& memory_plan() const override { return plan_; }
+
+  absl::Status ResetSlot(SlotId slot) override;
+  int64_t SlotPosition(SlotId slot) const override {
+    return slot >= 0 && slot < options_.num_slots ? positions_[slot] : -1;
+  }
+  absl::Status Prefill(absl::Span<const PrefillRequest> requests,
+                       absl::Span<PrefillResult> results) override;
+  absl::Status Decode(absl::Span<const DecodeRow> rows, DecodeResult* result) override;
+  absl::Status ReadSlotState(SlotId slot, absl::Span<float> out) override;
+
+ private:
+  absl::Status CheckSlot(SlotId slot) const {
+    if (slot < 0 || slot >= options_.num_slots) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("slot ", slot, " is outside the pool [0, ", options_.num_slots, ")"));
+    }
+    return absl::OkStatus();
+  }
+  absl::Status CheckToken(int32_t token) const {
+    if (token < 0 || token >= c_.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", token,
+                                                     " is outside the vocabulary [0, ",
+                                                     c_.vocab_size, ")"));
+    }
+    return absl::OkStatus();
+  }
+  // Every entry point: refuse after a sticky fault, and make the runner's device current on the
+  // calling thread (the CUDA runtime's current device is per thread, and the engine thread is
+  // not the one that created the runner).
+  absl::Status Enter() const {
+    if (poisoned_) {
+      return absl::FailedPreconditionError(
+          "the CUDA runner hit a sticky device fault earlier; restart the process");
+    }
+    MESA_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+    return absl::OkStatus();
+  }
+  // After a failed call: a sticky fault leaves the context unusable, so the runner poisons
+  // itself; any other error fails only this call.
+  absl::Status NoteFailure(absl::Status s) {
+    if (s.ok()) return s;
+    const cudaError_t now = cudaStreamSynchronize(stream_);
+    if (gpu::IsStickyCudaError(now) || absl::StrContains(s.message(), "sticky")) poisoned_ = true;
+    if (!gpu::IsStickyCudaError(now)) cudaGetLastError();  // clear a non-sticky error
+    return s;
+  }
+
+  float* SlotState(SlotId slot) { return states_.as<float>() + int64_t{slot} * slot_floats_; }
+  // Typed device pointers into the workspace and weight arenas (offsets are kAlign-aligned).
+  template <typename T = void>
+  T* Ws(size_t offset) { return static_cast<T*>(static_cast<void*>(workspace_.as<char>() + offset)); }
+  template <typename T = void>
+  const T* Wt(size_t offset) const {
+    return static_cast<const T*>(static_cast<const void*>(weights_.as<char>() + offset));
+  }
+
+  absl::Status Gemm(void* y, const void* x, int64_t m, const WeightMatrix& w, size_t offset,
+                    ScalarType out_type = ScalarType::kFp32) const {
+    gpu::GemmParams p;
+    p.m = m;
+    p.n = w.rows;
+    p.k = w.cols;
+    p.x = x;
+    p.w = Wt(offset);
+    p.y = y;
+    p.in_type = c_.dtype;
+    p.out_type = out_type;
+    p.stream = stream_;
+    return gpu::Gemm(cublas_, p);
+  }
+
+  // One decode step of at most max_batch_ rows; stats rows start at `row0` of `result`.
+  absl::Status DecodeChunk(absl::Span<const DecodeRow> rows, int64_t row0, DecodeResult* result);
+  absl::Status Layer(int layer, int64_t b, const StepArgsLayout& args);
+
+  MesaWeights w_;  // shapes only after Init (the host data is released once uploaded)
+  const MesaConfig& c_;
+  CudaRunnerOptions options_;
+  InProjLayout inproj_;
+  LayerStateLayout layer_;
+  int64_t slot_floats_ = 0;
+  int64_t max_batch_ = 0;
+  std::vector<int64_t> positions_;
+  bool poisoned_ = false;
+  CudaMemoryPlan plan_;
+
+  cudaStream_t stream_ = nullptr;
+  gpu::CublasHandle cublas_;
+  WeightOffsets wo_;
+  Workspace ws_;
+  DeviceBuffer weights_;
+  DeviceBuffer workspace_;
+  DeviceBuffer states_;
+  // Host staging: [args | logits | iters | residual], page-locked.
+  PinnedBuffer host_;
+  size_t host_logits_ = 0, host_iters_ = 0, host_residual_ = 0;
+};
+
+absl::Status CudaModelRunnerImpl::Init() {
+  MESA_ASSIGN_OR_RETURN(const int devices, gpu::CudaDeviceCount());
+  if (options_.device < 0 || options_.device >= devices) {
+    return absl::InvalidArgumentError(absl::StrCat("CUDA device ", options_.device,
+                                                   " does not exist (", devices, " found)"));
+  }
+  MESA_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+  if (c_.head_dim > gpu::kMaxDecodeHeadDim) {
+    return absl::InvalidArgumentError(absl::StrCat("head_dim ", c_.head_dim,
+                                                   " exceeds the decode kernel's limit ",
+                                                   gpu::kMaxDecodeHeadDim));
+  }
+  max_batch_ = options_.max_decode_batch > 0 ? options_.max_decode_batch : options_.num_slots;
+  max_batch_ = std::min<int64_t>(max_batch_, 65535);  // the kernels' grid.y limit
+  // The stream and cuBLAS handle first: they take device memory of their own, which the free
+  // figure below must already exclude.
+  MESA_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  MESA_ASSIGN_OR_RETURN(cublas_, gpu::CublasHandle::Create());
+
+  ArenaLayout weight_arena, workspace_arena;
+  wo_ = LayOutWeights(w_, weight_arena);
+  ws_ = LayOutWorkspace(c_, max_batch_, workspace_arena);
+  plan_.weight_bytes = weight_arena.bytes();
+  plan_.workspace_bytes = workspace_arena.bytes();
+  plan_.state_bytes_per_slot = slot_floats_ * sizeof(float);
+  plan_.num_slots = options_.num_slots;
+  plan_.reserve_bytes = options_.reserve_bytes;
+  size_t free_bytes = 0, total_bytes = 0;
+  MESA_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_bytes, &total_bytes));
+  MESA_RETURN_IF_ERROR(CheckCudaMemoryPlan(plan_, free_bytes));
+  positions_.assign(options_.num_slots, 0);  // after the check: num_slots may be absurd
+
+  MESA_ASSIGN_OR_RETURN(weights_, DeviceBuffer::Allocate(plan_.weight_bytes));
+  MESA_RETURN_IF_ERROR(weight_arena.Upload(weights_));
+  MESA_ASSIGN_OR_RETURN(workspace_, DeviceBuffer::Allocate(plan_.workspace_bytes));
+  MESA_RETURN_IF_ERROR(workspace_.Zero());
+  MESA_ASSIGN_OR_RETURN(states_, DeviceBuffer::Allocate(plan_.state_bytes_per_slot *
+                                                        static_cast<size_t>(options_.num_slots)));
+  MESA_RETURN_IF_ERROR(states_.Zero());
+  // DeviceBuffer copies and memsets go to the legacy default stream, which a non-blocking
+  // stream does not wait for (and cudaMemset returns before it is done): wait here, once.
+  MESA_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
+  ReleaseHostData(w_);
+
+  const int64_t H = c_.num_heads, L = c_.num_hidden_layers;
+  host_logits_ = AlignUp(ws_.args_bytes);
+  host_iters_ = AlignUp(host_logits_ + max_batch_ * c_.vocab_size * sizeof(float));
+  host_residual_ = AlignUp(host_iters_ + L * max_batch_ * H * sizeof(int32_t));
+  MESA_RETURN_IF_ERROR(host_.Allocate(host_residual_ + L * max_batch_ * H * sizeof(float)));
+
+  // Warm-up: all-pad steps (no state is read or written) at the largest batch and at 1, so that
+  // lazy kernel loading and cuBLAS's per-shape setup happen here rather than on a request.
+  for (int64_t b : {max_batch_, int64_t{1}}) {
+    std::vector<DecodeRow> pads(b);
+    DecodeResult ignored;
+    MESA_RETURN_IF_ERROR(DecodeChunk(pads, 0, &ignored));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaModelRunnerImpl::ResetSlot(SlotId slot) {
+  MESA_RETURN_IF_ERROR(Enter());
+  MESA_RETURN_IF_ERROR(CheckSlot(slot));
+  absl::Status s = [&]() -> absl::Status {
+    MESA_CUDA_RETURN_IF_ERROR(
+        cudaMemsetAsync(SlotState(slot), 0, slot_floats_ * sizeof(float), stream_));
+    MESA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+    return absl::OkStatus();
+  }();
+  MESA_RETURN_IF_ERROR(NoteFailure(std::move(s)));
+  positions_[slot] = 0;
+  return absl::OkStatus();
+}
+
+absl::Status CudaModelRunnerImpl::ReadSlotState(SlotId slot, absl::Span<float> out) {
+  MESA_RETURN_IF_ERROR(Enter());
+  MESA_RETURN_IF_ERROR(CheckSlot(slot));
+  if (static_cast<int64_t>(out.size()) != slot_floats_) {
+    return absl::InvalidArgumentError(absl::StrCat("ReadSlotState: output has ", out.size(),
+                                                   " floats, a slot has ", slot_floats_));
+  }
+  absl::Status s = [&]() -> absl::Status {
+    MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out.data(), SlotState(slot),
+                                              slot_floats_ * sizeof(float),
+                                              cudaMemcpyDeviceToHost, stream_));
+    MESA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+    return absl::OkStatus();
+  }();
+  return NoteFailure(std::move(s));
+}
+
+absl::Status CudaModelRunnerImpl::Prefill(absl::Span<const PrefillRequest> requests,
+                                          absl::Span<PrefillResult> results) {
+  // Running the prompt through the decode step token by token would not be fla's numerics
+  // (fla's prefill is the chunked form: CG from zero, q/k rounded to fp16), so there is no
+  // interim path; see docs/cuda-backend.md.
+  return absl::UnimplementedError("CUDA prefill (chunked kernel) is not implemented yet");
+}
+
+absl::Status CudaModelRunnerImpl::Decode(absl::Span<const DecodeRow> rows, DecodeResult* result) {
+  MESA_RETURN_IF_ERROR(Enter());
+  // The CPU runner's checks, all before any device work.
+  std::set<SlotId> seen;
+  for (const DecodeRow& row : rows) {
+    if (row.slot == kPadSlot) continue;
+    MESA_RETURN_IF_ERROR(CheckSlot(row.slot));
+    MESA_RETURN_IF_ERROR(CheckToken(row.token));
+    if (!seen.insert(row.slot).second) {
+      return absl::InvalidArgumentError(absl::StrCat("Decode: slot ", row.slot, " appears twice"));
+    }
+  }
+  const int64_t b = static_cast<int64_t>(rows.size());
+  result->stats.Resize(static_cast<int32_t>(b), c_.num_hidden_layers, c_.num_heads);
+  result->logits.assign(b * static_cast<int64_t>(c_.vocab_size), 0.0f);
+  // Rows are independent (distinct slots), so a batch larger than the workspaces is run in
+  // pieces with the same result.
+  for (int64_t start = 0; start < b; start += max_batch_) {
+    const int64_t n = std::min(max_batch_, b - start);
+    const absl::Span<const DecodeRow> piece = rows.subspan(start, n);
+    MESA_RETURN_IF_ERROR(NoteFailure(DecodeChunk(piece, start, result)));
+    for (const DecodeRow& row : piece) {
+      if (row.slot != kPadSlot) positions_[row.slot] += 1;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows, int64_t row0,
+                                              DecodeResult* result) {
+  const int64_t b = static_cast<int64_t>(rows.size());
+  const int64_t L = c_.num_hidden_layers, H = c_.num_heads, d = c_.hidden_size;
+  const int64_t vocab = c_.vocab_size;
+  if (b == 0) return absl::OkStatus();
+
+  // Stage the step's arguments on the host and upload them in one copy.
+  const StepArgsLayout args = StepArgsLayout::For(L, b);
+  char* staged = host_.data();
+  float** tables = reinterpret_cast<float**>(staged + args.tables);
+  auto* cg = reinterpret_cast<CgControl*>(staged + args.cg);
+  auto* tokens = reinterpret_cast<int32_t*>(staged + args.tokens);
+  for (int64_t i = 0; i < b; ++i) {
+    const bool pad = rows[i].slot == kPadSlot;
+    tokens[i] = pad ? 0 : rows[i].token;
+    cg[i] = rows[i].cg;
+    for (int64_t l = 0; l < L; ++l) {
+      float* state = pad ? nullptr : SlotState(rows[i].slot) + l * layer_.stride;
+      tables[(l * 4 + 0) * b + i] = pad ? nullptr : state + layer_.h_kk;
+      tables[(l * 4 + 1) * b + i] = pad ? nullptr : state + layer_.h_kv;
+      tables[(l * 4 + 2) * b + i] = pad ? nullptr : state + layer_.conv_q;
+      tables[(l * 4 + 3) * b + i] = pad ? nullptr : state + layer_.conv_k;
+    }
+  }
+  MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(Ws(ws_.args), staged, args.bytes,
+                                            cudaMemcpyHostToDevice, stream_));
+
+  MESA_RETURN_IF_ERROR(gpu::Embed(Ws(ws_.x), Wt(wo_.embeddings), Ws<int32_t>(ws_.args + args.tokens),
+                                  b, d, vocab, c_.dtype, stream_));
+  for (int layer = 0; layer < L; ++layer) MESA_RETURN_IF_ERROR(Layer(layer, b, args));
+
+  // Final norm, lm_head, and fla's rounding of the logits to the model dtype.
+  MESA_RETURN_IF_ERROR(gpu::RmsNorm(Ws(ws_.u), Ws(ws_.x), Wt<float>(wo_.final_norm), b, d,
+                                    c_.norm_eps, c_.dtype, stream_));
+  MESA_RETURN_IF_ERROR(Gemm(Ws(ws_.logits), Ws(ws_.u), b, w_.output_matrix(), wo_.output));
+  MESA_RETURN_IF_ERROR(gpu::RoundInPlace(Ws<float>(ws_.logits), b * vocab, c_.dtype, stream_));
+
+  // Copy back logits and CG statistics, then wait: the step's result is needed now (the
+  // host staging buffer is reused by the next step, which also orders the args upload).
+  const size_t stat_count = static_cast<size_t>(L * b * H);
+  MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + host_logits_, Ws(ws_.logits),
+                                            b * vocab * sizeof(float), cudaMemcpyDeviceToHost,
+                                            stream_));
+  MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + host_iters_, Ws(ws_.iters),
+                                            stat_count * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                                            stream_));
+  MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + host_residual_, Ws(ws_.residual),
+                                            stat_count * sizeof(float), cudaMemcpyDeviceToHost,
+                                            stream_));
+  MESA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+
+  const auto* logits = reinterpret_cast<const float*>(host_.data() + host_logits_);
+  const auto* iters = reinterpret_cast<const int32_t*>(host_.data() + host_iters_);
+  const auto* residual = reinterpret_cast<const float*>(host_.data() + host_residual_);
+  for (int64_t i = 0; i < b; ++i) {
+    // Pad rows keep zero logits, as on the CPU (their statistics are zero from the kernel).
+    if (rows[i].slot != kPadSlot && !result->logits.empty()) {
+      std::memcpy(&result->logits[(row0 + i) * vocab], &logits[i * vocab], vocab * sizeof(float));
+    }
+    if (result->stats.iters.empty()) continue;
+    for (int64_t l = 0; l < L; ++l) {
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t idx = result->stats.index(static_cast<int32_t>(row0 + i),
+                                                static_cast<int32_t>(l), static_cast<int32_t>(h));
+        result->stats.iters[idx] = iters[(l * b + i) * H + h];
+        result->stats.residual[idx] = residual[(l * b + i) * H + h];
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// One block: the CPU runner's InputProjections, mixer and FinishLayer on the device.
+absl::Status CudaModelRunnerImpl::Layer(int layer, int64_t b, const StepArgsLayout& args) {
+  const MesaLayerWeights& lw = w_.layers[layer];
+  const LayerWeightOffsets& lo = wo_.layers[layer];
+  const int64_t d = c_.hidden_size, H = c_.num_heads, K = c_.head_dim;
+  const int64_t inter = c_.intermediate_size;
+  const ScalarType act = c_.dtype;
+  float* const* tables = Ws<float*>(ws_.args + args.tables) + layer * 4 * b;
+
+  // u = attn_norm(x); proj = u W_in^T (fp32; the mixer kernel adds the gate biases and rounds).
+  MESA_RETURN_IF_ERROR(gpu::RmsNorm(Ws(ws_.u), Ws(ws_.x), Wt<float>(lo.attn_norm), b, d,
+                                    c_.norm_eps, act, stream_));
+  MESA_RETURN_IF_ERROR(Gemm(Ws(ws_.proj), Ws(ws_.u), b, lw.in_proj, lo.in_proj));
+
+  gpu::MixerInputsDecodeParams mi;
+  mi.batch = static_cast<int32_t>(b);
+  mi.num_heads = c_.num_heads;
+  mi.head_dim = c_.head_dim;
+  mi.conv_size = c_.conv_size;
+  mi.proj = Ws<float>(ws_.proj);
+  mi.ld_proj = inproj_.rows;
+  mi.q_col = inproj_.q;
+  mi.k_col = inproj_.k;
+  mi.v_col = inproj_.v;
+  mi.g_col = c_.use_output_gate ? inproj_.g : -1;
+  mi.a_col = inproj_.a;
+  mi.b_col = inproj_.b;
+  mi.a_bias = Wt<float>(lo.a_bias);
+  mi.b_bias = Wt<float>(lo.b_bias);
+  mi.q_conv = Wt<float>(lo.q_conv);
+  mi.k_conv = Wt<float>(lo.k_conv);
+  mi.conv_q_state = tables + 2 * b;
+  mi.conv_k_state = tables + 3 * b;
+  mi.q = Ws(ws_.q);
+  mi.k = Ws(ws_.k);
+  mi.v = Ws(ws_.v);
+  mi.z = c_.use_output_gate ? Ws(ws_.z) : nullptr;
+  mi.log_decay = Ws<float>(ws_.log_decay);
+  mi.beta = Ws<float>(ws_.beta);
+  mi.act = act;
+  mi.stream = stream_;
+  MESA_RETURN_IF_ERROR(gpu::MixerInputsDecode(mi));
+
+  gpu::MesaDecodeParams p;
+  p.batch = static_cast<int32_t>(b);
+  p.num_heads = c_.num_heads;
+  p.head_dim = c_.head_dim;
+  p.h_kk = tables + 0 * b;
+  p.h_kv = tables + 1 * b;
+  p.q = Ws(ws_.q);
+  p.k = Ws(ws_.k);
+  p.v = Ws(ws_.v);
+  p.log_decay = Ws<float>(ws_.log_decay);
+  p.beta = Ws<float>(ws_.beta);
+  p.lambda = Wt<float>(lo.lambda);
+  p.cg = Ws<CgControl>(ws_.args + args.cg);
+  p.out = Ws(ws_.mix);
+  p.act = act;
+  p.cg_iters = Ws<int32_t>(ws_.iters) + layer * b * H;
+  p.cg_residual = Ws<float>(ws_.residual) + layer * b * H;
+  p.stream = stream_;
+  MESA_RETURN_IF_ERROR(gpu::MesaDecodeStep(p));
+
+  // o_norm (gated by silu(z) with an output gate), o_proj, residual + mlp_norm.
+  MESA_RETURN_IF_ERROR(gpu::HeadRmsNorm(Ws(ws_.mix), Ws(ws_.mix),
+                                        c_.use_output_gate ? Ws(ws_.z) : nullptr,
+                                        Wt<float>(lo.o_norm), b, H, K, c_.norm_eps, act, stream_));
+  MESA_RETURN_IF_ERROR(Gemm(Ws(ws_.gemm_out), Ws(ws_.mix), b, lw.o_proj, lo.o_proj));
+  if (c_.fuse_norm) {
+    MESA_RETURN_IF_ERROR(gpu::FusedAddRmsNorm(Ws(ws_.u), Ws(ws_.x), Ws<float>(ws_.gemm_out),
+                                              Ws(ws_.x), Wt<float>(lo.mlp_norm), b, d,
+                                              c_.norm_eps, act, stream_));
+  } else {
+    MESA_RETURN_IF_ERROR(gpu::AddResidual(Ws(ws_.x), Ws<float>(ws_.gemm_out), b * d, act, stream_));
+    MESA_RETURN_IF_ERROR(gpu::RmsNorm(Ws(ws_.u), Ws(ws_.x), Wt<float>(lo.mlp_norm), b, d,
+                                      c_.norm_eps, act, stream_));
+  }
+  // SwiGLU MLP and the second residual.
+  MESA_RETURN_IF_ERROR(Gemm(Ws(ws_.mlp), Ws(ws_.u), b, lw.gate_up, lo.gate_up));
+  MESA_RETURN_IF_ERROR(gpu::SwiGlu(Ws(ws_.swiglu), Ws<float>(ws_.mlp), b, inter, act, stream_));
+  MESA_RETURN_IF_ERROR(Gemm(Ws(ws_.gemm_out), Ws(ws_.swiglu), b, lw.down, lo.down));
+  MESA_RETURN_IF_ERROR(gpu::AddResidual(Ws(ws_.x), Ws<float>(ws_.gemm_out), b * d, act, stream_));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+size_t CudaStateBytesPerSlot(const MesaConfig& c) {
+  return static_cast<size_t>(StateLayoutFor(c).stride) * c.num_hidden_layers * sizeof(float);
+}
+
+absl::Status CheckCudaMemoryPlan(const CudaMemoryPlan& plan, size_t free_bytes) {
+  if (plan.total_bytes() <= free_bytes) return absl::OkStatus();
+  const size_t fixed = plan.weight_bytes + plan.workspace_bytes + plan.reserve_bytes;
+  const size_t fit = free_bytes > fixed && plan.state_bytes_per_slot > 0
+                         ? (free_bytes - fixed) / plan.state_bytes_per_slot
+                         : 0;
+  constexpr double kMiB = 1024.0 * 1024.0;
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "CUDA state pool does not fit: ", plan.num_slots, " slots need ", plan.total_bytes(),
+      " bytes (", plan.total_bytes() / kMiB, " MiB: weights ", plan.weight_bytes,
+      ", workspaces ", plan.workspace_bytes, ", ", plan.state_bytes_per_slot,
+      " per slot, reserve ", plan.reserve_bytes, ") but ", free_bytes, " bytes (",
+      free_bytes / kMiB, " MiB) are free on the device; ", fit,
+      " slots would fit (lower --slots)"));
+}
+
+absl::StatusOr<std::unique_ptr<CudaModelRunner>> CreateCudaModelRunner(
+    MesaWeights weights, const CudaRunnerOptions& options) {
+  if (options.num_slots < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("num_slots must be at least 1, got ", options.num_slots));
+  }
+  if (options.max_decode_batch < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("max_decode_batch must not be negative, got ",
+                                                   options.max_decode_batch));
+  }
+  auto runner = std::make_unique<CudaModelRunnerImpl>(std::move(weights), options);
+  MESA_RETURN_IF_ERROR(runner->Init());
+  return std::unique_ptr<CudaModelRunner>(std::move(runner));
+}
+
+}  // namespace mesa

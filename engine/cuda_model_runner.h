@@ -1,0 +1,71 @@
+// The CUDA backend (docs/cuda-backend.md): the CPU runner's decode sequence on the kernels of
+// kernels/cuda, with the weights uploaded once in the model dtype and the state pool in device
+// memory, in the CPU runner's slot layout (fp32 H_kk, H_kv per layer and head, conv states).
+// Every device allocation happens at creation; Decode only launches work and copies.
+//
+// Prefill is not implemented yet (it needs the chunked kernel, spec section 4): it returns
+// kUnimplemented, so this runner cannot serve requests until that lands.
+//
+// This header needs no CUDA headers: tools that only pick a backend can include it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "engine/model_runner.h"
+#include "models/mesa_weights.h"
+
+namespace mesa {
+
+struct CudaRunnerOptions {
+  int32_t num_slots = 4;
+  // Rows of the largest decode step the workspaces are sized for (0: num_slots). A larger
+  // batch is run in pieces of this size.
+  int32_t max_decode_batch = 0;
+  int32_t device = 0;  // CUDA device ordinal
+  // Device memory left free after creation for what the runner does not allocate itself and
+  // cannot count exactly: the CUDA context's growth, lazily loaded kernels, cuBLAS's default
+  // workspace pool (gemm.cc calls cublasSetStream, which resets to that pool).
+  size_t reserve_bytes = size_t{256} << 20;
+};
+
+// Device memory the runner needs, by use (bytes).
+struct CudaMemoryPlan {
+  size_t weight_bytes = 0;
+  size_t workspace_bytes = 0;  // activations, pointer tables, statistics for max_decode_batch
+  size_t state_bytes_per_slot = 0;
+  int32_t num_slots = 0;
+  size_t reserve_bytes = 0;
+
+  size_t total_bytes() const {
+    return weight_bytes + workspace_bytes + state_bytes_per_slot * num_slots + reserve_bytes;
+  }
+};
+
+// Checks that `plan` fits `free_bytes` (from cudaMemGetInfo). Otherwise kResourceExhausted
+// naming the bytes needed, the bytes free and how many slots would fit. Device-free.
+absl::Status CheckCudaMemoryPlan(const CudaMemoryPlan& plan, size_t free_bytes);
+
+// Bytes of recurrent and conv state one sequence needs (fp32; the CPU runner's slot layout).
+size_t CudaStateBytesPerSlot(const MesaConfig& config);
+
+class CudaModelRunner : public ModelRunner {
+ public:
+  // The slot's state as fp32, in the CPU runner's slot layout: per layer H_kk [H, K, K],
+  // H_kv [H, K, K], conv_q [W-1, H*K], conv_k [W-1, H*K]. `out` has state_bytes_per_slot()/4
+  // elements. For tests and debugging (a synchronous copy).
+  virtual absl::Status ReadSlotState(SlotId slot, absl::Span<float> out) = 0;
+  virtual const CudaMemoryPlan& memory_plan() const = 0;
+};
+
+// Uploads the weights, allocates the state pool and workspaces and runs a warm-up step (so that
+// lazy allocations happen now, not on the first request). Errors: kUnavailable without a usable
+// device, kResourceExhausted when the pool does not fit (see CheckCudaMemoryPlan),
+// kInvalidArgument for options or shapes the kernels do not take.
+absl::StatusOr<std::unique_ptr<CudaModelRunner>> CreateCudaModelRunner(
+    MesaWeights weights, const CudaRunnerOptions& options);
+
+}  // namespace mesa
