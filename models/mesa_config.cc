@@ -81,11 +81,20 @@ class FieldReader {
 absl::Status ReadTokenId(const Json& root, const char* key, FieldReader& reader, int32_t vocab,
                          int32_t* out, bool* present) {
   *present = false;
+  // Absent (or null, or []) keeps fla's default, which must fit the vocabulary too (found by
+  // fuzz_mesa_config: vocab_size 1 with the default bos_token_id 1).
+  auto default_fits = [&]() -> absl::Status {
+    if (*out >= vocab) {
+      return reader.Error(key, absl::StrCat("not given, and its default ", *out,
+                                            " is outside the vocabulary [0, ", vocab, ")"));
+    }
+    return absl::OkStatus();
+  };
   auto it = root.find(key);
-  if (it == root.end() || it->is_null()) return absl::OkStatus();
+  if (it == root.end() || it->is_null()) return default_fits();
   const Json* value = &*it;
   if (value->is_array()) {
-    if (value->empty()) return absl::OkStatus();
+    if (value->empty()) return default_fits();
     value = &(*value)[0];
   }
   if (!value->is_number_integer()) {

@@ -270,7 +270,10 @@ INSTANTIATE_TEST_SUITE_P(
         ConfigCase{"eps", std::string("{") + kBase + R"(, "norm_eps": -1})", {"norm_eps"}},
         // Found by fuzz_mesa_config: a number past double's range used to escape as an exception.
         ConfigCase{"number_overflow", std::string("{") + kBase + R"(, "bos_token_id": 1e3081})",
-                   {"config.json", "malformed JSON", "number overflow"}}),
+                   {"config.json", "malformed JSON", "number overflow"}},
+        // Found by fuzz_mesa_config: defaults of absent token ids must fit the vocabulary.
+        ConfigCase{"default_bos_outside_vocab", R"({"model_type": "mesa_net", "vocab_size": 1})",
+                   {"bos_token_id", "default 1", "[0, 1)"}}),
     [](const auto& info) { return info.param.name; });
 
 TEST(ConfigTest, DefaultsFollowFlaAndIntermediateSizeIsDerived) {
