@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/half.h"
 #include "base/status_macros.h"
+#include "engine/runner_checks.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/mesa_decode.h"
@@ -68,21 +69,8 @@ class CpuModelRunner final : public ModelRunner {
   float* SlotBase(SlotId slot) { return states_.data() + static_cast<int64_t>(slot) * slot_floats_; }
   float* LayerState(SlotId slot, int layer) { return SlotBase(slot) + layer * layer_.stride; }
 
-  absl::Status CheckSlot(SlotId slot) const {
-    if (slot < 0 || slot >= options_.num_slots) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("slot ", slot, " is outside the pool [0, ", options_.num_slots, ")"));
-    }
-    return absl::OkStatus();
-  }
-  absl::Status CheckToken(int32_t token) const {
-    if (token < 0 || token >= c_.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("token id ", token,
-                                                     " is outside the vocabulary [0, ",
-                                                     c_.vocab_size, ")"));
-    }
-    return absl::OkStatus();
-  }
+  absl::Status CheckSlot(SlotId slot) const { return CheckSlotInPool(slot, options_.num_slots); }
+  absl::Status CheckToken(int32_t token) const { return CheckTokenInVocab(token, c_.vocab_size); }
 
   void Embed(const int32_t* tokens, int64_t n, float* x) const {
     const int64_t d = c_.hidden_size;

@@ -11,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "engine/runner_checks.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/elementwise.h"
@@ -243,21 +244,8 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   absl::Status ReadSlotState(SlotId slot, absl::Span<float> out) override;
 
  private:
-  absl::Status CheckSlot(SlotId slot) const {
-    if (slot < 0 || slot >= options_.num_slots) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("slot ", slot, " is outside the pool [0, ", options_.num_slots, ")"));
-    }
-    return absl::OkStatus();
-  }
-  absl::Status CheckToken(int32_t token) const {
-    if (token < 0 || token >= c_.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("token id ", token,
-                                                     " is outside the vocabulary [0, ",
-                                                     c_.vocab_size, ")"));
-    }
-    return absl::OkStatus();
-  }
+  absl::Status CheckSlot(SlotId slot) const { return CheckSlotInPool(slot, options_.num_slots); }
+  absl::Status CheckToken(int32_t token) const { return CheckTokenInVocab(token, c_.vocab_size); }
   // Every entry point: refuse after a sticky fault, and make the runner's device current on the
   // calling thread (the CUDA runtime's current device is per thread, and the engine thread is
   // not the one that created the runner).
