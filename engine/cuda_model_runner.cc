@@ -277,7 +277,7 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   }
 
   absl::Status Gemm(void* y, const void* x, int64_t m, const WeightMatrix& w, size_t offset,
-                    ScalarType out_type = ScalarType::kFp32) const {
+                    ScalarType out_type = ScalarType::kFp32) {
     gpu::GemmParams p;
     p.m = m;
     p.n = w.rows;

@@ -27,8 +27,9 @@ struct CudaRunnerOptions {
   int32_t max_decode_batch = 0;
   int32_t device = 0;  // CUDA device ordinal
   // Device memory left free after creation for what the runner does not allocate itself and
-  // cannot count exactly: the CUDA context's growth, lazily loaded kernels, cuBLAS's default
-  // workspace pool (gemm.cc calls cublasSetStream, which resets to that pool).
+  // cannot count exactly: the CUDA context's growth, lazily loaded kernels and cuBLASLt's
+  // internal allocations (its GEMM workspace is fixed and allocated before the free-memory
+  // reading, so it is already excluded).
   size_t reserve_bytes = size_t{256} << 20;
 };
 

@@ -3,12 +3,26 @@
 #include <limits>
 #include <utility>
 
-#include <cublas_v2.h>
+#include <cublasLt.h>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_status.h"
 
 namespace mesa::gpu {
+
+// One shape's cuBLASLt descriptors and algorithm.
+struct GemmPlan {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t w = nullptr, x = nullptr, y = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  ~GemmPlan() {
+    if (y != nullptr) cublasLtMatrixLayoutDestroy(y);
+    if (x != nullptr) cublasLtMatrixLayoutDestroy(x);
+    if (w != nullptr) cublasLtMatrixLayoutDestroy(w);
+    if (op != nullptr) cublasLtMatmulDescDestroy(op);
+  }
+};
+
 namespace {
 
 cudaDataType_t CudaType(ScalarType t) {
@@ -20,34 +34,96 @@ cudaDataType_t CudaType(ScalarType t) {
   return CUDA_R_32F;
 }
 
+size_t Bytes(ScalarType t) { return t == ScalarType::kFp32 ? 4 : 2; }
+
 bool FitsInt(int64_t v) { return v >= 0 && v <= std::numeric_limits<int>::max(); }
+
+cublasLtHandle_t Lt(void* p) { return static_cast<cublasLtHandle_t>(p); }
+
+// cuBLAS is column-major: row-major y[m, n] is a column-major n x m matrix (ld = ldy), and
+// y^T = W x^T where W's row-major storage is a column-major k x n matrix (ld = k), taken
+// transposed, and x's storage is a column-major k x m matrix (ld = ldx).
+absl::StatusOr<std::unique_ptr<GemmPlan>> MakePlan(cublasLtHandle_t lt, const GemmParams& p,
+                                                   int64_t ldx, int64_t ldy) {
+  auto plan = std::make_unique<GemmPlan>();
+  MESA_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescCreate(&plan->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t trans = CUBLAS_OP_T, no_trans = CUBLAS_OP_N;
+  MESA_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
+      plan->op, CUBLASLT_MATMUL_DESC_TRANSA, &trans, sizeof(trans)));
+  MESA_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
+      plan->op, CUBLASLT_MATMUL_DESC_TRANSB, &no_trans, sizeof(no_trans)));
+  MESA_CUBLAS_RETURN_IF_ERROR(
+      cublasLtMatrixLayoutCreate(&plan->w, CudaType(p.in_type), p.k, p.n, p.k));
+  MESA_CUBLAS_RETURN_IF_ERROR(
+      cublasLtMatrixLayoutCreate(&plan->x, CudaType(p.in_type), p.k, p.m, ldx));
+  MESA_CUBLAS_RETURN_IF_ERROR(
+      cublasLtMatrixLayoutCreate(&plan->y, CudaType(p.out_type), p.n, p.m, ldy));
+
+  cublasLtMatmulPreference_t pref = nullptr;
+  MESA_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceCreate(&pref));
+  const uint64_t ws = kGemmWorkspaceBytes;
+  // Split-K partial sums only in fp32 (the compute type), never in the output type.
+  const uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+  cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+  if (st == CUBLAS_STATUS_SUCCESS) {
+    st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                                              &schemes, sizeof(schemes));
+  }
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  if (st == CUBLAS_STATUS_SUCCESS) {
+    st = cublasLtMatmulAlgoGetHeuristic(lt, plan->op, plan->w, plan->x, plan->y, plan->y, pref,
+                                        1, &result, &found);
+  }
+  cublasLtMatmulPreferenceDestroy(pref);
+  MESA_CUBLAS_RETURN_IF_ERROR(st);
+  if (found == 0) {
+    return absl::InternalError(absl::StrCat("Gemm: cuBLASLt has no algorithm for m=", p.m, " n=", p.n,
+                                            " k=", p.k, " ", ScalarTypeName(p.in_type), " -> ",
+                                            ScalarTypeName(p.out_type)));
+  }
+  plan->algo = result.algo;
+  return plan;
+}
 
 }  // namespace
 
+CublasHandle::CublasHandle() = default;
+
 absl::StatusOr<CublasHandle> CublasHandle::Create() {
   CublasHandle h;
-  MESA_CUBLAS_RETURN_IF_ERROR(cublasCreate(&h.handle_));
-  // Results must not depend on the run: no atomics-based split-K reductions.
-  MESA_CUBLAS_RETURN_IF_ERROR(cublasSetAtomicsMode(h.handle_, CUBLAS_ATOMICS_NOT_ALLOWED));
+  cublasLtHandle_t lt = nullptr;
+  MESA_CUBLAS_RETURN_IF_ERROR(cublasLtCreate(&lt));
+  h.lt_ = lt;
+  absl::StatusOr<DeviceBuffer> ws = DeviceBuffer::Allocate(kGemmWorkspaceBytes);
+  if (!ws.ok()) return ws.status();
+  h.workspace_ = std::move(*ws);
   return h;
 }
 
 CublasHandle::~CublasHandle() {
-  if (handle_ != nullptr) cublasDestroy(handle_);
+  plans_.clear();
+  if (lt_ != nullptr) cublasLtDestroy(Lt(lt_));
 }
 
 CublasHandle::CublasHandle(CublasHandle&& other) noexcept
-    : handle_(std::exchange(other.handle_, nullptr)) {}
+    : lt_(std::exchange(other.lt_, nullptr)),
+      workspace_(std::move(other.workspace_)),
+      plans_(std::move(other.plans_)) {}
 
 CublasHandle& CublasHandle::operator=(CublasHandle&& other) noexcept {
   if (this != &other) {
-    if (handle_ != nullptr) cublasDestroy(handle_);
-    handle_ = std::exchange(other.handle_, nullptr);
+    plans_.clear();
+    if (lt_ != nullptr) cublasLtDestroy(Lt(lt_));
+    lt_ = std::exchange(other.lt_, nullptr);
+    workspace_ = std::move(other.workspace_);
+    plans_ = std::move(other.plans_);
   }
   return *this;
 }
 
-absl::Status Gemm(const CublasHandle& handle, const GemmParams& p) {
+absl::Status Gemm(CublasHandle& handle, const GemmParams& p) {
   const int64_t ldx = p.ldx > 0 ? p.ldx : p.k;
   const int64_t ldy = p.ldy > 0 ? p.ldy : p.n;
   if (!FitsInt(p.m) || !FitsInt(p.n) || !FitsInt(p.k) || !FitsInt(ldx) || !FitsInt(ldy) ||
@@ -61,19 +137,28 @@ absl::Status Gemm(const CublasHandle& handle, const GemmParams& p) {
         absl::StrCat("Gemm: output type ", ScalarTypeName(p.out_type), " must be float32 or ",
                      ScalarTypeName(p.in_type)));
   }
-  if (handle.get() == nullptr) return absl::FailedPreconditionError("Gemm: no cuBLAS handle");
+  if (!handle.valid()) return absl::FailedPreconditionError("Gemm: no cuBLASLt handle");
   if (p.m == 0 || p.n == 0) return absl::OkStatus();
-  MESA_CUBLAS_RETURN_IF_ERROR(cublasSetStream(handle.get(), p.stream));
-  const float alpha = 1.0f;
-  const float beta = 0.0f;
-  // cuBLAS is column-major: row-major y[m, n] is a column-major n x m matrix (ldc = ldy), and
-  // y^T = W x^T where W's row-major storage is a column-major k x n matrix (lda = k), taken
-  // transposed, and x's storage is a column-major k x m matrix (ldb = ldx).
-  MESA_CUBLAS_RETURN_IF_ERROR(cublasGemmEx(
-      handle.get(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(p.n), static_cast<int>(p.m),
-      static_cast<int>(p.k), &alpha, p.w, CudaType(p.in_type), static_cast<int>(p.k), p.x,
-      CudaType(p.in_type), static_cast<int>(ldx), &beta, p.y, CudaType(p.out_type),
-      static_cast<int>(ldy), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  if (p.k == 0) {  // an empty sum: cuBLASLt has no plan for k = 0
+    const size_t row = static_cast<size_t>(p.n) * Bytes(p.out_type);
+    const size_t pitch = static_cast<size_t>(ldy) * Bytes(p.out_type);
+    MESA_CUDA_RETURN_IF_ERROR(cudaMemset2DAsync(p.y, pitch, 0, row, p.m, p.stream));
+    return absl::OkStatus();
+  }
+  const CublasHandle::PlanKey key{p.m, p.n, p.k, ldx, ldy, static_cast<int>(p.in_type),
+                                  static_cast<int>(p.out_type)};
+  auto it = handle.plans_.find(key);
+  if (it == handle.plans_.end()) {
+    absl::StatusOr<std::unique_ptr<GemmPlan>> plan = MakePlan(Lt(handle.lt_), p, ldx, ldy);
+    if (!plan.ok()) return plan.status();
+    it = handle.plans_.emplace(key, std::move(*plan)).first;
+  }
+  const GemmPlan& plan = *it->second;
+  const float alpha = 1.0f, beta = 0.0f;
+  MESA_CUBLAS_RETURN_IF_ERROR(cublasLtMatmul(Lt(handle.lt_), plan.op, &alpha, p.w, plan.w, p.x,
+                                             plan.x, &beta, p.y, plan.y, p.y, plan.y, &plan.algo,
+                                             handle.workspace_.data(), kGemmWorkspaceBytes,
+                                             p.stream));
   return absl::OkStatus();
 }
 

@@ -1,40 +1,61 @@
-// y = x W^T on the GPU through cuBLAS (cublasGemmEx), the twin of kernels/cpu/matmul.h:
-// x and W in the model dtype (bf16, fp16 or fp32), fp32 accumulation (CUBLAS_COMPUTE_32F: no
-// TF32 for fp32 inputs, as PyTorch's default), y in fp32 (or the model dtype, rounded once
-// from the fp32 result by cuBLAS, as PyTorch's bf16 linear layers are).
+// y = x W^T on the GPU through cuBLASLt, the twin of kernels/cpu/matmul.h: x and W in the model
+// dtype (bf16, fp16 or fp32), fp32 accumulation (CUBLAS_COMPUTE_32F: no TF32 for fp32 inputs,
+// as PyTorch's default), y in fp32 (or the model dtype, rounded once from the fp32 result, as
+// PyTorch's bf16 linear layers are).
 //
-// Not row-invariant: cuBLAS may pick a different algorithm, hence a different summation order,
-// for a different m, so a row's result can change in its last bits with the batch size
-// (the CPU decode uses MatMulRowInvariant to avoid that; see docs/cuda-backend.md).
+// Why cuBLASLt and not cublasGemmEx: for small m and large k cuBLAS picks split-K, and its
+// in-place reduction scheme sums the partial products in the *output* type. With a bf16/fp16
+// output that rounds every partial sum (measured on an H200: fp16, m 17, n 300, k 1000 was
+// off by 85 ulps of the result). Here the plan may only reduce in the compute type (fp32), in
+// a workspace allocated once at creation (no allocation on the request path, and what CUDA
+// graphs need).
+//
+// Not row-invariant: a different m may get a different algorithm, hence a different summation
+// order, so a row's result can change in its last bits with the batch size (the CPU decode
+// uses MatMulRowInvariant to avoid that; see docs/cuda-backend.md).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <tuple>
 
-#include <cublas_api.h>
 #include <cuda_runtime_api.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "base/half.h"
+#include "kernels/cuda/device_buffer.h"
 
 namespace mesa::gpu {
 
-// Owns a cuBLAS handle. Not thread-safe: one per engine thread (cuBLAS handles are not meant
-// to be shared between threads issuing work concurrently).
+// Bytes of the fixed cuBLASLt workspace (NVIDIA's recommendation for Hopper).
+inline constexpr size_t kGemmWorkspaceBytes = size_t{32} << 20;
+
+struct GemmPlan;  // descriptors and the chosen algorithm of one shape (gemm.cc)
+
+// Owns a cuBLASLt handle, its workspace and the plans chosen so far (one per shape, found by
+// cuBLASLt's heuristic on first use). Not thread-safe: one per engine thread.
 class CublasHandle {
  public:
   static absl::StatusOr<CublasHandle> Create();
-  CublasHandle() = default;
+  CublasHandle();
   ~CublasHandle();
   CublasHandle(CublasHandle&& other) noexcept;
   CublasHandle& operator=(CublasHandle&& other) noexcept;
   CublasHandle(const CublasHandle&) = delete;
   CublasHandle& operator=(const CublasHandle&) = delete;
 
-  cublasHandle_t get() const { return handle_; }
+  bool valid() const { return lt_ != nullptr; }
 
  private:
-  cublasHandle_t handle_ = nullptr;
+  friend absl::Status Gemm(CublasHandle& handle, const struct GemmParams& p);
+  using PlanKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int, int>;
+
+  void* lt_ = nullptr;  // cublasLtHandle_t (kept opaque: this header needs no cuBLAS header)
+  DeviceBuffer workspace_;
+  std::map<PlanKey, std::unique_ptr<GemmPlan>> plans_;
 };
 
 // All pointers are device pointers, row-major.
@@ -52,6 +73,8 @@ struct GemmParams {
   cudaStream_t stream = nullptr;
 };
 
-absl::Status Gemm(const CublasHandle& handle, const GemmParams& p);
+// Enqueues the product on p.stream. The first call for a shape chooses its plan (host work,
+// no device allocation).
+absl::Status Gemm(CublasHandle& handle, const GemmParams& p);
 
 }  // namespace mesa::gpu

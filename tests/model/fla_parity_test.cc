@@ -6,12 +6,17 @@
 //   fp16/     small random checkpoints (with/without output gate, tied, odd head_dim 50,
 //             conv_size 3, vocab 509/397, lambda_lower_bound 0.5/0.1, sharded, fuse_norm off)
 //             run by fla in float16, as fla's own model test runs: bound 5e-3.
-//   trained/  the bundled model (bf16, trained weights) on held-out text: bound 5e-3.
+//   trained/  the bundled model (bf16, trained weights) on held-out text. Its CG systems are
+//             not solved to convergence by fla's 30 steps (fla's prefill and decode paths of
+//             the same tokens differ by 5.9e-2 relative RMS), so rounding-order differences
+//             grow in the unfinished CG iterations: the bound is fla's own prefill-vs-decode
+//             gap, and the meaningful check is the next-token NLL, within 0.5 % of fla's.
 //   bf16/     the same random configs with deliberately loud weights run in bf16. In such a
 //             model one ulp anywhere moves the logits by 3e-3 to 5e-3 (bf16 rounding flips
 //             cascade), so no implementation that is not bit-identical to fla's Triton kernels
 //             can promise 5e-3; fla's own two paths differ by 0.9e-2 to 1.2e-2 there. The stress
 //             bound is fla's own prefill-vs-decode gap on the same golden.
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -89,8 +94,11 @@ class FlaParityTest : public ::testing::TestWithParam<std::string> {
 
   // The bound for this golden (see the file comment).
   double Bound() const {
-    if (!stress_) return kParityTolerance;
-    return meta_.at("prefill_vs_decode_rel_rms_rows_N_to_T").get<double>();
+    if (stress_) return meta_.at("prefill_vs_decode_rel_rms_rows_N_to_T").get<double>();
+    if (GetParam() == "trained") {
+      return std::max(kParityTolerance, meta_.at("prefill_vs_decode").at("rel_rms").get<double>());
+    }
+    return kParityTolerance;
   }
 
   std::vector<float> Prefill(absl::Span<const int32_t> tokens, bool all) {
@@ -127,6 +135,35 @@ TEST_P(FlaParityTest, PrefillLogitsMatchFla) {
   const double rel = testing::RelativeRms(ours.data(), golden->f32.data(), ours.size());
   std::printf("[%s] prefill: relative RMS vs fla %.3e (bound %.3e)\n", GetParam().c_str(), rel, Bound());
   EXPECT_LT(rel, Bound());
+}
+
+// Mean negative log-likelihood of ids[t + 1] under logits row t (rows of `vocab` floats).
+double MeanNextTokenNll(const std::vector<float>& logits, const std::vector<int32_t>& ids,
+                        int64_t vocab) {
+  double total = 0.0;
+  const int64_t rows = static_cast<int64_t>(ids.size()) - 1;
+  for (int64_t t = 0; t < rows; ++t) {
+    const float* row = logits.data() + t * vocab;
+    const double max = *std::max_element(row, row + vocab);
+    double sum = 0.0;
+    for (int64_t v = 0; v < vocab; ++v) sum += std::exp(row[v] - max);
+    total += max + std::log(sum) - row[ids[t + 1]];
+  }
+  return total / static_cast<double>(rows);
+}
+
+TEST_P(FlaParityTest, PrefillNextTokenNllMatchesFla) {
+  auto golden = ReadNpy(golden_ / "logits_prefill.npy");
+  ASSERT_TRUE(golden.ok()) << golden.status();
+  ASSERT_TRUE(runner_->ResetSlot(0).ok());
+  const std::vector<float> ours = Prefill(ids_, true);
+  ASSERT_EQ(ours.size(), golden->f32.size());
+  const int64_t vocab = runner_->config().vocab_size;
+  const double nll_ours = MeanNextTokenNll(ours, ids_, vocab);
+  const double nll_fla = MeanNextTokenNll(golden->f32, ids_, vocab);
+  std::printf("[%s] prefill next-token NLL: ours %.5f, fla %.5f (%+.3f %%)\n", GetParam().c_str(),
+              nll_ours, nll_fla, 100.0 * (nll_ours / nll_fla - 1.0));
+  EXPECT_NEAR(nll_ours, nll_fla, 5e-3 * nll_fla);
 }
 
 TEST_P(FlaParityTest, PrefillThenDecodeLogitsMatchFla) {

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# On the GPU machine: unpacks build-gpurun/gpurun.tar.xz (tools/cuda/pack_gpurun.sh) and runs
+# what GPU_RUN names (default: "tests bench"):
+#   tests  mesa_kernel_tests and mesa_gpu_model_tests (gtest XML + logs)
+#   bench  mesa_kernel_bench at the 1.3B reference shape (16 x 128) and the bundled model's
+#          (6 x 64), then fla's decode kernel at the same shapes when fla's wheels are in .whl/
+# Logs come back in $OUT/gpu_run.tar.gz; summaries on stdout.
+set -u
+OUTDIR=${OUT:-/tmp/out}; mkdir -p "$OUTDIR"
+W=/tmp/gpu_run; rm -rf "$W"; mkdir -p "$W"
+tar xJf build-gpurun/gpurun.tar.xz -C /tmp
+CUBLAS_DIR=""
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda/lib; do
+  ls "$d"/libcublasLt.so.13* >/dev/null 2>&1 && { CUBLAS_DIR=$d; break; }
+done
+[ -z "$CUBLAS_DIR" ] && CUBLAS_DIR=$(dirname "$(find / -xdev -name 'libcublasLt.so.13*' 2>/dev/null | head -n1)")
+L=/tmp/gpurun/lib:$CUBLAS_DIR
+LD_LIBRARY_PATH=$L ldd /tmp/gpurun/mesa_kernel_tests | grep -q "not found" && L=$L:/tmp/gpurun/fallback
+export LD_LIBRARY_PATH=$L
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
+for step in ${GPU_RUN:-tests bench}; do
+  case $step in
+    tests)
+      for t in mesa_kernel_tests mesa_gpu_model_tests; do
+        timeout 240 /tmp/gpurun/$t --gtest_output=xml:$W/$t.xml > $W/$t.log 2>&1
+        echo "$t rc=$?"
+        grep -E "^\[  (FAILED|PASSED|SKIPPED) " $W/$t.log | head -20
+        grep -B3 -A6 ": Failure$" $W/$t.log | head -40
+      done ;;
+    bench)
+      for shape in "16 128" "6 64"; do
+        set -- $shape
+        timeout 120 /tmp/gpurun/mesa_kernel_bench --heads $1 --head-dim $2 2>&1 | tee -a $W/bench.md
+      done
+      if ls .whl/*.whl >/dev/null 2>&1; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl &&
+        for shape in "16 128" "6 64"; do
+          set -- $shape
+          PYTHONPATH=/tmp/site timeout 180 python3 tools/bench/fla_decode_bench.py --heads $1 --head-dim $2 2>&1 |
+            grep -v Warning | tee -a $W/bench.md
+        done
+      fi ;;
+  esac
+done
+tar czf "$OUTDIR/gpu_run.tar.gz" -C /tmp gpu_run
