@@ -1,26 +1,23 @@
-// Design (simple and correct first; see docs/cuda-backend.md):
-//  * grid (H, B), one block per (row, head), blockDim = K rounded up to a warp (<= 128).
-//  * Both K x K fp32 state matrices are staged in shared memory with cp.async (all loads in
-//    flight at once), updated there, written back to device memory once (coalesced rows), and
-//    H_kk stays in shared memory for the CG matrix-vector products, H_kv for the readout.
-//    K = 128: 2 x 64 KiB + vectors, so one block per SM (opt-in shared memory above 48 KiB).
-//  * Thread j owns column j: x_j, r_j, p_j, w_j live in registers, p is mirrored in shared
-//    memory for the product. (Ap)_j = lambda_j p_j + sum_i H[i][j] p_i is summed in i order with
-//    one FMA per term, which is exactly the CPU reference's order (kernels/cpu/mesa_decode.cc,
-//    whose inner loop GCC contracts to FMAs), so the products match the CPU bit for bit given
-//    the same inputs. Dot products are block tree sums, which is where GPU and CPU differ.
-//
-// Speed work left for later (issue 5):
-//  * B = 1 latency: 16 heads give 16 blocks on 132 SMs and a serial chain of 30 x (K FMAs +
-//    2 block reductions). Split a head over more threads (several partial sums per column, or
-//    a thread-block cluster sharing H_kk through distributed shared memory), use warp-level
-//    reductions only (one warp per head, H_kk in registers across the warp).
-//  * B = 256 bandwidth: one 130 KiB block per SM leaves the memory system idle during CG.
-//    H_kk is symmetric up to rounding: keeping only the upper triangle (fp32) halves its
-//    footprint; staging H_kv is only needed for the readout, which could stream it instead;
-//    TMA bulk copies (cp.async.bulk) and 16-byte stores for the write-back.
-//  * fla-exact fixed mode forbids reordering the matvec; adaptive mode does not, so it can use
-//    the symmetric half and tensor-core-friendly layouts.
+// Design (docs/cuda-backend.md has the measurements behind it):
+//  * grid (H, B), one block of 8 warps per (row, head).
+//  * H_kk lives in registers for the whole step: warp w holds rows [w R, (w+1) R) and lane l
+//    columns l, l+32, ... (R = KMAX/8 rows x C = KMAX/32 columns per thread: 64 floats for
+//    K = 128). It is read from device memory once (coalesced rows), updated in registers,
+//    written back once, and every CG matrix-vector product runs from registers: no shared
+//    memory traffic for the matrix, which would otherwise bound the 30 products (a K = 128
+//    product reads 64 KiB; 30 of them per head is more than the SM's shared-memory bandwidth
+//    can feed while the state traffic runs).
+//  * H_kv is staged in shared memory with cp.async (all loads in flight while H_kk arrives),
+//    updated there, written back once, and kept for the readout o = H_kv^T x.
+//  * A product (Ap)_j = lambda_j p_j + sum_i H[i][j] p_i: each warp sums its R rows (one FMA
+//    per term, in i order), the 8 partial sums go through shared memory, and the thread that
+//    owns entry j (thread j, j < K) adds them in warp order. CG vectors x, r, p, w live in the
+//    owning threads' registers; dot products are block tree sums. Both differ from the CPU's
+//    single i-order sum only by rounding order (the tests' tolerances allow for it).
+//  * About 70 KiB of shared memory and at most 128 registers per thread at K = 128: two blocks
+//    per SM, so one block's state traffic overlaps the other's CG.
+//  * fla's fixed mode keeps fla's iteration (Jacobi start, 1e-5 damping terms); adaptive mode
+//    stops per (row, head) at |r| <= tol |q| or the cap.
 
 #include "kernels/cuda/mesa_decode.h"
 
@@ -36,13 +33,16 @@
 namespace mesa::gpu {
 namespace {
 
-constexpr int kMaxThreads = kMaxDecodeHeadDim;  // one thread per column, rounded up to a warp
+constexpr int kWarps = 8;
+constexpr int kThreads = 32 * kWarps;
 
-// Shared memory layout (floats): H_kk [K*K] | H_kv [K*K] | k [K] | p [K] | x [K] | scratch [32].
-// K*K*4 bytes is a multiple of 16 whenever K is even, which keeps the 16-byte copies aligned.
-__host__ __device__ inline size_t SharedFloats(int k) {
-  return 2 * static_cast<size_t>(k) * k + 3 * static_cast<size_t>(k) + 32;
+// Shared memory layout (floats): H_kv [K*K, rounded up to 4] | p, x, k, v, diag [KMAX each] |
+// matvec partial sums [kWarps * KMAX] | reduction scratch [32].
+__host__ __device__ inline size_t KkFloats(int k) { return (static_cast<size_t>(k) * k + 3) / 4 * 4; }
+__host__ __device__ inline size_t SharedFloats(int k, int kmax) {
+  return KkFloats(k) + 5 * static_cast<size_t>(kmax) + kWarps * static_cast<size_t>(kmax) + 32;
 }
+inline int KmaxFor(int k) { return k <= 32 ? 32 : k <= 64 ? 64 : 128; }
 
 // Copies n floats from global to shared memory with cp.async: 16-byte pieces when both sides
 // allow it, else 4-byte pieces. All copies are in flight together; the caller waits.
@@ -58,32 +58,26 @@ __device__ __forceinline__ void StageAsync(float* dst, const float* src, int n, 
   }
 }
 
-__device__ __forceinline__ void WriteBack(float* dst, const float* src, int n, bool vec4) {
-  if (vec4) {
-    float4* d4 = reinterpret_cast<float4*>(dst);
-    const float4* s4 = reinterpret_cast<const float4*>(src);
-    for (int f = threadIdx.x; f < n / 4; f += blockDim.x) d4[f] = s4[f];
-  } else {
-    for (int f = threadIdx.x; f < n; f += blockDim.x) dst[f] = src[f];
-  }
-}
-
-template <typename T>
-__global__ void __launch_bounds__(kMaxThreads) MesaDecodeKernel(MesaDecodeParams p) {
+template <typename T, int KMAX>
+__global__ void __launch_bounds__(kThreads, 2) MesaDecodeKernel(MesaDecodeParams p) {
+  constexpr int C = KMAX / 32;      // columns per lane
+  constexpr int R = KMAX / kWarps;  // rows per warp
   extern __shared__ __align__(16) float smem[];
   const int K = p.head_dim;
   const int H = p.num_heads;
   const int h = blockIdx.x;
   const int b = blockIdx.y;
-  const int j = threadIdx.x;
-  const bool owner = j < K;  // threads past K only take part in barriers and sums (as zeros)
+  const int t = threadIdx.x;
+  const int lane = t & 31;
+  const int warp = t >> 5;
+  const bool owner = t < K;  // owns entry t of the CG vectors
   const int64_t bh = static_cast<int64_t>(b) * H + h;
   const int64_t vec = bh * K;  // [B, H*K] offset of this (row, head)
   T* out = static_cast<T*>(p.out);
 
   if (p.h_kk[b] == nullptr) {  // pad row: the whole block leaves together
-    if (owner) out[vec + j] = FromFloat<T>(0.0f);
-    if (j == 0) {
+    if (owner) out[vec + t] = FromFloat<T>(0.0f);
+    if (t == 0) {
       if (p.cg_iters != nullptr) p.cg_iters[bh] = 0;
       if (p.cg_residual != nullptr) p.cg_residual[bh] = 0.0f;
     }
@@ -92,28 +86,42 @@ __global__ void __launch_bounds__(kMaxThreads) MesaDecodeKernel(MesaDecodeParams
   const int64_t kk = static_cast<int64_t>(K) * K;
   float* g_hkk = p.h_kk[b] + h * kk;
   float* g_hkv = p.h_kv[b] + h * kk;
-  float* s_hkk = smem;
-  float* s_hkv = smem + kk;
-  float* s_k = s_hkv + kk;
-  float* s_p = s_k + K;
-  float* s_x = s_p + K;
-  float* s_red = s_x + K;
+  float* s_hkv = smem;
+  float* s_p = smem + KkFloats(K);
+  float* s_x = s_p + KMAX;
+  float* s_k = s_x + KMAX;
+  float* s_v = s_k + KMAX;
+  float* s_diag = s_v + KMAX;
+  float* s_part = s_diag + KMAX;
+  float* s_red = s_part + kWarps * KMAX;
 
-  // 1. Stage both states (one read of each from device memory).
-  const bool vec4 = (K % 4 == 0) &&
-                    ((reinterpret_cast<uintptr_t>(g_hkk) | reinterpret_cast<uintptr_t>(g_hkv)) & 15) == 0;
-  StageAsync(s_hkk, g_hkk, static_cast<int>(kk), vec4);
+  // 1. Stage H_kv (cp.async) and load this thread's H_kk tile into registers, all in flight.
+  const bool vec4 = (K % 4 == 0) && (reinterpret_cast<uintptr_t>(g_hkv) & 15) == 0;
   StageAsync(s_hkv, g_hkv, static_cast<int>(kk), vec4);
   __pipeline_commit();
-
-  // Meanwhile: this column's inputs.
-  float qj = 0.0f, kj = 0.0f, vj = 0.0f, lam = 0.0f;
+  float hkk[R][C];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int i = warp * R + r;
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      const int j = lane + 32 * c;
+      hkk[r][c] = (i < K && j < K) ? g_hkk[i * K + j] : 0.0f;
+    }
+  }
+  const T* q = static_cast<const T*>(p.q);
+  const T* kvec = static_cast<const T*>(p.k);
+  const T* v = static_cast<const T*>(p.v);
+  float qj = 0.0f, lam = 0.0f;
   if (owner) {
-    qj = ToFloat<T>(static_cast<const T*>(p.q)[vec + j]);
-    kj = ToFloat<T>(static_cast<const T*>(p.k)[vec + j]);
-    vj = ToFloat<T>(static_cast<const T*>(p.v)[vec + j]);
-    lam = p.lambda[static_cast<int64_t>(h) * K + j];
-    s_k[j] = kj;
+    qj = ToFloat<T>(q[vec + t]);
+    lam = p.lambda[static_cast<int64_t>(h) * K + t];
+    s_k[t] = ToFloat<T>(kvec[vec + t]);
+    s_v[t] = ToFloat<T>(v[vec + t]);
+  }
+  if (t < KMAX) {
+    s_p[t] = 0.0f;  // entries K..KMAX-1 stay zero: the padded tile rows multiply them
+    s_x[t] = 0.0f;
   }
   const float gamma = expf(p.log_decay[bh]);
   const float beta = p.beta[bh];
@@ -121,41 +129,63 @@ __global__ void __launch_bounds__(kMaxThreads) MesaDecodeKernel(MesaDecodeParams
   __pipeline_wait_prior(0);
   __syncthreads();
 
-  // 2. Decay + rank-1 updates, column j by thread j. The CPU computes
-  //    gamma * h + (beta k_i) k_j as fma(gamma, h, (beta k_i) * k_j); so does this.
-  float diag = 0.0f;
-  if (owner) {
-    for (int i = 0; i < K; ++i) {
+  // 2. Decay + rank-1 updates, written back once. The CPU computes gamma * h + (beta k_i) k_j
+  //    as fma(gamma, h, (beta k_i) * k_j); so does this, so the states match it bit for bit.
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int i = warp * R + r;
+    if (i < K) {
       const float bk = beta * s_k[i];
-      const int e = i * K + j;
-      const float a = fmaf(gamma, s_hkk[e], __fmul_rn(bk, kj));
-      const float c = fmaf(gamma, s_hkv[e], __fmul_rn(bk, vj));
-      s_hkk[e] = a;
-      s_hkv[e] = c;
-      if (i == j) diag = a;
+#pragma unroll
+      for (int c = 0; c < C; ++c) {
+        const int j = lane + 32 * c;
+        if (j < K) {
+          const int e = i * K + j;
+          const float a = fmaf(gamma, hkk[r][c], __fmul_rn(bk, s_k[j]));
+          const float u = fmaf(gamma, s_hkv[e], __fmul_rn(bk, s_v[j]));
+          hkk[r][c] = a;
+          s_hkv[e] = u;
+          g_hkk[e] = a;
+          g_hkv[e] = u;
+          if (i == j) s_diag[j] = a;
+        }
+      }
     }
   }
   __syncthreads();
-  // 3. Write both states back once; the stores drain while the CG runs.
-  WriteBack(g_hkk, s_hkk, static_cast<int>(kk), vec4);
-  WriteBack(g_hkv, s_hkv, static_cast<int>(kk), vec4);
 
-  // 4. CG on (H_kk + diag(lambda)) x = q, as SolveCgDecode.
+  // sum_i M[i][j] vec_i for the owner's j, M's tile given by `tile(r, c)`; vec in shared memory
+  // (synced by the caller). Ends with every thread past a barrier.
+  auto product = [&](const float* s_vec, auto tile) {
+    float acc[C];
+#pragma unroll
+    for (int c = 0; c < C; ++c) acc[c] = 0.0f;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const float vi = s_vec[warp * R + r];
+#pragma unroll
+      for (int c = 0; c < C; ++c) acc[c] = fmaf(tile(r, c), vi, acc[c]);
+    }
+#pragma unroll
+    for (int c = 0; c < C; ++c) s_part[warp * KMAX + lane + 32 * c] = acc[c];
+    __syncthreads();
+    float sum = 0.0f;
+    if (owner) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) sum += s_part[w * KMAX + t];
+    }
+    return sum;
+  };
+  auto kk_tile = [&](int r, int c) { return hkk[r][c]; };
+
+  // 3. CG on (H_kk + diag(lambda)) x = q, as SolveCgDecode.
   const bool fixed = cg.mode == CgMode::kFixed;
   const float eps = fixed ? kFlaCgEps : 0.0f;
-  // (Ap)_j for the vector currently in s_p (callers put it there and sync).
-  auto matvec = [&]() {
-    float acc = 0.0f;
-    if (owner) {
-      acc = lam * s_p[j];
-      for (int i = 0; i < K; ++i) acc = fmaf(s_hkk[i * K + j], s_p[i], acc);
-    }
-    return acc;
-  };
-  float xj = owner ? qj / (diag + lam + eps) : 0.0f;
-  if (owner) s_p[j] = xj;
+  float xj = owner ? qj / (s_diag[t] + lam + eps) : 0.0f;
+  if (owner) s_p[t] = xj;
   __syncthreads();
-  float wj = matvec();
+  float wj = product(s_p, kk_tile);
+  if (owner) wj = fmaf(lam, xj, wj);
   float rj = qj - wj;
   float pj = rj;
   float delta = BlockSum(rj * rj, s_red);
@@ -164,10 +194,11 @@ __global__ void __launch_bounds__(kMaxThreads) MesaDecodeKernel(MesaDecodeParams
   int steps = 0;
   for (; steps < cg.max_iters; ++steps) {
     if (!fixed && sqrtf(delta) <= stop) break;
-    // The previous product's readers of s_p are past the barriers inside BlockSum.
-    if (owner) s_p[j] = pj;
+    // The previous product's readers of s_p and s_part are past the barriers in BlockSum.
+    if (owner) s_p[t] = pj;
     __syncthreads();
-    wj = matvec();
+    wj = product(s_p, kk_tile);
+    if (owner) wj = fmaf(lam, pj, wj);
     const float pw = BlockSum(pj * wj, s_red);
     if (!fixed && !(pw > 0.0f)) break;  // exact solution reached (p = 0) or lost definiteness
     const float alpha = delta / (pw + eps);
@@ -179,37 +210,45 @@ __global__ void __launch_bounds__(kMaxThreads) MesaDecodeKernel(MesaDecodeParams
     delta = delta_new;
   }
 
-  // 5. Readout o_j = sum_i x_i H_kv[i][j], in i order like the CPU.
-  if (owner) s_x[j] = xj;
+  // 4. Readout o_j = sum_i x_i H_kv[i][j], split over the warps like the products.
+  if (owner) s_x[t] = xj;
   __syncthreads();
-  if (owner) {
-    float o = 0.0f;
-    for (int i = 0; i < K; ++i) o = fmaf(s_x[i], s_hkv[i * K + j], o);
-    out[vec + j] = FromFloat<T>(o);
-  }
-  if (j == 0) {
+  const float o = product(s_x, [&](int r, int c) {
+    const int i = warp * R + r, j = lane + 32 * c;
+    return (i < K && j < K) ? s_hkv[i * K + j] : 0.0f;
+  });
+  if (owner) out[vec + t] = FromFloat<T>(o);
+  if (t == 0) {
     if (p.cg_iters != nullptr) p.cg_iters[bh] = steps;
     if (p.cg_residual != nullptr) p.cg_residual[bh] = q_norm > 0.0f ? sqrtf(delta) / q_norm : 0.0f;
   }
 }
 
-template <typename T>
-absl::Status Launch(const MesaDecodeParams& p) {
-  // Raise the dynamic shared-memory limit once per instantiation, to what K = 128 needs.
+template <typename T, int KMAX>
+absl::Status LaunchK(const MesaDecodeParams& p) {
+  // Raise the dynamic shared-memory limit once per instantiation, to what KMAX needs.
   static const cudaError_t attr = cudaFuncSetAttribute(
-      MesaDecodeKernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-      static_cast<int>(SharedFloats(kMaxDecodeHeadDim) * sizeof(float)));
+      MesaDecodeKernel<T, KMAX>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      static_cast<int>(SharedFloats(KMAX, KMAX) * sizeof(float)));
   MESA_CUDA_RETURN_IF_ERROR(attr);
   const dim3 grid(p.num_heads, p.batch);
-  const dim3 block(RoundUpToWarp(p.head_dim));
-  MesaDecodeKernel<T><<<grid, block, MesaDecodeSharedBytes(p.head_dim), p.stream>>>(p);
+  MesaDecodeKernel<T, KMAX><<<grid, kThreads, MesaDecodeSharedBytes(p.head_dim), p.stream>>>(p);
   MESA_CUDA_RETURN_IF_LAUNCH_FAILED("MesaDecodeKernel");
   return absl::OkStatus();
 }
 
+template <typename T>
+absl::Status Launch(const MesaDecodeParams& p) {
+  switch (KmaxFor(p.head_dim)) {
+    case 32: return LaunchK<T, 32>(p);
+    case 64: return LaunchK<T, 64>(p);
+    default: return LaunchK<T, 128>(p);
+  }
+}
+
 }  // namespace
 
-size_t MesaDecodeSharedBytes(int32_t k) { return SharedFloats(k) * sizeof(float); }
+size_t MesaDecodeSharedBytes(int32_t k) { return SharedFloats(k, KmaxFor(k)) * sizeof(float); }
 
 absl::Status MesaDecodeStep(const MesaDecodeParams& p) {
   if (p.head_dim < 1 || p.head_dim > kMaxDecodeHeadDim) {
