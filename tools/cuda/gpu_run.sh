@@ -4,6 +4,7 @@
 #   tests  mesa_kernel_tests and mesa_gpu_model_tests (gtest XML + logs)
 #   bench  mesa_kernel_bench at the 1.3B reference shape (16 x 128) and the bundled model's
 #          (6 x 64), then fla's decode kernel at the same shapes when fla's wheels are in .whl/
+#   model  mesa_model_bench: whole-model decode steps, random 1.3B and the bundled model
 # Logs come back in $OUT/gpu_run.tar.gz; summaries on stdout.
 set -u
 OUTDIR=${OUT:-/tmp/out}; mkdir -p "$OUTDIR"
@@ -39,6 +40,15 @@ for step in ${GPU_RUN:-tests bench}; do
           PYTHONPATH=/tmp/site timeout 180 python3 tools/bench/fla_decode_bench.py --heads $1 --head-dim $2 2>&1 |
             grep -v Warning | tee -a $W/bench.md
         done
+      fi ;;
+    model)
+      timeout 200 /tmp/gpurun/mesa_model_bench --random-1.3b 2>&1 | tee -a $W/model_bench.md
+      timeout 100 /tmp/gpurun/mesa_model_bench --model models/mesanet-tiny-en 2>&1 | tee -a $W/model_bench.md
+      if ls .whl/*.whl >/dev/null 2>&1; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+        PYTHONPATH=/tmp/site timeout 240 python3 tools/bench/fla_model_bench.py 2>&1 | grep -v Warn | tee -a $W/model_bench.md
+        PYTHONPATH=/tmp/site timeout 120 python3 tools/bench/fla_model_bench.py --model models/mesanet-tiny-en 2>&1 |
+          grep -v Warn | tee -a $W/model_bench.md
       fi ;;
   esac
 done

@@ -1,0 +1,219 @@
+// mesa_model_bench: whole-model decode steps of the CUDA runner (engine/cuda_model_runner.h)
+// against the card's floor: the weight bytes one step must read (everything but the embedding
+// table) plus every row's recurrent state read and written, over the device-to-device copy
+// bandwidth measured in the same run. Links the engine and the checkpoint loader but no gRPC,
+// sentencepiece or protobuf, so it runs on a bare CUDA machine.
+//
+//   mesa_model_bench --model DIR            a checkpoint in fla's layout (e.g. the bundled one)
+//   mesa_model_bench --random-1.3b          fla's MesaNet defaults with random bf16 weights
+//   [--batches 1,8,64,256] [--steps 20]
+//
+// A step is one ModelRunner::Decode call as the engine makes it: the per-row tables go up,
+// every layer runs, the [B, vocab] fp32 logits and the CG statistics come back, the stream is
+// synchronised. Median wall time over `steps` steps after 3 warm-up steps, each row in its own
+// slot, states carried over from step to step (all slots start empty).
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include <cuda_runtime_api.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "base/half.h"
+#include "engine/cuda_model_runner.h"
+#include "models/checkpoint.h"
+
+namespace mesa {
+namespace {
+
+[[noreturn]] void Die(const std::string& msg) {
+  std::fprintf(stderr, "mesa_model_bench: %s\n", msg.c_str());
+  std::exit(1);
+}
+
+struct Args {
+  std::string model;
+  bool random_13b = false;
+  std::vector<int> batches = {1, 8, 64, 256};
+  int steps = 20;
+};
+
+Args ParseArgs(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    const char* value = i + 1 < argc ? argv[i + 1] : nullptr;
+    if (flag == "--model" && value != nullptr) {
+      a.model = value;
+      ++i;
+    } else if (flag == "--random-1.3b") {
+      a.random_13b = true;
+    } else if (flag == "--steps" && value != nullptr && absl::SimpleAtoi(value, &a.steps) && a.steps > 0) {
+      ++i;
+    } else if (flag == "--batches" && value != nullptr) {
+      a.batches.clear();
+      for (absl::string_view part : absl::StrSplit(value, ',')) {
+        int b = 0;
+        if (!absl::SimpleAtoi(part, &b) || b <= 0) Die("--batches: '" + std::string(part) + "' is not a positive integer");
+        a.batches.push_back(b);
+      }
+      ++i;
+    } else {
+      Die("usage: mesa_model_bench (--model DIR | --random-1.3b) [--batches 1,8,64,256] [--steps N]");
+    }
+  }
+  if (a.model.empty() == !a.random_13b) Die("give exactly one of --model DIR and --random-1.3b");
+  return a;
+}
+
+// Fast deterministic uniform values in [-scale, scale) (xorshift; quality is irrelevant here).
+struct Rng {
+  uint64_t s = 0x9e3779b97f4a7c15ull;
+  float Next(float scale) {
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
+    return scale * (static_cast<float>(s >> 40) / 8388608.0f - 1.0f);
+  }
+};
+
+WeightMatrix RandomMatrix(Rng& rng, int64_t rows, int64_t cols, float scale) {
+  WeightMatrix m;
+  m.rows = rows;
+  m.cols = cols;
+  m.type = ScalarType::kBf16;
+  m.half.resize(static_cast<size_t>(rows) * cols);
+  for (uint16_t& v : m.half) v = FloatToBf16(rng.Next(scale));
+  return m;
+}
+
+// fla's MesaNet defaults (performance-targets.md's "1.3B"): hidden 2048, 24 layers, 16 x 128,
+// MLP 5632, vocab 32000, untied, conv 4, bf16; weights uniform with a 1/sqrt(fan-in) scale.
+MesaWeights Random13b() {
+  MesaWeights w;
+  MesaConfig& c = w.config;
+  c.intermediate_size = 5632;
+  const int64_t d = c.hidden_size, dk = c.key_dim(), h = c.num_heads, im = c.intermediate_size;
+  Rng rng;
+  const float sd = 1.0f / std::sqrt(static_cast<float>(d));
+  w.embeddings = RandomMatrix(rng, c.vocab_size, d, 0.02f);
+  w.lm_head = RandomMatrix(rng, c.vocab_size, d, sd);
+  w.final_norm.assign(d, 1.0f);
+  const InProjLayout lay = InProjLayout::For(c);
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    MesaLayerWeights lw;
+    lw.attn_norm.assign(d, 1.0f);
+    lw.in_proj = RandomMatrix(rng, lay.rows, d, sd);
+    lw.a_bias.assign(h, 3.0f);  // decay sigmoid(3) = 0.95
+    lw.b_bias.assign(h, 0.0f);
+    lw.lambda.assign(h * c.head_dim, 0.25f + 0.6931f);  // softplus(0) + lower bound
+    lw.q_conv.resize(dk * c.conv_size);
+    lw.k_conv.resize(dk * c.conv_size);
+    for (float& v : lw.q_conv) v = rng.Next(0.5f);
+    for (float& v : lw.k_conv) v = rng.Next(0.5f);
+    lw.o_norm.assign(c.head_dim, 1.0f);
+    lw.o_proj = RandomMatrix(rng, d, dk, 1.0f / std::sqrt(static_cast<float>(dk)));
+    lw.mlp_norm.assign(d, 1.0f);
+    lw.gate_up = RandomMatrix(rng, 2 * im, d, sd);
+    lw.down = RandomMatrix(rng, d, im, 1.0f / std::sqrt(static_cast<float>(im)));
+    w.layers.push_back(std::move(lw));
+  }
+  return w;
+}
+
+double CopyBandwidth() {
+  const size_t bytes = size_t{1} << 30;
+  void *a = nullptr, *b = nullptr;
+  if (cudaMalloc(&a, bytes) != cudaSuccess || cudaMalloc(&b, bytes) != cudaSuccess) Die("cudaMalloc failed");
+  cudaMemset(a, 0, bytes);
+  std::vector<double> t;
+  for (int i = 0; i < 15; ++i) {
+    cudaDeviceSynchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
+    cudaDeviceSynchronize();
+    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  cudaFree(a);
+  cudaFree(b);
+  std::sort(t.begin(), t.end());
+  return 2.0 * bytes / t[t.size() / 2];
+}
+
+}  // namespace
+}  // namespace mesa
+
+int main(int argc, char** argv) {
+  using namespace mesa;
+  const Args args = ParseArgs(argc, argv);
+  cudaDeviceProp prop;
+  if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) Die("no usable CUDA device");
+  const double bw = CopyBandwidth();
+
+  absl::StatusOr<MesaWeights> weights = args.random_13b ? absl::StatusOr<MesaWeights>(Random13b())
+                                                         : LoadMesaWeights(args.model);
+  if (!weights.ok()) Die(weights.status().ToString());
+  const MesaConfig config = weights->config;
+  const double read_bytes = static_cast<double>(weights->bytes() - weights->embeddings.bytes() +
+                                                (config.tie_word_embeddings ? weights->embeddings.bytes() : 0));
+  const int max_b = *std::max_element(args.batches.begin(), args.batches.end());
+  CudaRunnerOptions options;
+  options.num_slots = max_b;
+  auto runner = CreateCudaModelRunner(std::move(*weights), options);
+  if (!runner.ok()) Die(runner.status().ToString());
+  const double state_bytes = static_cast<double>((*runner)->state_bytes_per_slot());
+
+  std::printf("# mesa_model_bench on %s: %s\n\ncopy bandwidth (read + write): %.0f GB/s; "
+              "weights read per step %.3f GB; state %.1f MB per sequence\n\n",
+              prop.name, args.random_13b ? "random 1.3B (fla defaults)" : args.model.c_str(),
+              bw / 1e9, read_bytes / 1e9, state_bytes / 1e6);
+  std::printf("| B | CG | ms per step | tokens/s | mean CG steps | floor ms | x floor |\n");
+  std::printf("|---:|---|---:|---:|---:|---:|---:|\n");
+  struct Case {
+    const char* name;
+    CgControl cg;
+  };
+  const Case cases[] = {{"fixed 30", {CgMode::kFixed, 30, 0.0f}},
+                        {"adaptive 1e-3", {CgMode::kAdaptive, 30, 1e-3f}}};
+  for (int b : args.batches) {
+    for (const Case& c : cases) {
+      std::vector<DecodeRow> rows(b);
+      for (int i = 0; i < b; ++i) {
+        if (!(*runner)->ResetSlot(i).ok()) Die("ResetSlot failed");
+        rows[i] = DecodeRow{i, (7 * i + 11) % config.vocab_size, c.cg};
+      }
+      DecodeResult result;
+      std::vector<double> t;
+      double iters = 0.0;
+      for (int s = 0; s < args.steps + 3; ++s) {
+        const auto t0 = std::chrono::steady_clock::now();
+        const absl::Status st = (*runner)->Decode(rows, &result);
+        const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (!st.ok()) Die(st.ToString());
+        if (s >= 3) t.push_back(dt);
+        for (int i = 0; i < b; ++i) {  // feed back the argmax, as greedy decoding would
+          const float* row = result.logits.data() + static_cast<size_t>(i) * config.vocab_size;
+          rows[i].token = static_cast<int32_t>(std::max_element(row, row + config.vocab_size) - row);
+        }
+        if (s == args.steps + 2) {
+          double sum = 0.0;
+          for (int32_t x : result.stats.iters) sum += x;
+          iters = result.stats.iters.empty() ? 0.0 : sum / result.stats.iters.size();
+        }
+      }
+      std::sort(t.begin(), t.end());
+      const double ms = 1e3 * t[t.size() / 2];
+      const double floor_ms = 1e3 * (read_bytes + 2.0 * state_bytes * b) / bw;
+      std::printf("| %d | %s | %.3f | %.0f | %.1f | %.3f | %.2f |\n", b, c.name, ms, b / (ms * 1e-3),
+                  iters, floor_ms, ms / floor_ms);
+      std::fflush(stdout);
+    }
+  }
+  return 0;
+}
