@@ -12,7 +12,8 @@
 //  * A product (Ap)_j = lambda_j p_j + sum_i H[i][j] p_i: each warp sums its R rows (one FMA
 //    per term, in i order), the 8 partial sums go through shared memory, and the thread that
 //    owns entry j (thread j, j < K) adds them in warp order. CG vectors x, r, p, w live in the
-//    owning threads' registers; dot products are block tree sums. Both differ from the CPU's
+//    owning threads' registers; dot products are block tree sums with one barrier each (four
+//    barriers per CG step). Both differ from the CPU's
 //    single i-order sum only by rounding order (the tests' tolerances allow for it).
 //  * About 70 KiB of shared memory and at most 128 registers per thread at K = 128: two blocks
 //    per SM, so one block's state traffic overlaps the other's CG.
@@ -37,10 +38,10 @@ constexpr int kWarps = 8;
 constexpr int kThreads = 32 * kWarps;
 
 // Shared memory layout (floats): H_kv [K*K, rounded up to 4] | p, x, k, v, diag [KMAX each] |
-// matvec partial sums [kWarps * KMAX] | reduction scratch [32].
+// matvec partial sums [kWarps * KMAX] | two reduction buffers [2 x 32].
 __host__ __device__ inline size_t KkFloats(int k) { return (static_cast<size_t>(k) * k + 3) / 4 * 4; }
 __host__ __device__ inline size_t SharedFloats(int k, int kmax) {
-  return KkFloats(k) + 5 * static_cast<size_t>(kmax) + kWarps * static_cast<size_t>(kmax) + 32;
+  return KkFloats(k) + 5 * static_cast<size_t>(kmax) + kWarps * static_cast<size_t>(kmax) + 64;
 }
 inline int KmaxFor(int k) { return k <= 32 ? 32 : k <= 64 ? 64 : 128; }
 
@@ -56,6 +57,19 @@ __device__ __forceinline__ void StageAsync(float* dst, const float* src, int n, 
       __pipeline_memcpy_async(dst + f, src + f, 4);
     }
   }
+}
+
+// Sum of `v` over the block with one barrier (BlockSum has two): warp sums go to `scratch`,
+// then every thread adds the first `warps` of them in order (the later warps hold only zeros:
+// same bits as summing all). Callers alternate between two scratch buffers, so a write for
+// one call can never race a read from the call before it (a barrier separates them).
+__device__ __forceinline__ float SumOnce(float v, float* scratch, int warps) {
+  v = WarpSum(v);
+  if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
+  __syncthreads();
+  float total = 0.0f;
+  for (int w = 0; w < warps; ++w) total += scratch[w];
+  return total;
 }
 
 template <typename T, int KMAX>
@@ -93,7 +107,9 @@ __global__ void __launch_bounds__(kThreads, 2) MesaDecodeKernel(MesaDecodeParams
   float* s_v = s_k + KMAX;
   float* s_diag = s_v + KMAX;
   float* s_part = s_diag + KMAX;
-  float* s_red = s_part + kWarps * KMAX;
+  float* s_red0 = s_part + kWarps * KMAX;  // two reduction buffers, used alternately
+  float* s_red1 = s_red0 + 32;
+  const int owner_warps = (K + 31) / 32;
 
   // 1. Stage H_kv (cp.async) and load this thread's H_kk tile into registers, all in flight.
   const bool vec4 = (K % 4 == 0) && (reinterpret_cast<uintptr_t>(g_hkv) & 15) == 0;
@@ -188,23 +204,24 @@ __global__ void __launch_bounds__(kThreads, 2) MesaDecodeKernel(MesaDecodeParams
   if (owner) wj = fmaf(lam, xj, wj);
   float rj = qj - wj;
   float pj = rj;
-  float delta = BlockSum(rj * rj, s_red);
-  const float q_norm = sqrtf(BlockSum(qj * qj, s_red));
+  // Four barriers per step: p published, partial products published, and one per dot product.
+  float delta = SumOnce(rj * rj, s_red1, owner_warps);
+  const float q_norm = sqrtf(SumOnce(qj * qj, s_red0, owner_warps));
   const float stop = cg.tol * q_norm;
   int steps = 0;
   for (; steps < cg.max_iters; ++steps) {
     if (!fixed && sqrtf(delta) <= stop) break;
-    // The previous product's readers of s_p and s_part are past the barriers in BlockSum.
+    // The previous product's readers of s_p and s_part are past the dot products' barriers.
     if (owner) s_p[t] = pj;
     __syncthreads();
     wj = product(s_p, kk_tile);
     if (owner) wj = fmaf(lam, pj, wj);
-    const float pw = BlockSum(pj * wj, s_red);
+    const float pw = SumOnce(pj * wj, s_red0, owner_warps);
     if (!fixed && !(pw > 0.0f)) break;  // exact solution reached (p = 0) or lost definiteness
     const float alpha = delta / (pw + eps);
     xj = fmaf(alpha, pj, xj);
     rj = fmaf(-alpha, wj, rj);
-    const float delta_new = BlockSum(rj * rj, s_red);
+    const float delta_new = SumOnce(rj * rj, s_red1, owner_warps);
     const float ratio = delta_new / (delta + eps);
     pj = fmaf(ratio, pj, rj);
     delta = delta_new;

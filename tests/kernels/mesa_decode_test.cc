@@ -379,9 +379,9 @@ TEST(MesaDecodeArgs, RejectsHeadDimsTheKernelDoesNotTake) {
 TEST(MesaDecodeArgs, SharedMemoryFitsAnH100Block) {
   // 227 KiB is the opt-in limit of one block on sm_90; K = 128 must fit with room to spare.
   EXPECT_LE(MesaDecodeSharedBytes(kMaxDecodeHeadDim), 227u * 1024u);
-  // H_kv [K*K] + p, x, k, v, diag [5 x 64] + 8 warps' partial sums [8 x 64] + scratch [32].
-  EXPECT_EQ(MesaDecodeSharedBytes(64), (64u * 64 + 5 * 64 + 8 * 64 + 32) * sizeof(float));
-  EXPECT_EQ(MesaDecodeSharedBytes(50), (50u * 50 + 5 * 64 + 8 * 64 + 32) * sizeof(float));
+  // H_kv [K*K] + p, x, k, v, diag [5 x 64] + 8 warps' partial sums [8 x 64] + scratch [2 x 32].
+  EXPECT_EQ(MesaDecodeSharedBytes(64), (64u * 64 + 5 * 64 + 8 * 64 + 64) * sizeof(float));
+  EXPECT_EQ(MesaDecodeSharedBytes(50), (50u * 50 + 5 * 64 + 8 * 64 + 64) * sizeof(float));
 }
 
 }  // namespace
