@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 #include <set>
 #include <utility>
 #include <vector>
@@ -220,6 +221,9 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
     // Work still queued must finish before its buffers are freed (errors are moot here).
     // The cuBLAS handle goes before the stream it was last bound to.
     if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+    for (auto& [b, g] : graphs_) {
+      if (g.exec != nullptr) cudaGraphExecDestroy(g.exec);
+    }
     cublas_ = gpu::CublasHandle();
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
   }
@@ -294,6 +298,14 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   // One decode step of at most max_batch_ rows; stats rows start at `row0` of `result`.
   absl::Status DecodeChunk(absl::Span<const DecodeRow> rows, int64_t row0, DecodeResult* result);
   absl::Status Layer(int layer, int64_t b, const StepArgsLayout& args);
+  // The device work of one step between the argument upload and the result download: the
+  // embedding, every layer, the final norm, lm_head and the rounding of the logits.
+  absl::Status StepKernels(int64_t b, const StepArgsLayout& args);
+  // StepKernels through a CUDA graph per batch size: the first step of a size runs eagerly
+  // (cuBLASLt chooses its plans, lazy kernels load), the second captures and instantiates the
+  // graph, later ones replay it: one launch instead of about 11 per layer. Every pointer the
+  // step uses is fixed (workspace, weights, the argument block), so the graph stays valid.
+  absl::Status RunStep(int64_t b, const StepArgsLayout& args);
 
   MesaWeights w_;  // shapes only after Init (the host data is released once uploaded)
   const MesaConfig& c_;
@@ -316,6 +328,11 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   // Host staging: [args | logits | iters | residual], page-locked.
   PinnedBuffer host_;
   size_t host_logits_ = 0, host_iters_ = 0, host_residual_ = 0;
+  struct StepGraph {
+    int eager_steps = 0;
+    cudaGraphExec_t exec = nullptr;
+  };
+  std::map<int64_t, StepGraph> graphs_;  // by batch size
 };
 
 absl::Status CudaModelRunnerImpl::Init() {
@@ -445,10 +462,47 @@ absl::Status CudaModelRunnerImpl::Decode(absl::Span<const DecodeRow> rows, Decod
   return absl::OkStatus();
 }
 
+absl::Status CudaModelRunnerImpl::StepKernels(int64_t b, const StepArgsLayout& args) {
+  const int64_t d = c_.hidden_size, vocab = c_.vocab_size;
+  MESA_RETURN_IF_ERROR(gpu::Embed(Ws(ws_.x), Wt(wo_.embeddings), Ws<int32_t>(ws_.args + args.tokens),
+                                  b, d, vocab, c_.dtype, stream_));
+  for (int layer = 0; layer < c_.num_hidden_layers; ++layer) {
+    MESA_RETURN_IF_ERROR(Layer(layer, b, args));
+  }
+  // Final norm, lm_head, and fla's rounding of the logits to the model dtype.
+  MESA_RETURN_IF_ERROR(gpu::RmsNorm(Ws(ws_.u), Ws(ws_.x), Wt<float>(wo_.final_norm), b, d,
+                                    c_.norm_eps, c_.dtype, stream_));
+  MESA_RETURN_IF_ERROR(Gemm(Ws(ws_.logits), Ws(ws_.u), b, w_.output_matrix(), wo_.output));
+  return gpu::RoundInPlace(Ws<float>(ws_.logits), b * vocab, c_.dtype, stream_);
+}
+
+absl::Status CudaModelRunnerImpl::RunStep(int64_t b, const StepArgsLayout& args) {
+  if (!options_.cuda_graphs) return StepKernels(b, args);
+  StepGraph& g = graphs_[b];
+  if (g.exec == nullptr) {
+    if (g.eager_steps++ == 0) return StepKernels(b, args);
+    MESA_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    const absl::Status captured = StepKernels(b, args);
+    cudaGraph_t graph = nullptr;
+    const cudaError_t ended = cudaStreamEndCapture(stream_, &graph);
+    if (!captured.ok() || ended != cudaSuccess) {
+      if (graph != nullptr) cudaGraphDestroy(graph);
+      MESA_RETURN_IF_ERROR(captured);
+      MESA_CUDA_RETURN_IF_ERROR(ended);
+    }
+    const cudaError_t made = cudaGraphInstantiate(&g.exec, graph, 0);
+    cudaGraphDestroy(graph);
+    if (made != cudaSuccess) g.exec = nullptr;
+    MESA_CUDA_RETURN_IF_ERROR(made);
+  }
+  MESA_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(g.exec, stream_));
+  return absl::OkStatus();
+}
+
 absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows, int64_t row0,
                                               DecodeResult* result) {
   const int64_t b = static_cast<int64_t>(rows.size());
-  const int64_t L = c_.num_hidden_layers, H = c_.num_heads, d = c_.hidden_size;
+  const int64_t L = c_.num_hidden_layers, H = c_.num_heads;
   const int64_t vocab = c_.vocab_size;
   if (b == 0) return absl::OkStatus();
 
@@ -473,15 +527,7 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows, 
   MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(Ws(ws_.args), staged, args.bytes,
                                             cudaMemcpyHostToDevice, stream_));
 
-  MESA_RETURN_IF_ERROR(gpu::Embed(Ws(ws_.x), Wt(wo_.embeddings), Ws<int32_t>(ws_.args + args.tokens),
-                                  b, d, vocab, c_.dtype, stream_));
-  for (int layer = 0; layer < L; ++layer) MESA_RETURN_IF_ERROR(Layer(layer, b, args));
-
-  // Final norm, lm_head, and fla's rounding of the logits to the model dtype.
-  MESA_RETURN_IF_ERROR(gpu::RmsNorm(Ws(ws_.u), Ws(ws_.x), Wt<float>(wo_.final_norm), b, d,
-                                    c_.norm_eps, c_.dtype, stream_));
-  MESA_RETURN_IF_ERROR(Gemm(Ws(ws_.logits), Ws(ws_.u), b, w_.output_matrix(), wo_.output));
-  MESA_RETURN_IF_ERROR(gpu::RoundInPlace(Ws<float>(ws_.logits), b * vocab, c_.dtype, stream_));
+  MESA_RETURN_IF_ERROR(RunStep(b, args));
 
   // Copy back logits and CG statistics, then wait: the step's result is needed now (the
   // host staging buffer is reused by the next step, which also orders the args upload).

@@ -26,6 +26,9 @@ struct CudaRunnerOptions {
   // batch is run in pieces of this size.
   int32_t max_decode_batch = 0;
   int32_t device = 0;  // CUDA device ordinal
+  // Replay each batch size's decode step as a CUDA graph from its second step on (off: every
+  // step launches its kernels one by one; same results).
+  bool cuda_graphs = true;
   // Device memory left free after creation for what the runner does not allocate itself and
   // cannot count exactly: the CUDA context's growth, lazily loaded kernels and cuBLASLt's
   // internal allocations (its GEMM workspace is fixed and allocated before the free-memory

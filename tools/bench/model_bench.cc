@@ -6,7 +6,7 @@
 //
 //   mesa_model_bench --model DIR            a checkpoint in fla's layout (e.g. the bundled one)
 //   mesa_model_bench --random-1.3b          fla's MesaNet defaults with random bf16 weights
-//   [--batches 1,8,64,256] [--steps 20]
+//   [--batches 1,8,64,256] [--steps 20] [--eager]   (--eager: no CUDA graphs)
 //
 // A step is one ModelRunner::Decode call as the engine makes it: the per-row tables go up,
 // every layer runs, the [B, vocab] fp32 logits and the CG statistics come back, the stream is
@@ -40,6 +40,7 @@ namespace {
 struct Args {
   std::string model;
   bool random_13b = false;
+  bool eager = false;  // no CUDA graphs
   std::vector<int> batches = {1, 8, 64, 256};
   int steps = 20;
 };
@@ -54,6 +55,8 @@ Args ParseArgs(int argc, char** argv) {
       ++i;
     } else if (flag == "--random-1.3b") {
       a.random_13b = true;
+    } else if (flag == "--eager") {
+      a.eager = true;
     } else if (flag == "--steps" && value != nullptr && absl::SimpleAtoi(value, &a.steps) && a.steps > 0) {
       ++i;
     } else if (flag == "--batches" && value != nullptr) {
@@ -65,7 +68,7 @@ Args ParseArgs(int argc, char** argv) {
       }
       ++i;
     } else {
-      Die("usage: mesa_model_bench (--model DIR | --random-1.3b) [--batches 1,8,64,256] [--steps N]");
+      Die("usage: mesa_model_bench (--model DIR | --random-1.3b) [--batches 1,8,64,256] [--steps N] [--eager]");
     }
   }
   if (a.model.empty() == !a.random_13b) Die("give exactly one of --model DIR and --random-1.3b");
@@ -165,13 +168,15 @@ int main(int argc, char** argv) {
   const int max_b = *std::max_element(args.batches.begin(), args.batches.end());
   CudaRunnerOptions options;
   options.num_slots = max_b;
+  options.cuda_graphs = !args.eager;
   auto runner = CreateCudaModelRunner(std::move(*weights), options);
   if (!runner.ok()) Die(runner.status().ToString());
   const double state_bytes = static_cast<double>((*runner)->state_bytes_per_slot());
 
-  std::printf("# mesa_model_bench on %s: %s\n\ncopy bandwidth (read + write): %.0f GB/s; "
+  std::printf("# mesa_model_bench on %s: %s, %s\n\ncopy bandwidth (read + write): %.0f GB/s; "
               "weights read per step %.3f GB; state %.1f MB per sequence\n\n",
               prop.name, args.random_13b ? "random 1.3B (fla defaults)" : args.model.c_str(),
+              args.eager ? "eager launches" : "CUDA graphs",
               bw / 1e9, read_bytes / 1e9, state_bytes / 1e6);
   std::printf("| B | CG | ms per step | tokens/s | mean CG steps | floor ms | x floor |\n");
   std::printf("|---:|---|---:|---:|---:|---:|---:|\n");

@@ -43,6 +43,7 @@ for step in ${GPU_RUN:-tests bench}; do
       fi ;;
     model)
       timeout 200 /tmp/gpurun/mesa_model_bench --random-1.3b 2>&1 | tee -a $W/model_bench.md
+      timeout 200 /tmp/gpurun/mesa_model_bench --random-1.3b --eager --batches 1,8 2>&1 | tee -a $W/model_bench.md
       timeout 100 /tmp/gpurun/mesa_model_bench --model models/mesanet-tiny-en 2>&1 | tee -a $W/model_bench.md
       if ls .whl/*.whl >/dev/null 2>&1; then
         python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
