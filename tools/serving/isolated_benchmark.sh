@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The server-vs-engine measurement of docs/serving-benchmarks.md with the load generator on
 # cores of its own: engine and server pinned to ENGINE_CPUS (--threads THREADS), the client to
-# CLIENT_CPUS, on a machine with at least 8 cores (e.g. the GPU machine: carry build-server
+# CLIENT_CPUS (SERVER_CPUS may give the server's gRPC threads more cores than the engine's
+# threads), on a machine with at least 8 cores (e.g. the GPU machine: carry build-server
 # from tools/serving/pack_server.sh). Same workload as on the 2-core development machine:
 # bundled model, --slots 8, closed loop, prompts of 32 random ids, 64 new tokens, temperature
 # 1.0, adaptive CG 1e-3. Engine-only and server runs alternate, REPS times per concurrency
@@ -20,11 +21,12 @@ M=models/mesanet-tiny-en
 ENGINE_CPUS=${ENGINE_CPUS:-0,1}
 CLIENT_CPUS=${CLIENT_CPUS:-4-7}
 THREADS=${THREADS:-2}
+SERVER_CPUS=${SERVER_CPUS:-$ENGINE_CPUS}  # e.g. one core more than the engine's, for gRPC
 REPS=${REPS:-3}
-LOG="$OUTDIR/isolated_t${THREADS}.txt"
+LOG="$OUTDIR/isolated_t${THREADS}_server${SERVER_CPUS}.txt"
 : > "$LOG"
-echo "cpus: $(nproc), $(lscpu | sed -n 's/^Model name: *//p'); engine and server on $ENGINE_CPUS ($THREADS threads), client on $CLIENT_CPUS" | tee -a "$LOG"
-taskset -c "$ENGINE_CPUS" "$BIN" serve --model "$M" --threads "$THREADS" --slots 8 \
+echo "cpus: $(nproc), $(lscpu | sed -n 's/^Model name: *//p'); engine-only on $ENGINE_CPUS, server on $SERVER_CPUS ($THREADS engine threads each), client on $CLIENT_CPUS" | tee -a "$LOG"
+taskset -c "$SERVER_CPUS" "$BIN" serve --model "$M" --threads "$THREADS" --slots 8 \
   --listen 127.0.0.1:50071 --metrics-listen "" > /tmp/isolated_server.log 2>&1 &
 SERVER=$!
 taskset -c "$CLIENT_CPUS" "$BIN" loadtest --address 127.0.0.1:50071 --requests 4 --connect-timeout 60 > /dev/null 2>&1
