@@ -1,0 +1,57 @@
+// The chunked MesaNet prefill of one sequence for one layer on the GPU: the twin of
+// kernels/cpu/mesa_prefill.h (spec section 4), with the same parameter semantics and the same
+// rounding points in fixed (fla-compatible) mode. Starts from, and leaves, the fp32 states.
+//
+// First version, correct before fast: one thread block per head walks the chunks in order;
+// the chunk products are plain fp32 loops over a per-head workspace in device memory (no
+// tensor cores yet), so a prompt's heads run in parallel but its chunks do not. The fast form
+// (a state pass, then the CG of all chunks in parallel on tensor cores) is the next step of
+// issue 5; this kernel is its reference on the device.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+#include "absl/status/status.h"
+#include "base/half.h"
+#include "kernels/cg_control.h"
+
+namespace mesa::gpu {
+
+inline constexpr int32_t kPrefillChunk = 64;
+
+// All pointers are device pointers; the float inputs hold the values fla computes with
+// (q, k as fp16 values after the l2 norm, v as model-dtype values).
+struct MesaPrefillParams {
+  int32_t seq_len = 0;    // T tokens in this call
+  int32_t num_heads = 0;  // H
+  int32_t head_dim = 0;   // K (= V), 1..128
+  float* h_kk = nullptr;  // [H, K, K] fp32, read and updated
+  float* h_kv = nullptr;  // [H, K, V] fp32, read and updated
+  const float* q = nullptr;  // [T, ld_in], head h at column h*K
+  const float* k = nullptr;
+  const float* v = nullptr;
+  int64_t ld_in = 0;
+  const float* log_decay = nullptr;  // [T, H]
+  const float* beta = nullptr;       // [T, H]
+  const float* lambda = nullptr;     // [H*K]
+  CgControl cg;                      // the same for every token of the call
+  Rounding value_rounding = Rounding::kBf16;  // the model dtype (v's dtype in fla)
+  float* out = nullptr;              // [T, ld_out], rounded to the model dtype
+  int64_t ld_out = 0;
+  int32_t* cg_iters = nullptr;       // [T, H] optional
+  float* cg_residual = nullptr;      // [T, H] optional
+  void* workspace = nullptr;         // MesaPrefillWorkspaceBytes(num_heads, head_dim) bytes
+  cudaStream_t stream = nullptr;
+};
+
+// Device workspace one call needs (per head: the chunk's q, k, v and CG block vectors, the
+// intra-chunk decay and score matrices, the chunk-start state snapshots).
+size_t MesaPrefillWorkspaceBytes(int32_t num_heads, int32_t head_dim);
+
+// Enqueues the prefill on p.stream. kInvalidArgument for shapes it does not take.
+absl::Status MesaPrefill(const MesaPrefillParams& p);
+
+}  // namespace mesa::gpu
