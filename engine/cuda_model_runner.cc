@@ -18,6 +18,7 @@
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/mesa_decode.h"
+#include "kernels/cuda/mesa_prefill.h"
 #include "kernels/cuda/mixer_inputs.h"
 #include "kernels/cuda/norm.h"
 
@@ -164,6 +165,8 @@ struct Workspace {
   size_t x, u, proj, q, k, v, z, mix, log_decay, beta, gemm_out, mlp, swiglu, logits, iters,
       residual, args;
   size_t args_bytes;
+  // Prefill only: the chunk kernel's fp32 output, its workspace, and the call's token ids.
+  size_t mix_f, prefill, prefill_tokens;
 };
 
 // The per-step arguments uploaded in one copy, for a step of b rows: the state pointer tables
@@ -189,9 +192,10 @@ Workspace LayOutWorkspace(const MesaConfig& c, int64_t rows, ArenaLayout& arena)
   ws.x = arena.Add(rows * d * act);
   ws.u = arena.Add(rows * d * act);
   ws.proj = arena.Add(rows * proj_rows * sizeof(float));
-  ws.q = arena.Add(rows * dk * act);
-  ws.k = arena.Add(rows * dk * act);
-  ws.v = arena.Add(rows * dk * act);
+  // q, k, v: the model dtype in decode, fp32 in prefill (what the chunk kernel reads).
+  ws.q = arena.Add(rows * dk * sizeof(float));
+  ws.k = arena.Add(rows * dk * sizeof(float));
+  ws.v = arena.Add(rows * dk * sizeof(float));
   ws.z = arena.Add(rows * dk * act);
   ws.mix = arena.Add(rows * dk * act);
   ws.log_decay = arena.Add(rows * H * sizeof(float));
@@ -204,6 +208,9 @@ Workspace LayOutWorkspace(const MesaConfig& c, int64_t rows, ArenaLayout& arena)
   ws.residual = arena.Add(L * rows * H * sizeof(float));
   ws.args_bytes = StepArgsLayout::For(L, rows).bytes;
   ws.args = arena.Add(ws.args_bytes);
+  ws.mix_f = arena.Add(rows * dk * sizeof(float));
+  ws.prefill = arena.Add(gpu::MesaPrefillWorkspaceBytes(static_cast<int32_t>(H), c.head_dim));
+  ws.prefill_tokens = arena.Add(rows * sizeof(int32_t));
   return ws;
 }
 
@@ -298,6 +305,12 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   // One decode step of at most max_batch_ rows; stats rows start at `row0` of `result`.
   absl::Status DecodeChunk(absl::Span<const DecodeRow> rows, int64_t row0, DecodeResult* result);
   absl::Status Layer(int layer, int64_t b, const StepArgsLayout& args);
+  // The part of a layer after the token mixer (o_norm, o_proj, residual, MLP) on `b` rows.
+  absl::Status LayerTail(int layer, int64_t b);
+  // One prefill segment of one sequence (at most prefill_rows_ tokens, cut at chunk
+  // boundaries so the math is that of one call); logits rows start at `row0`.
+  absl::Status PrefillSegment(const PrefillRequest& req, absl::Span<const int32_t> tokens,
+                              bool last_segment, int64_t row0, PrefillResult* result);
   // The device work of one step between the argument upload and the result download: the
   // embedding, every layer, the final norm, lm_head and the rounding of the logits.
   absl::Status StepKernels(int64_t b, const StepArgsLayout& args);
@@ -314,6 +327,8 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   LayerStateLayout layer_;
   int64_t slot_floats_ = 0;
   int64_t max_batch_ = 0;
+  int64_t prefill_rows_ = 0;  // longest prefill segment (a multiple of the 64-token chunk)
+  int64_t ws_rows_ = 0;       // rows the workspaces hold: max(max_batch_, prefill_rows_)
   std::vector<int64_t> positions_;
   bool poisoned_ = false;
   CudaMemoryPlan plan_;
@@ -349,6 +364,9 @@ absl::Status CudaModelRunnerImpl::Init() {
   }
   max_batch_ = options_.max_decode_batch > 0 ? options_.max_decode_batch : options_.num_slots;
   max_batch_ = std::min<int64_t>(max_batch_, 65535);  // the kernels' grid.y limit
+  prefill_rows_ = std::max<int64_t>(gpu::kPrefillChunk, options_.max_prefill_tokens /
+                                                            gpu::kPrefillChunk * gpu::kPrefillChunk);
+  ws_rows_ = std::max(max_batch_, prefill_rows_);
   // The stream and cuBLAS handle first: they take device memory of their own, which the free
   // figure below must already exclude.
   MESA_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
@@ -356,7 +374,7 @@ absl::Status CudaModelRunnerImpl::Init() {
 
   ArenaLayout weight_arena, workspace_arena;
   wo_ = LayOutWeights(w_, weight_arena);
-  ws_ = LayOutWorkspace(c_, max_batch_, workspace_arena);
+  ws_ = LayOutWorkspace(c_, ws_rows_, workspace_arena);
   plan_.weight_bytes = weight_arena.bytes();
   plan_.workspace_bytes = workspace_arena.bytes();
   plan_.state_bytes_per_slot = slot_floats_ * sizeof(float);
@@ -381,9 +399,9 @@ absl::Status CudaModelRunnerImpl::Init() {
 
   const int64_t H = c_.num_heads, L = c_.num_hidden_layers;
   host_logits_ = AlignUp(ws_.args_bytes);
-  host_iters_ = AlignUp(host_logits_ + max_batch_ * c_.vocab_size * sizeof(float));
-  host_residual_ = AlignUp(host_iters_ + L * max_batch_ * H * sizeof(int32_t));
-  MESA_RETURN_IF_ERROR(host_.Allocate(host_residual_ + L * max_batch_ * H * sizeof(float)));
+  host_iters_ = AlignUp(host_logits_ + ws_rows_ * c_.vocab_size * sizeof(float));
+  host_residual_ = AlignUp(host_iters_ + L * ws_rows_ * H * sizeof(int32_t));
+  MESA_RETURN_IF_ERROR(host_.Allocate(host_residual_ + L * ws_rows_ * H * sizeof(float)));
 
   // Warm-up: all-pad steps (no state is read or written) at the largest batch and at 1, so that
   // lazy kernel loading and cuBLAS's per-shape setup happen here rather than on a request.
@@ -428,10 +446,158 @@ absl::Status CudaModelRunnerImpl::ReadSlotState(SlotId slot, absl::Span<float> o
 
 absl::Status CudaModelRunnerImpl::Prefill(absl::Span<const PrefillRequest> requests,
                                           absl::Span<PrefillResult> results) {
-  // Running the prompt through the decode step token by token would not be fla's numerics
-  // (fla's prefill is the chunked form: CG from zero, q/k rounded to fp16), so there is no
-  // interim path; see docs/cuda-backend.md.
-  return absl::UnimplementedError("CUDA prefill (chunked kernel) is not implemented yet");
+  MESA_RETURN_IF_ERROR(Enter());
+  if (requests.size() != results.size()) {
+    return absl::InvalidArgumentError("Prefill: requests and results differ in length");
+  }
+  for (const PrefillRequest& req : requests) {  // the CPU runner's checks, before device work
+    MESA_RETURN_IF_ERROR(CheckSlot(req.slot));
+    if (req.tokens.empty()) return absl::InvalidArgumentError("Prefill: empty token list");
+    for (int32_t t : req.tokens) MESA_RETURN_IF_ERROR(CheckToken(t));
+  }
+  for (size_t r = 0; r < requests.size(); ++r) {
+    const PrefillRequest& req = requests[r];
+    PrefillResult* result = &results[r];
+    const int64_t n = static_cast<int64_t>(req.tokens.size());
+    result->logits.assign((req.all_logits ? n : 1) * static_cast<int64_t>(c_.vocab_size), 0.0f);
+    if (req.want_stats) {
+      result->stats.Resize(static_cast<int32_t>(n), c_.num_hidden_layers, c_.num_heads);
+    } else {
+      result->stats = CgStats{};
+    }
+    for (int64_t done = 0; done < n;) {
+      const int64_t len = std::min(n - done, prefill_rows_);
+      MESA_RETURN_IF_ERROR(NoteFailure(
+          PrefillSegment(req, req.tokens.subspan(done, len), done + len == n, done, result)));
+      positions_[req.slot] += len;
+      done += len;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaModelRunnerImpl::PrefillSegment(const PrefillRequest& req,
+                                                 absl::Span<const int32_t> tokens,
+                                                 bool last_segment, int64_t row0,
+                                                 PrefillResult* result) {
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  const int64_t L = c_.num_hidden_layers, H = c_.num_heads, d = c_.hidden_size;
+  const int64_t dk = c_.key_dim(), vocab = c_.vocab_size;
+  const ScalarType act = c_.dtype;
+  // The staging buffer is free between steps (each step ends with a synchronisation).
+  std::memcpy(host_.data(), tokens.data(), n * sizeof(int32_t));
+  MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(Ws(ws_.prefill_tokens), host_.data(),
+                                            n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+  MESA_RETURN_IF_ERROR(gpu::Embed(Ws(ws_.x), Wt(wo_.embeddings), Ws<int32_t>(ws_.prefill_tokens),
+                                  n, d, vocab, act, stream_));
+  for (int layer = 0; layer < L; ++layer) {
+    const MesaLayerWeights& lw = w_.layers[layer];
+    const LayerWeightOffsets& lo = wo_.layers[layer];
+    float* state = SlotState(req.slot) + layer * layer_.stride;
+    MESA_RETURN_IF_ERROR(gpu::RmsNorm(Ws(ws_.u), Ws(ws_.x), Wt<float>(lo.attn_norm), n, d,
+                                      c_.norm_eps, act, stream_));
+    MESA_RETURN_IF_ERROR(Gemm(Ws(ws_.proj), Ws(ws_.u), n, lw.in_proj, lo.in_proj));
+    gpu::MixerInputsPrefillParams mi;
+    mi.seq_len = static_cast<int32_t>(n);
+    mi.num_heads = c_.num_heads;
+    mi.head_dim = c_.head_dim;
+    mi.conv_size = c_.conv_size;
+    mi.proj = Ws<float>(ws_.proj);
+    mi.ld_proj = inproj_.rows;
+    mi.q_col = inproj_.q;
+    mi.k_col = inproj_.k;
+    mi.v_col = inproj_.v;
+    mi.g_col = c_.use_output_gate ? inproj_.g : -1;
+    mi.a_col = inproj_.a;
+    mi.b_col = inproj_.b;
+    mi.a_bias = Wt<float>(lo.a_bias);
+    mi.b_bias = Wt<float>(lo.b_bias);
+    mi.q_conv = Wt<float>(lo.q_conv);
+    mi.k_conv = Wt<float>(lo.k_conv);
+    mi.conv_q_state = state + layer_.conv_q;
+    mi.conv_k_state = state + layer_.conv_k;
+    mi.q = Ws<float>(ws_.q);
+    mi.k = Ws<float>(ws_.k);
+    mi.v = Ws<float>(ws_.v);
+    mi.z = c_.use_output_gate ? Ws(ws_.z) : nullptr;
+    mi.log_decay = Ws<float>(ws_.log_decay);
+    mi.beta = Ws<float>(ws_.beta);
+    mi.act = act;
+    mi.stream = stream_;
+    MESA_RETURN_IF_ERROR(gpu::MixerInputsPrefill(mi));
+    MESA_RETURN_IF_ERROR(
+        gpu::ConvStatePrefillUpdate(mi, state + layer_.conv_q, state + layer_.conv_k));
+
+    gpu::MesaPrefillParams p;
+    p.seq_len = static_cast<int32_t>(n);
+    p.num_heads = c_.num_heads;
+    p.head_dim = c_.head_dim;
+    p.h_kk = state + layer_.h_kk;
+    p.h_kv = state + layer_.h_kv;
+    p.q = Ws<float>(ws_.q);
+    p.k = Ws<float>(ws_.k);
+    p.v = Ws<float>(ws_.v);
+    p.ld_in = dk;
+    p.log_decay = Ws<float>(ws_.log_decay);
+    p.beta = Ws<float>(ws_.beta);
+    p.lambda = Wt<float>(lo.lambda);
+    p.cg = req.cg;
+    p.value_rounding = RoundingFor(act);
+    p.out = Ws<float>(ws_.mix_f);
+    p.ld_out = dk;
+    p.cg_iters = Ws<int32_t>(ws_.iters) + layer * n * H;
+    p.cg_residual = Ws<float>(ws_.residual) + layer * n * H;
+    p.workspace = Ws(ws_.prefill);
+    p.stream = stream_;
+    MESA_RETURN_IF_ERROR(gpu::MesaPrefill(p));
+    MESA_RETURN_IF_ERROR(gpu::ToAct(Ws(ws_.mix), Ws<float>(ws_.mix_f), n * dk, act, stream_));
+    MESA_RETURN_IF_ERROR(LayerTail(layer, n));
+  }
+
+  // Logits: every row, or the last row of the last segment.
+  const int64_t first = req.all_logits ? 0 : n - 1;
+  const int64_t rows = req.all_logits ? n : (last_segment ? 1 : 0);
+  const size_t act_bytes = act == ScalarType::kFp32 ? 4 : 2;
+  if (rows > 0) {
+    void* x_rows = Ws<char>(ws_.x) + first * d * act_bytes;
+    MESA_RETURN_IF_ERROR(gpu::RmsNorm(Ws(ws_.u), x_rows, Wt<float>(wo_.final_norm), rows, d,
+                                      c_.norm_eps, act, stream_));
+    MESA_RETURN_IF_ERROR(Gemm(Ws(ws_.logits), Ws(ws_.u), rows, w_.output_matrix(), wo_.output));
+    MESA_RETURN_IF_ERROR(gpu::RoundInPlace(Ws<float>(ws_.logits), rows * vocab, act, stream_));
+    MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + host_logits_, Ws(ws_.logits),
+                                              rows * vocab * sizeof(float),
+                                              cudaMemcpyDeviceToHost, stream_));
+  }
+  const size_t stat_count = static_cast<size_t>(L * n * H);
+  if (req.want_stats) {
+    MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + host_iters_, Ws(ws_.iters),
+                                              stat_count * sizeof(int32_t),
+                                              cudaMemcpyDeviceToHost, stream_));
+    MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + host_residual_, Ws(ws_.residual),
+                                              stat_count * sizeof(float), cudaMemcpyDeviceToHost,
+                                              stream_));
+  }
+  MESA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  if (rows > 0) {
+    const auto* logits = reinterpret_cast<const float*>(host_.data() + host_logits_);
+    float* dst = result->logits.data() + (req.all_logits ? row0 * vocab : 0);
+    std::memcpy(dst, logits, rows * vocab * sizeof(float));
+  }
+  if (req.want_stats) {
+    const auto* iters = reinterpret_cast<const int32_t*>(host_.data() + host_iters_);
+    const auto* residual = reinterpret_cast<const float*>(host_.data() + host_residual_);
+    for (int64_t l = 0; l < L; ++l) {
+      for (int64_t t = 0; t < n; ++t) {
+        for (int64_t h = 0; h < H; ++h) {
+          const int64_t idx = result->stats.index(static_cast<int32_t>(row0 + t),
+                                                  static_cast<int32_t>(l), static_cast<int32_t>(h));
+          result->stats.iters[idx] = iters[(l * n + t) * H + h];
+          result->stats.residual[idx] = residual[(l * n + t) * H + h];
+        }
+      }
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status CudaModelRunnerImpl::Decode(absl::Span<const DecodeRow> rows, DecodeResult* result) {
@@ -568,8 +734,7 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows, 
 absl::Status CudaModelRunnerImpl::Layer(int layer, int64_t b, const StepArgsLayout& args) {
   const MesaLayerWeights& lw = w_.layers[layer];
   const LayerWeightOffsets& lo = wo_.layers[layer];
-  const int64_t d = c_.hidden_size, H = c_.num_heads, K = c_.head_dim;
-  const int64_t inter = c_.intermediate_size;
+  const int64_t d = c_.hidden_size, H = c_.num_heads;
   const ScalarType act = c_.dtype;
   float* const* tables = Ws<float*>(ws_.args + args.tables) + layer * 4 * b;
 
@@ -627,6 +792,15 @@ absl::Status CudaModelRunnerImpl::Layer(int layer, int64_t b, const StepArgsLayo
   p.stream = stream_;
   MESA_RETURN_IF_ERROR(gpu::MesaDecodeStep(p));
 
+  return LayerTail(layer, b);
+}
+
+absl::Status CudaModelRunnerImpl::LayerTail(int layer, int64_t b) {
+  const MesaLayerWeights& lw = w_.layers[layer];
+  const LayerWeightOffsets& lo = wo_.layers[layer];
+  const int64_t d = c_.hidden_size, H = c_.num_heads, K = c_.head_dim;
+  const int64_t inter = c_.intermediate_size;
+  const ScalarType act = c_.dtype;
   // o_norm (gated by silu(z) with an output gate), o_proj, residual + mlp_norm.
   MESA_RETURN_IF_ERROR(gpu::HeadRmsNorm(Ws(ws_.mix), Ws(ws_.mix),
                                         c_.use_output_gate ? Ws(ws_.z) : nullptr,

@@ -3,8 +3,9 @@
 // memory, in the CPU runner's slot layout (fp32 H_kk, H_kv per layer and head, conv states).
 // Every device allocation happens at creation; Decode only launches work and copies.
 //
-// Prefill is not implemented yet (it needs the chunked kernel, spec section 4): it returns
-// kUnimplemented, so this runner cannot serve requests until that lands.
+// Prefill runs the chunked form (spec section 4) through kernels/cuda/mesa_prefill.h, whose
+// first version walks a sequence's chunks in order in one block per head (correct, not yet
+// fast: see docs/cuda-backend.md).
 //
 // This header needs no CUDA headers: tools that only pick a backend can include it.
 #pragma once
@@ -26,6 +27,9 @@ struct CudaRunnerOptions {
   // batch is run in pieces of this size.
   int32_t max_decode_batch = 0;
   int32_t device = 0;  // CUDA device ordinal
+  // Longest prefill segment in tokens (rounded down to a multiple of the 64-token chunk, at
+  // least 64); longer prompts run in segments with the same result. Sizes the workspaces.
+  int32_t max_prefill_tokens = 512;
   // Replay each batch size's decode step as a CUDA graph from its second step on (off: every
   // step launches its kernels one by one; same results).
   bool cuda_graphs = true;

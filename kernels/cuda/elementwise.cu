@@ -44,6 +44,14 @@ __global__ void RoundInPlaceKernel(float* y, int64_t n) {
 }
 
 template <typename T>
+__global__ void ToActKernel(T* out, const float* in, int64_t n) {
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[e] = FromFloat<T>(in[e]);
+  }
+}
+
+template <typename T>
 __global__ void EmbedKernel(T* x, const T* table, const int32_t* tokens, int64_t rows, int64_t d,
                             int64_t vocab) {
   const int64_t n = rows * d;
@@ -96,6 +104,17 @@ absl::Status RoundInPlace(float* y, int64_t n, ScalarType act, cudaStream_t stre
     using T = typename decltype(tag)::type;
     RoundInPlaceKernel<T><<<BlocksFor(n), kThreads, 0, stream>>>(y, n);
     MESA_CUDA_RETURN_IF_LAUNCH_FAILED("RoundInPlaceKernel");
+    return absl::OkStatus();
+  });
+}
+
+absl::Status ToAct(void* out, const float* in, int64_t n, ScalarType act, cudaStream_t stream) {
+  absl::Status ok = CheckCount("ToAct", n);
+  if (!ok.ok() || n == 0) return ok;
+  return DispatchActType(act, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    ToActKernel<T><<<BlocksFor(n), kThreads, 0, stream>>>(static_cast<T*>(out), in, n);
+    MESA_CUDA_RETURN_IF_LAUNCH_FAILED("ToActKernel");
     return absl::OkStatus();
   });
 }

@@ -24,6 +24,10 @@ absl::Status AddResidual(void* x, const float* u, int64_t n, ScalarType act, cud
 // y = act(y) in place, fp32 storage (the logits: fla returns them in the model dtype).
 absl::Status RoundInPlace(float* y, int64_t n, ScalarType act, cudaStream_t stream);
 
+// out = act(in): fp32 values stored in the model dtype (the prefill mixer's output, which the
+// chunk kernel writes as fp32 already rounded to the model dtype). out: act [n]; in: fp32 [n].
+absl::Status ToAct(void* out, const float* in, int64_t n, ScalarType act, cudaStream_t stream);
+
 // Embedding lookup: x[r] = table[tokens[r]]; x, table: act; tokens: int32 [rows], each in
 // [0, vocab) (checked by the caller on the host: the kernel clamps to stay in bounds).
 absl::Status Embed(void* x, const void* table, const int32_t* tokens, int64_t rows, int64_t d,

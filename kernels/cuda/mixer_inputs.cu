@@ -1,6 +1,7 @@
 #include "kernels/cuda/mixer_inputs.h"
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/device_math.cuh"
 
@@ -67,7 +68,112 @@ __global__ void MixerInputsDecodeKernel(MixerInputsDecodeParams p) {
   }
 }
 
+// Position `pos` of a channel's conv window: the old state (W-1 rows, oldest first) followed
+// by this call's inputs rounded to T (as the CPU's InputProjections stores them).
+template <typename T>
+__device__ __forceinline__ float WindowAt(int pos, int W, const float* state, const float* proj,
+                                          int64_t ld_proj, int64_t col, int64_t dk, int64_t c) {
+  return pos < W - 1 ? state[static_cast<int64_t>(pos) * dk + c]
+                     : RoundTo<T>(proj[static_cast<int64_t>(pos - (W - 1)) * ld_proj + col + c]);
+}
+
+// grid (H, T), blockDim = K rounded up to a warp. Tap order as kernels/cpu/short_conv.cc.
+template <typename T>
+__global__ void MixerInputsPrefillKernel(MixerInputsPrefillParams p) {
+  __shared__ float scratch[32];
+  const int h = blockIdx.x;
+  const int t = blockIdx.y;
+  const int K = p.head_dim;
+  const int W = p.conv_size;
+  const int j = threadIdx.x;
+  const bool owner = j < K;
+  const int64_t dk = static_cast<int64_t>(p.num_heads) * K;
+  const int64_t c = static_cast<int64_t>(h) * K + j;
+  const float* pr = p.proj + static_cast<int64_t>(t) * p.ld_proj;
+  const int64_t out_index = static_cast<int64_t>(t) * dk + c;
+  float qc = 0.0f, kc = 0.0f;
+  if (owner) {
+    float aq = 0.0f, ak = 0.0f;
+    for (int i = 0; i < W; ++i) {
+      aq = fmaf(p.q_conv[c * W + i], WindowAt<T>(t + i, W, p.conv_q_state, p.proj, p.ld_proj, p.q_col, dk, c), aq);
+      ak = fmaf(p.k_conv[c * W + i], WindowAt<T>(t + i, W, p.conv_k_state, p.proj, p.ld_proj, p.k_col, dk, c), ak);
+    }
+    qc = RoundTo<T>(Silu(aq));
+    kc = RoundTo<T>(Silu(ak));
+    p.v[out_index] = RoundTo<T>(pr[p.v_col + c]);
+    if (p.g_col >= 0) static_cast<T*>(p.z)[out_index] = FromFloat<T>(pr[p.g_col + c]);
+  }
+  // L2NormHeads with fp16 rounding (fla's chunk path writes the normalised q and k as fp16).
+  const float ss_q = BlockSum(qc * qc, scratch);
+  const float ss_k = BlockSum(kc * kc, scratch);
+  if (owner) {
+    p.q[out_index] = RoundTo<__half>(qc * (1.0f / sqrtf(ss_q + 1e-6f)));
+    p.k[out_index] = RoundTo<__half>(kc * (1.0f / sqrtf(ss_k + 1e-6f)));
+  }
+  if (j == 0) {
+    const int64_t th = static_cast<int64_t>(t) * p.num_heads + h;
+    p.log_decay[th] = LogSigmoid(RoundTo<T>(pr[p.a_col + h] + p.a_bias[h]));
+    p.beta[th] = Sigmoid(RoundTo<T>(pr[p.b_col + h] + p.b_bias[h]));
+  }
+}
+
+// One thread per channel: state[i] = window[T + i] for i < W-1, in increasing i (a read of
+// the old state is always ahead of the writes).
+template <typename T>
+__global__ void ConvStatePrefillKernel(MixerInputsPrefillParams p, float* q_state, float* k_state) {
+  const int64_t dk = static_cast<int64_t>(p.num_heads) * p.head_dim;
+  const int W = p.conv_size;
+  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < dk;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    for (int i = 0; i + 1 < W; ++i) {
+      const int pos = p.seq_len + i;
+      q_state[i * dk + c] = WindowAt<T>(pos, W, q_state, p.proj, p.ld_proj, p.q_col, dk, c);
+      k_state[i * dk + c] = WindowAt<T>(pos, W, k_state, p.proj, p.ld_proj, p.k_col, dk, c);
+    }
+  }
+}
+
+absl::Status CheckPrefill(const MixerInputsPrefillParams& p) {
+  if (p.head_dim < 1 || p.head_dim > 1024 || p.conv_size < 1 || p.conv_size > kMaxConv ||
+      p.seq_len < 0 || p.seq_len > 65535 || p.num_heads < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "MixerInputsPrefill: head_dim ", p.head_dim, " (1..1024), conv_size ", p.conv_size,
+        " (1..", kMaxConv, "), seq_len ", p.seq_len, " (<= 65535) or num_heads ", p.num_heads,
+        " out of range"));
+  }
+  if (p.g_col >= 0 && p.z == nullptr) {
+    return absl::InvalidArgumentError("MixerInputsPrefill: g_col is set but z is null");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+absl::Status MixerInputsPrefill(const MixerInputsPrefillParams& p) {
+  MESA_RETURN_IF_ERROR(CheckPrefill(p));
+  if (p.seq_len == 0 || p.num_heads == 0) return absl::OkStatus();
+  return DispatchActType(p.act, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const dim3 grid(p.num_heads, p.seq_len);
+    MixerInputsPrefillKernel<T><<<grid, RoundUpToWarp(p.head_dim), 0, p.stream>>>(p);
+    MESA_CUDA_RETURN_IF_LAUNCH_FAILED("MixerInputsPrefillKernel");
+    return absl::OkStatus();
+  });
+}
+
+absl::Status ConvStatePrefillUpdate(const MixerInputsPrefillParams& p, float* conv_q_state,
+                                    float* conv_k_state) {
+  MESA_RETURN_IF_ERROR(CheckPrefill(p));
+  if (p.seq_len == 0 || p.num_heads == 0 || p.conv_size == 1) return absl::OkStatus();
+  return DispatchActType(p.act, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const int64_t dk = static_cast<int64_t>(p.num_heads) * p.head_dim;
+    const int blocks = static_cast<int>((dk + 255) / 256);
+    ConvStatePrefillKernel<T><<<blocks, 256, 0, p.stream>>>(p, conv_q_state, conv_k_state);
+    MESA_CUDA_RETURN_IF_LAUNCH_FAILED("ConvStatePrefillKernel");
+    return absl::OkStatus();
+  });
+}
 
 absl::Status MixerInputsDecode(const MixerInputsDecodeParams& p) {
   if (p.head_dim < 1 || p.head_dim > 1024 || p.conv_size < 1 || p.conv_size > kMaxConv ||

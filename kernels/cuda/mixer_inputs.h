@@ -48,4 +48,40 @@ struct MixerInputsDecodeParams {
 
 absl::Status MixerInputsDecode(const MixerInputsDecodeParams& p);
 
+// The same steps for the `seq_len` tokens of one prefill call of one sequence, as the CPU
+// runner's PrefillSegment: the conv reads the slot's conv state for the first W-1 taps, q and k
+// are l2-normalised and rounded to fp16 (fla's chunk path), and the outputs the chunk kernel
+// reads (q, k, v) are fp32 arrays of those values. The conv state is NOT updated here (every
+// token reads the old one): ConvStatePrefillUpdate does that afterwards.
+struct MixerInputsPrefillParams {
+  int32_t seq_len = 0;    // T
+  int32_t num_heads = 0;  // H
+  int32_t head_dim = 0;   // K, <= 1024
+  int32_t conv_size = 0;  // W, 1..16
+  const float* proj = nullptr;  // [T, ld_proj] fp32 in_proj GEMM output, bias not yet added
+  int64_t ld_proj = 0;
+  int64_t q_col = 0, k_col = 0, v_col = 0, g_col = -1, a_col = 0, b_col = 0;
+  const float* a_bias = nullptr;
+  const float* b_bias = nullptr;
+  const float* q_conv = nullptr;
+  const float* k_conv = nullptr;
+  const float* conv_q_state = nullptr;  // [W-1, H*K] of the slot (read only)
+  const float* conv_k_state = nullptr;
+  float* q = nullptr;  // fp32 [T, H*K] out (fp16 values)
+  float* k = nullptr;  // fp32 [T, H*K] out (fp16 values)
+  float* v = nullptr;  // fp32 [T, H*K] out (model-dtype values)
+  void* z = nullptr;   // act [T, H*K] out, only when g_col >= 0
+  float* log_decay = nullptr;  // [T, H] out
+  float* beta = nullptr;       // [T, H] out
+  ScalarType act = ScalarType::kBf16;
+  cudaStream_t stream = nullptr;
+};
+
+absl::Status MixerInputsPrefill(const MixerInputsPrefillParams& p);
+
+// After MixerInputsPrefill: the slot's conv states become the last W-1 conv inputs of the
+// window (old state followed by this call's rounded projections), as ShortConvSilu leaves them.
+absl::Status ConvStatePrefillUpdate(const MixerInputsPrefillParams& p, float* conv_q_state,
+                                    float* conv_k_state);
+
 }  // namespace mesa::gpu

@@ -22,6 +22,7 @@
 namespace mesa {
 namespace {
 
+using gpu::testing::ErrorRatio;
 using gpu::testing::GpuTest;
 using gpu::testing::NoGpuReason;
 using testing::CompareDecode;
@@ -285,6 +286,72 @@ TEST_P(CudaRunnerTest, DecodeInPiecesMatchesCpuRunner) {
   CheckParity(gpu.get());
 }
 
+// Prefill on the GPU against the CPU runner: prompts of 150 tokens (three chunks, the last
+// partial), 1 token, and 70 then 30 tokens (a continued prefill from a non-empty state), every
+// row's logits and the CG counts; then three decode steps of the three sequences together,
+// which read the states the prefills left. Same tolerances as the decode comparison (the
+// chunk kernel's parity with the CPU's is tested op by op in tests/kernels).
+TEST_P(CudaRunnerTest, PrefillThenDecodeMatchesCpuRunner) {
+  const ModelCase& c = GetParam();
+  const Tolerance tol = ToleranceFor(c.dtype);
+  for (const CgControl& cg : {kFixed, kAdaptive}) {
+    auto gpu = MakeGpuRunner(c);
+    auto cpu = MakeCpuRunner(c);
+    ASSERT_TRUE(gpu && cpu);
+    const int32_t vocab = gpu->config().vocab_size;
+    auto tokens = [&](int n, int seed) {
+      std::vector<int32_t> t(n);
+      for (int i = 0; i < n; ++i) t[i] = (7 * i + 13 * seed + 3) % vocab;
+      return t;
+    };
+    struct Call {
+      SlotId slot;
+      std::vector<int32_t> tokens;
+    };
+    const std::vector<Call> calls = {{0, tokens(150, 1)}, {1, tokens(1, 2)}, {2, tokens(70, 3)},
+                                     {2, tokens(30, 4)}};
+    for (const Call& call : calls) {
+      PrefillRequest req;
+      req.slot = call.slot;
+      req.tokens = call.tokens;
+      req.cg = cg;
+      req.all_logits = true;
+      req.want_stats = true;
+      PrefillResult a, b;
+      ASSERT_TRUE(gpu->Prefill({&req, 1}, {&a, 1}).ok());
+      ASSERT_TRUE(cpu->Prefill({&req, 1}, {&b, 1}).ok());
+      const double ratio = ErrorRatio(a.logits, b.logits);
+      std::cout << "[ gpu prefill ] " << c.name << (cg.mode == CgMode::kFixed ? " fixed" : " adaptive")
+                << " slot " << call.slot << ", " << call.tokens.size() << " tokens: logits error ratio "
+                << ratio << "\n";
+      EXPECT_LE(ratio, tol.logits_ratio) << "slot " << call.slot;
+      ASSERT_EQ(a.stats.iters.size(), b.stats.iters.size());
+      size_t differ = 0;
+      int worst = 0;
+      for (size_t i = 0; i < a.stats.iters.size(); ++i) {
+        const int d = std::abs(a.stats.iters[i] - b.stats.iters[i]);
+        differ += d != 0;
+        worst = std::max(worst, d);
+      }
+      if (cg.mode == CgMode::kFixed) {
+        EXPECT_EQ(differ, 0u);
+      } else {
+        EXPECT_LE(differ, static_cast<size_t>(tol.iter_mismatch_frac * a.stats.iters.size()));
+        EXPECT_LE(worst, tol.iter_max_diff);
+      }
+      EXPECT_EQ(gpu->SlotPosition(call.slot), cpu->SlotPosition(call.slot));
+    }
+    for (int step = 0; step < 3; ++step) {
+      std::vector<DecodeRow> rows;
+      for (SlotId slot : {0, 1, 2}) rows.push_back({slot, (11 * step + 5 * slot + 1) % vocab, cg});
+      DecodeResult a, b;
+      ASSERT_TRUE(gpu->Decode(rows, &a).ok());
+      ASSERT_TRUE(cpu->Decode(rows, &b).ok());
+      EXPECT_LE(ErrorRatio(a.logits, b.logits), tol.logits_ratio) << "decode step " << step;
+    }
+  }
+}
+
 // Steps replayed from CUDA graphs (from each batch size's second step on) run the same kernels
 // with the same cuBLASLt plans as eager launches: results must be identical, bit for bit.
 TEST_P(CudaRunnerTest, GraphReplayMatchesEagerBitExactly) {
@@ -381,12 +448,20 @@ TEST_F(CudaRunnerErrors, BadRequestsAreRejectedBeforeDeviceWork) {
   std::vector<DecodeRow> twice = {{1, 5, kFixed}, {1, 6, kFixed}};
   EXPECT_EQ(gpu.Decode(twice, &result).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(gpu.SlotPosition(1), 0);
-  const std::vector<int32_t> prompt = {1, 5, 7};
+  const std::vector<int32_t> bad_prompt = {1, gpu.config().vocab_size, 7};
+  const std::vector<int32_t> empty_prompt;
+  const std::vector<int32_t> good_prompt = {1, 5, 7};
   PrefillRequest req;
   req.slot = 0;
-  req.tokens = prompt;
+  req.tokens = bad_prompt;
   PrefillResult res;
-  EXPECT_EQ(gpu.Prefill({&req, 1}, {&res, 1}).code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(gpu.Prefill({&req, 1}, {&res, 1}).code(), absl::StatusCode::kInvalidArgument);
+  req.tokens = empty_prompt;
+  EXPECT_EQ(gpu.Prefill({&req, 1}, {&res, 1}).code(), absl::StatusCode::kInvalidArgument);
+  req.slot = 2;
+  req.tokens = good_prompt;  // slot 2 does not exist
+  EXPECT_EQ(gpu.Prefill({&req, 1}, {&res, 1}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(gpu.SlotPosition(0), 0);
   std::vector<DecodeRow> none;
   ASSERT_TRUE(gpu.Decode(none, &result).ok());
   EXPECT_TRUE(result.logits.empty());
