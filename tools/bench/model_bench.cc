@@ -6,7 +6,8 @@
 //
 //   mesa_model_bench --model DIR            a checkpoint in fla's layout (e.g. the bundled one)
 //   mesa_model_bench --random-1.3b          fla's MesaNet defaults with random bf16 weights
-//   [--batches 1,8,64,256] [--steps 20] [--eager]   (--eager: no CUDA graphs)
+//   [--batches 1,8,64,256] [--steps 20] [--eager] [--prefill 2048]
+//   (--eager: no CUDA graphs; --prefill T: also time one T-token prefill at B = 1, 0 = skip)
 //
 // A step is one ModelRunner::Decode call as the engine makes it: the per-row tables go up,
 // every layer runs, the [B, vocab] fp32 logits and the CG statistics come back, the stream is
@@ -41,6 +42,7 @@ struct Args {
   std::string model;
   bool random_13b = false;
   bool eager = false;  // no CUDA graphs
+  int prefill = 2048;  // prompt length of the prefill timing (0: none)
   std::vector<int> batches = {1, 8, 64, 256};
   int steps = 20;
 };
@@ -57,6 +59,8 @@ Args ParseArgs(int argc, char** argv) {
       a.random_13b = true;
     } else if (flag == "--eager") {
       a.eager = true;
+    } else if (flag == "--prefill" && value != nullptr && absl::SimpleAtoi(value, &a.prefill) && a.prefill >= 0) {
+      ++i;
     } else if (flag == "--steps" && value != nullptr && absl::SimpleAtoi(value, &a.steps) && a.steps > 0) {
       ++i;
     } else if (flag == "--batches" && value != nullptr) {
@@ -178,6 +182,30 @@ int main(int argc, char** argv) {
               prop.name, args.random_13b ? "random 1.3B (fla defaults)" : args.model.c_str(),
               args.eager ? "eager launches" : "CUDA graphs",
               bw / 1e9, read_bytes / 1e9, state_bytes / 1e6);
+  if (args.prefill > 0) {
+    std::vector<int32_t> prompt(args.prefill);
+    for (int i = 0; i < args.prefill; ++i) prompt[i] = (31 * i + 7) % config.vocab_size;
+    for (const CgControl& cg : {CgControl{CgMode::kFixed, 30, 0.0f}, CgControl{CgMode::kAdaptive, 30, 1e-3f}}) {
+      std::vector<double> t;
+      for (int rep = 0; rep < 3; ++rep) {
+        if (!(*runner)->ResetSlot(0).ok()) Die("ResetSlot failed");
+        PrefillRequest req;
+        req.slot = 0;
+        req.tokens = prompt;
+        req.cg = cg;
+        PrefillResult res;
+        const auto t0 = std::chrono::steady_clock::now();
+        const absl::Status st = (*runner)->Prefill({&req, 1}, {&res, 1});
+        if (!st.ok()) Die(st.ToString());
+        t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      }
+      std::sort(t.begin(), t.end());
+      std::printf("prefill of %d tokens, B = 1, CG %s: %.1f ms (median of 3; %.0f tokens/s)\n",
+                  args.prefill, cg.mode == CgMode::kFixed ? "fixed 30" : "adaptive 1e-3",
+                  1e3 * t[1], args.prefill / t[1]);
+    }
+    std::printf("\n");
+  }
   std::printf("| B | CG | ms per step | tokens/s | mean CG steps | floor ms | x floor |\n");
   std::printf("|---:|---|---:|---:|---:|---:|---:|\n");
   struct Case {
