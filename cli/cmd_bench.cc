@@ -57,6 +57,9 @@ int RunBench(const std::vector<std::string>& args) {
                 "Engine-only speed on this machine: memory-copy bandwidth, decode step latency at\n"
                 "several batch sizes and prefill throughput, each against the bandwidth floor.");
   ModelFlags model_flags;
+  // The CPU engine's bench (its floor is the host's copy bandwidth); the GPU has its own
+  // benches (tools/bench, docs/benchmarks.md).
+  model_flags.device = "cpu";
   std::string batches = "1,4,8";
   int64_t steps = 32, prefill_tokens = 512, copy_mb = 1024, context = 128;
   std::string engine_concurrency;

@@ -7,7 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/log.h"
 #include "base/status_macros.h"
-#include "engine/cpu_model_runner.h"
+#include "engine/runner_factory.h"
 #include "models/checkpoint.h"
 
 namespace mesa::cli {
@@ -26,6 +26,9 @@ void AddModelFlags(FlagSet& flags, ModelFlags* v) {
   flags.Int("cg-max-iters", &v->cg_max_iters,
             "CG iteration cap (fixed mode: exact count); 0 = the model's max_cg_step_* values");
   flags.Int("threads", &v->threads, "CPU threads; 0 = all cores");
+  if (v->device.empty()) v->device = "auto";
+  flags.String("device", &v->device,
+               "model backend: auto (CUDA when this build has it and a GPU is present), cpu or cuda");
 }
 
 absl::StatusOr<LoadedModel> LoadModel(const ModelFlags& flags, bool need_tokenizer,
@@ -56,9 +59,10 @@ absl::StatusOr<LoadedModel> LoadModel(const ModelFlags& flags, bool need_tokeniz
     }
     MESA_ASSIGN_OR_RETURN(out.tokenizer, Tokenizer::Load(tok_path, vocab));
   }
-  CpuRunnerOptions options;
-  options.num_slots = num_slots;
-  MESA_ASSIGN_OR_RETURN(out.runner, CreateCpuModelRunner(std::move(weights), options));
+  RunnerSpec spec;
+  MESA_ASSIGN_OR_RETURN(spec.device, ParseDevice(flags.device));
+  spec.num_slots = num_slots;
+  MESA_ASSIGN_OR_RETURN(out.runner, CreateModelRunner(std::move(weights), spec));
   MESA_LOG(DEBUG) << "loaded " << dir.string() << ": " << out.runner->weight_bytes()
                   << " weight bytes, " << out.runner->state_bytes_per_slot() << " state bytes/slot";
   return out;

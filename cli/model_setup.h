@@ -18,6 +18,7 @@ struct ModelFlags {
   double cg_tol = kDefaultCgTol;
   int64_t cg_max_iters = 0;
   int64_t threads = 0;        // 0 = all cores
+  std::string device;         // auto | cpu | cuda (default auto)
 };
 
 void AddModelFlags(FlagSet& flags, ModelFlags* values);

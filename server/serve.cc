@@ -16,6 +16,7 @@
 #include "base/status_macros.h"
 #include "engine/cpu_model_runner.h"
 #include "engine/fault_injection.h"
+#include "engine/runner_factory.h"
 #include "models/checkpoint.h"
 #include "server/generation_service.h"
 #include "server/metrics_observer.h"
@@ -67,16 +68,26 @@ absl::Status Start(Server& s) {
   } else {
     MESA_LOG(WARNING) << dir.string() << " has no tokenizer.model: only token-id prompts will work";
   }
+  MESA_ASSIGN_OR_RETURN(const Device requested, ParseDevice(c.device));
+  const Device device = ResolveDevice(requested);
+  // Both backends keep the CPU runner's slot layout, so the state size is known before either
+  // is created.
   const int64_t state_bytes = static_cast<int64_t>(CpuStateBytesPerSlot(model));
   int32_t slots = c.slots;
   if (slots == 0) {
+    // The budget is host memory for the CPU backend; on a GPU the default budget (25 % of the
+    // host's available memory, at most 4 GiB) is a conservative start, and a pool that does not
+    // fit the device fails creation with the number of slots that would.
     const int64_t budget = c.state_memory_mb > 0 ? c.state_memory_mb << 20 : DefaultStateBudgetBytes();
     MESA_ASSIGN_OR_RETURN(slots, SlotsForMemory(budget, state_bytes));
     slots = std::min(slots, 256);
   }
-  CpuRunnerOptions ro;
-  ro.num_slots = slots;
-  MESA_ASSIGN_OR_RETURN(std::unique_ptr<ModelRunner> runner, CreateCpuModelRunner(std::move(weights), ro));
+  RunnerSpec spec;
+  spec.device = device;
+  spec.num_slots = slots;
+  MESA_ASSIGN_OR_RETURN(std::unique_ptr<ModelRunner> runner, CreateModelRunner(std::move(weights), spec));
+  MESA_LOG(INFO) << "backend " << runner->backend_name() << " (--device " << c.device << "), "
+                 << slots << " state slots of " << state_bytes << " bytes";
   // Test-only fault hook (fault tests start the real server with it).
   if (const char* faults = std::getenv("MESA_FAULT_INJECTION"); faults != nullptr && *faults != '\0') {
     MESA_LOG(WARNING) << "MESA_FAULT_INJECTION=" << faults << ": engine steps will fail on purpose";

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/flags.h"
+#include "engine/runner_factory.h"
 #include "base/log.h"
 #include "base/status_macros.h"
 
@@ -123,6 +124,7 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::vector<std::string>& arg
                      "Prometheus metrics. Every flag can also be set as MESA_<FLAG> in the\n"
                      "environment (e.g. MESA_LISTEN); the command line wins.");
   f.String("model", &c.model, "model directory");
+  f.String("device", &c.device, "model backend: auto (CUDA when this build has it and a GPU is present), cpu or cuda");
   f.String("listen", &c.listen, "gRPC address");
   f.String("metrics-listen", &c.metrics_listen, "Prometheus /metrics address; empty = off");
   f.Int("slots", &slots, "state slots (concurrent sequences); 0 = from --state-memory-mb");
@@ -158,6 +160,7 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::vector<std::string>& arg
   if (*help_requested) return c;
   MESA_RETURN_IF_ERROR(f.ApplyEnvironment("MESA_"));
 
+  MESA_RETURN_IF_ERROR(ParseDevice(c.device).status());
   LogLevel level;
   if (!ParseLogLevel(c.log_level, &level)) {
     return absl::InvalidArgumentError(absl::StrCat("--log-level '", c.log_level,

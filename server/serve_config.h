@@ -36,6 +36,7 @@ struct SecurityConfig {
 
 struct ServeConfig {
   std::string model;
+  std::string device = "auto";   // auto | cpu | cuda (engine/runner_factory.h)
   std::string listen = "0.0.0.0:50051";
   std::string metrics_listen = "0.0.0.0:9090";
   std::string health_listen;     // extra plaintext listener with only grpc.health.v1; empty = none

@@ -89,6 +89,27 @@ class CliTest(unittest.TestCase):
         proc = run("frobnicate", check=False)
         self.assertEqual(proc.returncode, 2)
 
+    def test_device_flag(self):
+        # An unknown backend names the choices; `cpu` and the default `auto` (no GPU in CI)
+        # give the same greedy tokens; `cuda` without a usable GPU is a clear error, whether
+        # this binary has the CUDA backend (no device) or not (built without it).
+        proc = run("generate", "--model", self.model, "--device", "gpu", check=False)
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("--device 'gpu' is not one of auto, cpu, cuda", proc.stderr)
+        proc = run("serve", "--model", self.model, "--device", "tpu", check=False)
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("--device 'tpu' is not one of auto, cpu, cuda", proc.stderr)
+        args = ("generate", "--model", self.model, "--prompt", "ab", "--max-new-tokens", "6",
+                "--temperature", "0")
+        cpu = run(*args, "--device", "cpu")
+        auto = run(*args)
+        if shutil.which("nvidia-smi") is None:
+            self.assertEqual(cpu.stdout, auto.stdout)
+            proc = run(*args, "--device", "cuda", check=False)
+            self.assertNotEqual(proc.returncode, 0)
+            self.assertRegex(proc.stderr, r"--device cuda: this mesaserve was built without the CUDA backend"
+                                          r"|CUDA|cuda")
+
     def test_perplexity_reports_cg_statistics(self):
         text = os.path.join(self.tmp, "text.txt")
         with open(text, "w") as f:
