@@ -167,6 +167,7 @@ struct Workspace {
   size_t args_bytes;
   // Prefill only: the chunk kernel's fp32 output, its workspace, and the call's token ids.
   size_t mix_f, prefill, prefill_tokens;
+  int64_t prefill_max_tokens;
 };
 
 // The per-step arguments uploaded in one copy, for a step of b rows: the state pointer tables
@@ -209,7 +210,9 @@ Workspace LayOutWorkspace(const MesaConfig& c, int64_t rows, ArenaLayout& arena)
   ws.args_bytes = StepArgsLayout::For(L, rows).bytes;
   ws.args = arena.Add(ws.args_bytes);
   ws.mix_f = arena.Add(rows * dk * sizeof(float));
-  ws.prefill = arena.Add(gpu::MesaPrefillWorkspaceBytes(static_cast<int32_t>(H), c.head_dim));
+  ws.prefill = arena.Add(gpu::MesaPrefillWorkspaceBytes(static_cast<int32_t>(H), c.head_dim,
+                                                         static_cast<int32_t>(rows)));
+  ws.prefill_max_tokens = rows;
   ws.prefill_tokens = arena.Add(rows * sizeof(int32_t));
   return ws;
 }
@@ -547,6 +550,7 @@ absl::Status CudaModelRunnerImpl::PrefillSegment(const PrefillRequest& req,
     p.ld_out = dk;
     p.cg_iters = Ws<int32_t>(ws_.iters) + layer * n * H;
     p.cg_residual = Ws<float>(ws_.residual) + layer * n * H;
+    p.max_seq_len = static_cast<int32_t>(ws_.prefill_max_tokens);
     p.workspace = Ws(ws_.prefill);
     p.stream = stream_;
     MESA_RETURN_IF_ERROR(gpu::MesaPrefill(p));

@@ -123,37 +123,33 @@ __device__ void RowDots(const float* a, const float* b, int c, int K, float* dst
   __syncthreads();
 }
 
-__global__ void __launch_bounds__(kThreads) MesaPrefillKernel(MesaPrefillParams p) {
-  __shared__ float s_gcum[C], s_e[C], s_delta[C], s_qnorm[C], s_pw[C], s_dnew[C], s_alpha[C],
-      s_ratio[C];
-  __shared__ int s_active[C];
-  __shared__ int s_any;
+// Chunk-start states in the workspace: [chunk][head] (H_kk, H_kv), fp32, after the scratch
+// areas of every (chunk, head) block.
+__host__ __device__ inline int64_t SnapshotFloats(int k) { return 2 * static_cast<int64_t>(k) * k; }
+
+// Pass 1, one block per head, chunks in order: stores each chunk's start state (fp32, as the
+// registers hold it in fla) and advances the state to the chunk's end:
+//   S = Gamma S + sum_u u_u k_u^T (and v_u^T), the CPU's PrefillHead tail.
+// Cheap next to the CG (two K x K x c products per chunk), so its serial walk costs little.
+__global__ void __launch_bounds__(kThreads) MesaPrefillStatePass(MesaPrefillParams p, int64_t scratch_floats) {
+  __shared__ float s_gcum[C];
   const int h = blockIdx.x, H = p.num_heads, K = p.head_dim, t0 = threadIdx.x;
   const int64_t kk = static_cast<int64_t>(K) * K;
-  Head s;
-  s.K = K;
-  s.fixed = p.cg.mode == CgMode::kFixed;
-  s.lay = Layout::For(K);
-  s.ws = static_cast<float*>(p.workspace) + h * s.lay.total;
-  s.e = s_e;
+  const bool fixed = p.cg.mode == CgMode::kFixed;
+  const Layout lay = Layout::For(K);
+  // This pass's own scratch: the scratch area of block (chunk 0, head h) of pass 2, which pass
+  // 2 overwrites only after this kernel has finished (same stream).
+  float* tmp = static_cast<float*>(p.workspace) + h * lay.total + lay.tmp;
+  float* snaps = static_cast<float*>(p.workspace) + scratch_floats;
   float* skk = p.h_kk + h * kk;
   float* skv = p.h_kv + h * kk;
-  const float* lambda = p.lambda + h * K;
-  float *kc = s.at(s.lay.kc), *qc = s.at(s.lay.qc), *vc = s.at(s.lay.vc);
-  float *x = s.at(s.lay.x), *r = s.at(s.lay.r), *pp = s.at(s.lay.p), *w = s.at(s.lay.w);
-  float *tmp = s.at(s.lay.tmp), *m = s.at(s.lay.m);
-  float *hbar_kk = s.at(s.lay.hbar_kk), *hbar_kv = s.at(s.lay.hbar_kv);
-  const float eps = s.fixed ? kFlaCgEps : 0.0f;
-
-  for (int64_t tc = 0; tc < p.seq_len; tc += C) {
+  int chunk = 0;
+  for (int64_t tc = 0; tc < p.seq_len; tc += C, ++chunk) {
     const int c = static_cast<int>(p.seq_len - tc < C ? p.seq_len - tc : C);
-    s.c = c;
-    for (int i = t0; i < c * K; i += kThreads) {
-      const int t = i / K, j = i % K;
-      const int64_t row = (tc + t) * p.ld_in + static_cast<int64_t>(h) * K;
-      kc[i] = p.k[row + j];
-      qc[i] = p.q[row + j];
-      vc[i] = p.v[row + j];
+    float* snap = snaps + (static_cast<int64_t>(chunk) * H + h) * SnapshotFloats(K);
+    for (int64_t i = t0; i < kk; i += kThreads) {
+      snap[i] = skk[i];
+      snap[kk + i] = skv[i];
     }
     if (t0 == 0) {
       float acc = 0.0f;
@@ -163,141 +159,192 @@ __global__ void __launch_bounds__(kThreads) MesaPrefillKernel(MesaPrefillParams 
       }
     }
     __syncthreads();
-    if (t0 < c) s_e[t0] = exp2f(s_gcum[t0]);
-    for (int i = t0; i < C * C; i += kThreads) {
-      const int t = i / C, u = i % C;
-      m[i] = (u <= t && t < c) ? exp2f(s_gcum[t] - s_gcum[u]) * p.beta[(tc + u) * H + h] : 0.0f;
-    }
-    for (int64_t i = t0; i < kk; i += kThreads) {
-      hbar_kk[i] = s.R(skk[i], Rounding::kTf32);
-      hbar_kv[i] = s.R(skv[i], Rounding::kBf16);
-    }
-    __syncthreads();
-
-    // SolveChunk.
-    if (s.fixed) {
-      for (int i = t0; i < c * K; i += kThreads) {
-        x[i] = 0.0f;
-        r[i] = qc[i];
-      }
-      __syncthreads();
-    } else {
-      for (int i = t0; i < c * K; i += kThreads) {
-        const int t = i / K, j = i % K;
-        float diag = s_e[t] * hbar_kk[static_cast<int64_t>(j) * K + j];
-        for (int u = 0; u <= t; ++u) {
-          const float kj = kc[u * K + j];
-          diag += m[t * C + u] * kj * kj;
-        }
-        x[i] = qc[i] / (diag + lambda[j]);
-      }
-      __syncthreads();
-      ApplyChunkOperator(s, x, kc, hbar_kk, lambda, Rounding::kFp16, Rounding::kTf32, w);
-      for (int i = t0; i < c * K; i += kThreads) r[i] = qc[i] - w[i];
-      __syncthreads();
-    }
-    for (int i = t0; i < c * K; i += kThreads) pp[i] = r[i];
-    __syncthreads();
-    RowDots(r, r, c, K, s_delta);
-    RowDots(qc, qc, c, K, s_qnorm);
-    if (t0 < c) {
-      s_qnorm[t0] = sqrtf(s_qnorm[t0]);
-      s_active[t0] = 1;
-      if (p.cg_iters != nullptr) p.cg_iters[(tc + t0) * H + h] = 0;
-    }
-    __syncthreads();
-    for (int step = 0; step < p.cg.max_iters; ++step) {
-      if (!s.fixed) {
-        if (t0 == 0) s_any = 0;
-        __syncthreads();
-        if (t0 < c) {
-          if (s_active[t0] && sqrtf(s_delta[t0]) <= p.cg.tol * s_qnorm[t0]) s_active[t0] = 0;
-          if (s_active[t0]) atomicOr(&s_any, 1);
-        }
-        __syncthreads();
-        if (!s_any) break;
-      }
-      ApplyChunkOperator(s, pp, kc, hbar_kk, lambda, Rounding::kFp16, Rounding::kTf32, w);
-      RowDots(pp, w, c, K, s_pw);
-      if (t0 < c) {
-        float alpha = 0.0f;
-        if (s_active[t0]) {
-          if (!s.fixed && !(s_pw[t0] > 0.0f)) {
-            s_active[t0] = 0;
-          } else {
-            alpha = s_delta[t0] / (s_pw[t0] + eps);
-          }
-        }
-        s_alpha[t0] = alpha;
-      }
-      __syncthreads();
-      for (int i = t0; i < c * K; i += kThreads) {
-        const int t = i / K;
-        if (!s_active[t]) continue;
-        x[i] = fmaf(s_alpha[t], pp[i], x[i]);
-        r[i] = fmaf(-s_alpha[t], w[i], r[i]);
-      }
-      __syncthreads();
-      RowDots(r, r, c, K, s_dnew);
-      if (t0 < c && s_active[t0]) {
-        s_ratio[t0] = s_dnew[t0] / (s_delta[t0] + eps);
-      }
-      __syncthreads();
-      for (int i = t0; i < c * K; i += kThreads) {
-        const int t = i / K;
-        if (s_active[t]) pp[i] = fmaf(s_ratio[t], pp[i], r[i]);
-      }
-      __syncthreads();
-      if (t0 < c && s_active[t0]) {
-        s_delta[t0] = s_dnew[t0];
-        if (p.cg_iters != nullptr) p.cg_iters[(tc + t0) * H + h] += 1;
-      }
-      __syncthreads();
-    }
-    if (t0 < c && p.cg_residual != nullptr) {
-      p.cg_residual[(tc + t0) * H + h] = s_qnorm[t0] > 0.0f ? sqrtf(s_delta[t0]) / s_qnorm[t0] : 0.0f;
-    }
-
-    // Readout o_t = H_kv,t^T x_t, chunk form; fla rounds the intra-chunk scores to v's dtype.
-    ApplyChunkOperator(s, x, vc, hbar_kv, nullptr, p.value_rounding, Rounding::kBf16, w);
-    for (int i = t0; i < c * K; i += kThreads) {
-      const int t = i / K, j = i % K;
-      p.out[(tc + t) * p.ld_out + static_cast<int64_t>(h) * K + j] = Round(w[i], p.value_rounding);
-    }
-
-    // State to the end of the chunk: S = Gamma S + sum_u u_u k_u^T (and v_u^T).
     const float g_last = s_gcum[c - 1];
     const float gamma = exp2f(g_last);
     for (int i = t0; i < c * K; i += kThreads) {
-      const int t = i / K;
+      const int t = i / K, j = i % K;
       const float scale = exp2f(g_last - s_gcum[t]) * p.beta[(tc + t) * H + h];
-      tmp[i] = s.H(kc[i] * scale);
+      const float kv = p.k[(tc + t) * p.ld_in + static_cast<int64_t>(h) * K + j];
+      tmp[i] = fixed ? Round(kv * scale, Rounding::kFp16) : kv * scale;
     }
     __syncthreads();
     for (int64_t i = t0; i < kk; i += kThreads) {
       const int a = static_cast<int>(i / K), b = static_cast<int>(i % K);
       float acc = 0.0f;
-      for (int t = 0; t < c; ++t) acc = fmaf(tmp[t * K + a], kc[t * K + b], acc);
+      for (int t = 0; t < c; ++t) {
+        acc = fmaf(tmp[t * K + a], p.k[(tc + t) * p.ld_in + static_cast<int64_t>(h) * K + b], acc);
+      }
       skk[i] = skk[i] * gamma + acc;
     }
     __syncthreads();
     // fla 0.6.0 converts the fp16 decayed keys to v's dtype for the H_kv update.
-    for (int i = t0; i < c * K; i += kThreads) tmp[i] = s.R(tmp[i], p.value_rounding);
+    if (fixed) {
+      for (int i = t0; i < c * K; i += kThreads) tmp[i] = Round(tmp[i], p.value_rounding);
+    }
     __syncthreads();
     for (int64_t i = t0; i < kk; i += kThreads) {
       const int a = static_cast<int>(i / K), b = static_cast<int>(i % K);
       float acc = 0.0f;
-      for (int t = 0; t < c; ++t) acc = fmaf(tmp[t * K + a], vc[t * K + b], acc);
+      for (int t = 0; t < c; ++t) {
+        acc = fmaf(tmp[t * K + a], p.v[(tc + t) * p.ld_in + static_cast<int64_t>(h) * K + b], acc);
+      }
       skv[i] = skv[i] * gamma + acc;
     }
     __syncthreads();
   }
 }
 
+// Pass 2, one block per (chunk, head), all in parallel: the chunk's block CG from its start
+// state and the readout (the CPU's SolveChunk and readout).
+__global__ void __launch_bounds__(kThreads) MesaPrefillChunkPass(MesaPrefillParams p, int64_t scratch_floats) {
+  __shared__ float s_gcum[C], s_e[C], s_delta[C], s_qnorm[C], s_pw[C], s_dnew[C], s_alpha[C],
+      s_ratio[C];
+  __shared__ int s_active[C];
+  __shared__ int s_any;
+  const int chunk = blockIdx.x, h = blockIdx.y, H = p.num_heads, K = p.head_dim, t0 = threadIdx.x;
+  const int64_t kk = static_cast<int64_t>(K) * K;
+  const int64_t tc = static_cast<int64_t>(chunk) * C;
+  const int c = static_cast<int>(p.seq_len - tc < C ? p.seq_len - tc : C);
+  Head s;
+  s.K = K;
+  s.c = c;
+  s.fixed = p.cg.mode == CgMode::kFixed;
+  s.lay = Layout::For(K);
+  s.ws = static_cast<float*>(p.workspace) + (static_cast<int64_t>(chunk) * H + h) * s.lay.total;
+  s.e = s_e;
+  const float* snap = static_cast<const float*>(p.workspace) + scratch_floats +
+                      (static_cast<int64_t>(chunk) * H + h) * SnapshotFloats(K);
+  const float* lambda = p.lambda + h * K;
+  float *kc = s.at(s.lay.kc), *qc = s.at(s.lay.qc), *vc = s.at(s.lay.vc);
+  float *x = s.at(s.lay.x), *r = s.at(s.lay.r), *pp = s.at(s.lay.p), *w = s.at(s.lay.w);
+  float *m = s.at(s.lay.m);
+  float *hbar_kk = s.at(s.lay.hbar_kk), *hbar_kv = s.at(s.lay.hbar_kv);
+  const float eps = s.fixed ? kFlaCgEps : 0.0f;
+
+  for (int i = t0; i < c * K; i += kThreads) {
+    const int t = i / K, j = i % K;
+    const int64_t row = (tc + t) * p.ld_in + static_cast<int64_t>(h) * K;
+    kc[i] = p.k[row + j];
+    qc[i] = p.q[row + j];
+    vc[i] = p.v[row + j];
+  }
+  if (t0 == 0) {
+    float acc = 0.0f;
+    for (int t = 0; t < c; ++t) {
+      acc += p.log_decay[(tc + t) * H + h];
+      s_gcum[t] = acc * kLog2e;
+    }
+  }
+  __syncthreads();
+  if (t0 < c) s_e[t0] = exp2f(s_gcum[t0]);
+  for (int i = t0; i < C * C; i += kThreads) {
+    const int t = i / C, u = i % C;
+    m[i] = (u <= t && t < c) ? exp2f(s_gcum[t] - s_gcum[u]) * p.beta[(tc + u) * H + h] : 0.0f;
+  }
+  for (int64_t i = t0; i < kk; i += kThreads) {
+    hbar_kk[i] = s.R(snap[i], Rounding::kTf32);
+    hbar_kv[i] = s.R(snap[kk + i], Rounding::kBf16);
+  }
+  __syncthreads();
+
+  // SolveChunk.
+  if (s.fixed) {
+    for (int i = t0; i < c * K; i += kThreads) {
+      x[i] = 0.0f;
+      r[i] = qc[i];
+    }
+    __syncthreads();
+  } else {
+    for (int i = t0; i < c * K; i += kThreads) {
+      const int t = i / K, j = i % K;
+      float diag = s_e[t] * hbar_kk[static_cast<int64_t>(j) * K + j];
+      for (int u = 0; u <= t; ++u) {
+        const float kj = kc[u * K + j];
+        diag += m[t * C + u] * kj * kj;
+      }
+      x[i] = qc[i] / (diag + lambda[j]);
+    }
+    __syncthreads();
+    ApplyChunkOperator(s, x, kc, hbar_kk, lambda, Rounding::kFp16, Rounding::kTf32, w);
+    for (int i = t0; i < c * K; i += kThreads) r[i] = qc[i] - w[i];
+    __syncthreads();
+  }
+  for (int i = t0; i < c * K; i += kThreads) pp[i] = r[i];
+  __syncthreads();
+  RowDots(r, r, c, K, s_delta);
+  RowDots(qc, qc, c, K, s_qnorm);
+  if (t0 < c) {
+    s_qnorm[t0] = sqrtf(s_qnorm[t0]);
+    s_active[t0] = 1;
+    if (p.cg_iters != nullptr) p.cg_iters[(tc + t0) * H + h] = 0;
+  }
+  __syncthreads();
+  for (int step = 0; step < p.cg.max_iters; ++step) {
+    if (!s.fixed) {
+      if (t0 == 0) s_any = 0;
+      __syncthreads();
+      if (t0 < c) {
+        if (s_active[t0] && sqrtf(s_delta[t0]) <= p.cg.tol * s_qnorm[t0]) s_active[t0] = 0;
+        if (s_active[t0]) atomicOr(&s_any, 1);
+      }
+      __syncthreads();
+      if (!s_any) break;
+    }
+    ApplyChunkOperator(s, pp, kc, hbar_kk, lambda, Rounding::kFp16, Rounding::kTf32, w);
+    RowDots(pp, w, c, K, s_pw);
+    if (t0 < c) {
+      float alpha = 0.0f;
+      if (s_active[t0]) {
+        if (!s.fixed && !(s_pw[t0] > 0.0f)) {
+          s_active[t0] = 0;
+        } else {
+          alpha = s_delta[t0] / (s_pw[t0] + eps);
+        }
+      }
+      s_alpha[t0] = alpha;
+    }
+    __syncthreads();
+    for (int i = t0; i < c * K; i += kThreads) {
+      const int t = i / K;
+      if (!s_active[t]) continue;
+      x[i] = fmaf(s_alpha[t], pp[i], x[i]);
+      r[i] = fmaf(-s_alpha[t], w[i], r[i]);
+    }
+    __syncthreads();
+    RowDots(r, r, c, K, s_dnew);
+    if (t0 < c && s_active[t0]) s_ratio[t0] = s_dnew[t0] / (s_delta[t0] + eps);
+    __syncthreads();
+    for (int i = t0; i < c * K; i += kThreads) {
+      const int t = i / K;
+      if (s_active[t]) pp[i] = fmaf(s_ratio[t], pp[i], r[i]);
+    }
+    __syncthreads();
+    if (t0 < c && s_active[t0]) {
+      s_delta[t0] = s_dnew[t0];
+      if (p.cg_iters != nullptr) p.cg_iters[(tc + t0) * H + h] += 1;
+    }
+    __syncthreads();
+  }
+  if (t0 < c && p.cg_residual != nullptr) {
+    p.cg_residual[(tc + t0) * H + h] = s_qnorm[t0] > 0.0f ? sqrtf(s_delta[t0]) / s_qnorm[t0] : 0.0f;
+  }
+
+  // Readout o_t = H_kv,t^T x_t, chunk form; fla rounds the intra-chunk scores to v's dtype.
+  ApplyChunkOperator(s, x, vc, hbar_kv, nullptr, p.value_rounding, Rounding::kBf16, w);
+  for (int i = t0; i < c * K; i += kThreads) {
+    const int t = i / K, j = i % K;
+    p.out[(tc + t) * p.ld_out + static_cast<int64_t>(h) * K + j] = Round(w[i], p.value_rounding);
+  }
+}
+
+int64_t NumChunks(int64_t seq_len) { return (seq_len + C - 1) / C; }
+
 }  // namespace
 
-size_t MesaPrefillWorkspaceBytes(int32_t num_heads, int32_t head_dim) {
-  return static_cast<size_t>(num_heads) * Layout::For(head_dim).total * sizeof(float);
+size_t MesaPrefillWorkspaceBytes(int32_t num_heads, int32_t head_dim, int32_t max_seq_len) {
+  const int64_t blocks = NumChunks(max_seq_len) * num_heads;
+  return static_cast<size_t>(blocks * (Layout::For(head_dim).total + SnapshotFloats(head_dim))) *
+         sizeof(float);
 }
 
 absl::Status MesaPrefill(const MesaPrefillParams& p) {
@@ -321,8 +368,18 @@ absl::Status MesaPrefill(const MesaPrefillParams& p) {
     return absl::InvalidArgumentError(absl::StrCat("MesaPrefill: ld_in ", p.ld_in, " / ld_out ",
                                                    p.ld_out, " shorter than H*K"));
   }
-  MesaPrefillKernel<<<p.num_heads, kThreads, 0, p.stream>>>(p);
-  MESA_CUDA_RETURN_IF_LAUNCH_FAILED("MesaPrefillKernel");
+  if (p.seq_len > p.max_seq_len) {
+    return absl::InvalidArgumentError(absl::StrCat("MesaPrefill: seq_len ", p.seq_len,
+                                                   " exceeds the workspace's max_seq_len ",
+                                                   p.max_seq_len));
+  }
+  const int64_t chunks = NumChunks(p.seq_len);
+  const int64_t scratch_floats = NumChunks(p.max_seq_len) * p.num_heads * Layout::For(p.head_dim).total;
+  MesaPrefillStatePass<<<p.num_heads, kThreads, 0, p.stream>>>(p, scratch_floats);
+  MESA_CUDA_RETURN_IF_LAUNCH_FAILED("MesaPrefillStatePass");
+  MesaPrefillChunkPass<<<dim3(static_cast<unsigned>(chunks), p.num_heads), kThreads, 0, p.stream>>>(
+      p, scratch_floats);
+  MESA_CUDA_RETURN_IF_LAUNCH_FAILED("MesaPrefillChunkPass");
   return absl::OkStatus();
 }
 

@@ -2,11 +2,10 @@
 // kernels/cpu/mesa_prefill.h (spec section 4), with the same parameter semantics and the same
 // rounding points in fixed (fla-compatible) mode. Starts from, and leaves, the fp32 states.
 //
-// First version, correct before fast: one thread block per head walks the chunks in order;
-// the chunk products are plain fp32 loops over a per-head workspace in device memory (no
-// tensor cores yet), so a prompt's heads run in parallel but its chunks do not. The fast form
-// (a state pass, then the CG of all chunks in parallel on tensor cores) is the next step of
-// issue 5; this kernel is its reference on the device.
+// Two passes: a state pass (one block per head walks the chunks in order, storing each chunk's
+// start state and advancing the state: cheap), then the CG and readout of every (chunk, head)
+// in parallel from those snapshots. The chunk products are still plain fp32 loops over a
+// workspace in device memory; tensor cores are the next step (issue 5).
 #pragma once
 
 #include <cstddef>
@@ -43,13 +42,14 @@ struct MesaPrefillParams {
   int64_t ld_out = 0;
   int32_t* cg_iters = nullptr;       // [T, H] optional
   float* cg_residual = nullptr;      // [T, H] optional
-  void* workspace = nullptr;         // MesaPrefillWorkspaceBytes(num_heads, head_dim) bytes
+  int32_t max_seq_len = 0;           // the longest seq_len the workspace was sized for
+  void* workspace = nullptr;         // MesaPrefillWorkspaceBytes(num_heads, head_dim, max_seq_len)
   cudaStream_t stream = nullptr;
 };
 
-// Device workspace one call needs (per head: the chunk's q, k, v and CG block vectors, the
-// intra-chunk decay and score matrices, the chunk-start state snapshots).
-size_t MesaPrefillWorkspaceBytes(int32_t num_heads, int32_t head_dim);
+// Device workspace for calls of up to max_seq_len tokens (per chunk and head: the chunk's q, k,
+// v and CG block vectors, the intra-chunk decay and score matrices, the chunk-start states).
+size_t MesaPrefillWorkspaceBytes(int32_t num_heads, int32_t head_dim, int32_t max_seq_len);
 
 // Enqueues the prefill on p.stream. kInvalidArgument for shapes it does not take.
 absl::Status MesaPrefill(const MesaPrefillParams& p);

@@ -144,7 +144,7 @@ TEST_P(MesaPrefillTest, MatchesCpuReference) {
   MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_out, Upload(std::vector<float>(want_out.size(), NAN)));
   MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_iters, Upload(std::vector<int32_t>(want_iters.size(), -1)));
   MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_res, Upload(std::vector<float>(want_res.size(), NAN)));
-  MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_ws, DeviceBuffer::Allocate(MesaPrefillWorkspaceBytes(H, K)));
+  MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_ws, DeviceBuffer::Allocate(MesaPrefillWorkspaceBytes(H, K, T)));
   MesaPrefillParams p;
   p.seq_len = T;
   p.num_heads = H;
@@ -164,6 +164,7 @@ TEST_P(MesaPrefillTest, MatchesCpuReference) {
   p.ld_out = static_cast<int64_t>(H) * K;
   p.cg_iters = d_iters.as<int32_t>();
   p.cg_residual = d_res.as<float>();
+  p.max_seq_len = T;
   p.workspace = d_ws.data();
   MESA_ASSERT_OK(MesaPrefill(p));
   MESA_ASSERT_OK(Sync());
@@ -217,6 +218,15 @@ TEST(MesaPrefillArgs, BadShapesAreInvalidArgument) {
   EXPECT_EQ(MesaPrefill(p).code(), absl::StatusCode::kInvalidArgument);
   p.head_dim = 64;  // shapes fine, pointers null
   EXPECT_EQ(MesaPrefill(p).code(), absl::StatusCode::kInvalidArgument);
+  float dummy = 0.0f;
+  p.h_kk = p.h_kv = p.out = &dummy;
+  p.q = p.k = p.v = p.log_decay = p.beta = p.lambda = &dummy;
+  p.workspace = &dummy;
+  p.ld_in = p.ld_out = 64;
+  p.max_seq_len = 2;  // shorter than seq_len: the workspace would overflow
+  const absl::Status too_long = MesaPrefill(p);
+  EXPECT_EQ(too_long.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(too_long.message()).find("max_seq_len 2"), std::string::npos) << too_long;
   p.seq_len = 0;  // nothing to do
   EXPECT_TRUE(MesaPrefill(p).ok());
 }

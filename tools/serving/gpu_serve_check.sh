@@ -3,9 +3,7 @@
 # build-server/server.tar.xz (BUILD_DIR=build-cuda tools/serving/pack_server.sh here), starts
 # `mesaserve serve --device cuda` on the bundled model, checks readiness with
 # `mesaserve health`, generates once, runs `mesaserve loadtest` at concurrency 1, 8 and 64,
-# then SIGTERM (exit 0 expected). Output in $OUT/gpu_serve.txt. Metrics stay off: on the GPU
-# machine tried on 2026-11-26, civetweb (prometheus-cpp's HTTP server, carried from Debian)
-# could not bind any port ("null context when constructing CivetServer") while gRPC could.
+# then SIGTERM (exit 0 expected). Output in $OUT/gpu_serve.txt.
 set -u
 OUTDIR=${OUT:-/tmp/out}; mkdir -p "$OUTDIR"
 LOG="$OUTDIR/gpu_serve.txt"
@@ -15,7 +13,7 @@ export LD_LIBRARY_PATH=/tmp/mserve/lib:${CUDA_LIB:-/usr/local/cuda/lib64}
 BIN=/tmp/mserve/mesaserve
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$LOG"
 "$BIN" generate --device cuda --prompt "To configure the server," --max-new-tokens 40 --seed 3 2>&1 | tee -a "$LOG"
-"$BIN" serve --device cuda --slots 64 --listen 127.0.0.1:50081 --metrics-listen "" \
+"$BIN" serve --device cuda --slots 64 --listen 127.0.0.1:50081 --metrics-listen 127.0.0.1:19181 \
   > /tmp/gpu_server.log 2>&1 &
 SERVER=$!
 for i in $(seq 60); do "$BIN" health --address 127.0.0.1:50081 >/dev/null 2>&1 && break; sleep 1; done
@@ -25,5 +23,6 @@ for c in 1 8 64; do
   "$BIN" loadtest --address 127.0.0.1:50081 --concurrency $c --requests $((8 * c)) --warmup $c \
     --temperature 1.0 2>&1 | tee -a "$LOG"
 done
+curl -s 127.0.0.1:19181/metrics 2>/dev/null | grep -E "^mesa_state_slots|^mesa_requests_total" | head -5 | tee -a "$LOG"
 kill -TERM $SERVER; wait $SERVER; echo "server exit $?" | tee -a "$LOG"
 tail -n 8 /tmp/gpu_server.log | tee -a "$LOG"
