@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "base/half.h"
@@ -70,7 +69,6 @@ class CpuModelRunner final : public ModelRunner {
   float* LayerState(SlotId slot, int layer) { return SlotBase(slot) + layer * layer_.stride; }
 
   absl::Status CheckSlot(SlotId slot) const { return CheckSlotInPool(slot, options_.num_slots); }
-  absl::Status CheckToken(int32_t token) const { return CheckTokenInVocab(token, c_.vocab_size); }
 
   void Embed(const int32_t* tokens, int64_t n, float* x) const {
     const int64_t d = c_.hidden_size;
@@ -259,25 +257,14 @@ absl::Status CpuModelRunner::PrefillSegment(const PrefillRequest& req,
 
 absl::Status CpuModelRunner::Prefill(absl::Span<const PrefillRequest> requests,
                                      absl::Span<PrefillResult> results) {
-  if (requests.size() != results.size()) {
-    return absl::InvalidArgumentError("Prefill: requests and results differ in length");
-  }
-  for (const PrefillRequest& req : requests) {
-    MESA_RETURN_IF_ERROR(CheckSlot(req.slot));
-    if (req.tokens.empty()) return absl::InvalidArgumentError("Prefill: empty token list");
-    for (int32_t t : req.tokens) MESA_RETURN_IF_ERROR(CheckToken(t));
-  }
+  MESA_RETURN_IF_ERROR(
+      CheckPrefillRequests(requests, results.size(), options_.num_slots, c_.vocab_size));
   decoding_ = false;
   for (size_t r = 0; r < requests.size(); ++r) {
     const PrefillRequest& req = requests[r];
     PrefillResult* result = &results[r];
     const int64_t n = static_cast<int64_t>(req.tokens.size());
-    result->logits.assign((req.all_logits ? n : 1) * static_cast<int64_t>(c_.vocab_size), 0.0f);
-    if (req.want_stats) {
-      result->stats.Resize(static_cast<int32_t>(n), c_.num_hidden_layers, c_.num_heads);
-    } else {
-      result->stats = CgStats{};
-    }
+    SizePrefillResult(req, c_, result);
     // Split long prompts at multiples of the chunk size so the math is unchanged.
     const int64_t seg_max =
         std::max<int64_t>(cpu::kPrefillChunk, options_.max_prefill_segment / cpu::kPrefillChunk *
@@ -295,15 +282,7 @@ absl::Status CpuModelRunner::Prefill(absl::Span<const PrefillRequest> requests,
 
 absl::Status CpuModelRunner::Decode(absl::Span<const DecodeRow> rows, DecodeResult* result) {
   const int64_t b = static_cast<int64_t>(rows.size());
-  std::set<SlotId> seen;
-  for (const DecodeRow& row : rows) {
-    if (row.slot == kPadSlot) continue;
-    MESA_RETURN_IF_ERROR(CheckSlot(row.slot));
-    MESA_RETURN_IF_ERROR(CheckToken(row.token));
-    if (!seen.insert(row.slot).second) {
-      return absl::InvalidArgumentError(absl::StrCat("Decode: slot ", row.slot, " appears twice"));
-    }
-  }
+  MESA_RETURN_IF_ERROR(CheckDecodeRows(rows, options_.num_slots, c_.vocab_size));
   const int64_t dk = c_.key_dim(), prow = inproj_.rows, vocab = c_.vocab_size;
   const int32_t H = c_.num_heads, K = c_.head_dim, W = c_.conv_size;
   decoding_ = true;

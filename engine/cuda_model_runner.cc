@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
-#include <set>
 #include <utility>
 #include <vector>
 
@@ -77,6 +76,7 @@ class PinnedBuffer {
     return absl::OkStatus();
   }
   char* data() { return static_cast<char*>(ptr_); }
+  const char* data() const { return static_cast<const char*>(ptr_); }
   size_t bytes() const { return bytes_; }
 
  private:
@@ -259,7 +259,6 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
 
  private:
   absl::Status CheckSlot(SlotId slot) const { return CheckSlotInPool(slot, options_.num_slots); }
-  absl::Status CheckToken(int32_t token) const { return CheckTokenInVocab(token, c_.vocab_size); }
   // Every entry point: refuse after a sticky fault, and make the runner's device current on the
   // calling thread (the CUDA runtime's current device is per thread, and the engine thread is
   // not the one that created the runner).
@@ -308,8 +307,39 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   // One decode step of at most max_batch_ rows; stats rows start at `row0` of `result`.
   absl::Status DecodeChunk(absl::Span<const DecodeRow> rows, int64_t row0, DecodeResult* result);
   absl::Status Layer(int layer, int64_t b, const StepArgsLayout& args);
+  // The part of a layer before the token mixer on `b` rows: u = attn_norm(x), proj = u W_in^T
+  // (fp32; the mixer-input kernels add the gate biases and round).
+  absl::Status LayerHead(int layer, int64_t b);
   // The part of a layer after the token mixer (o_norm, o_proj, residual, MLP) on `b` rows.
   absl::Status LayerTail(int layer, int64_t b);
+  // The fields the decode and prefill mixer-input kernels share (model shape, in_proj column
+  // layout, gate biases, conv taps, workspace outputs); the caller sets the rest.
+  template <typename MixerParams>
+  void SetMixerInputs(const LayerWeightOffsets& lo, MixerParams& mi) {
+    mi.num_heads = c_.num_heads;
+    mi.head_dim = c_.head_dim;
+    mi.conv_size = c_.conv_size;
+    mi.proj = Ws<float>(ws_.proj);
+    mi.ld_proj = inproj_.rows;
+    mi.q_col = inproj_.q;
+    mi.k_col = inproj_.k;
+    mi.v_col = inproj_.v;
+    mi.g_col = c_.use_output_gate ? inproj_.g : -1;
+    mi.a_col = inproj_.a;
+    mi.b_col = inproj_.b;
+    mi.a_bias = Wt<float>(lo.a_bias);
+    mi.b_bias = Wt<float>(lo.b_bias);
+    mi.q_conv = Wt<float>(lo.q_conv);
+    mi.k_conv = Wt<float>(lo.k_conv);
+    mi.z = c_.use_output_gate ? Ws(ws_.z) : nullptr;
+    mi.log_decay = Ws<float>(ws_.log_decay);
+    mi.beta = Ws<float>(ws_.beta);
+    mi.act = c_.dtype;
+    mi.stream = stream_;
+  }
+  // Copies the CG statistics of `rows` rows, staged on the host as [layer, row, head], into
+  // rows row0.. of `stats`.
+  void CopyStats(int64_t rows, int64_t row0, CgStats* stats) const;
   // One prefill segment of one sequence (at most prefill_rows_ tokens, cut at chunk
   // boundaries so the math is that of one call); logits rows start at `row0`.
   absl::Status PrefillSegment(const PrefillRequest& req, absl::Span<const int32_t> tokens,
@@ -450,24 +480,13 @@ absl::Status CudaModelRunnerImpl::ReadSlotState(SlotId slot, absl::Span<float> o
 absl::Status CudaModelRunnerImpl::Prefill(absl::Span<const PrefillRequest> requests,
                                           absl::Span<PrefillResult> results) {
   MESA_RETURN_IF_ERROR(Enter());
-  if (requests.size() != results.size()) {
-    return absl::InvalidArgumentError("Prefill: requests and results differ in length");
-  }
-  for (const PrefillRequest& req : requests) {  // the CPU runner's checks, before device work
-    MESA_RETURN_IF_ERROR(CheckSlot(req.slot));
-    if (req.tokens.empty()) return absl::InvalidArgumentError("Prefill: empty token list");
-    for (int32_t t : req.tokens) MESA_RETURN_IF_ERROR(CheckToken(t));
-  }
+  MESA_RETURN_IF_ERROR(
+      CheckPrefillRequests(requests, results.size(), options_.num_slots, c_.vocab_size));
   for (size_t r = 0; r < requests.size(); ++r) {
     const PrefillRequest& req = requests[r];
     PrefillResult* result = &results[r];
     const int64_t n = static_cast<int64_t>(req.tokens.size());
-    result->logits.assign((req.all_logits ? n : 1) * static_cast<int64_t>(c_.vocab_size), 0.0f);
-    if (req.want_stats) {
-      result->stats.Resize(static_cast<int32_t>(n), c_.num_hidden_layers, c_.num_heads);
-    } else {
-      result->stats = CgStats{};
-    }
+    SizePrefillResult(req, c_, result);
     for (int64_t done = 0; done < n;) {
       const int64_t len = std::min(n - done, prefill_rows_);
       MESA_RETURN_IF_ERROR(NoteFailure(
@@ -494,39 +513,17 @@ absl::Status CudaModelRunnerImpl::PrefillSegment(const PrefillRequest& req,
   MESA_RETURN_IF_ERROR(gpu::Embed(Ws(ws_.x), Wt(wo_.embeddings), Ws<int32_t>(ws_.prefill_tokens),
                                   n, d, vocab, act, stream_));
   for (int layer = 0; layer < L; ++layer) {
-    const MesaLayerWeights& lw = w_.layers[layer];
     const LayerWeightOffsets& lo = wo_.layers[layer];
     float* state = SlotState(req.slot) + layer * layer_.stride;
-    MESA_RETURN_IF_ERROR(gpu::RmsNorm(Ws(ws_.u), Ws(ws_.x), Wt<float>(lo.attn_norm), n, d,
-                                      c_.norm_eps, act, stream_));
-    MESA_RETURN_IF_ERROR(Gemm(Ws(ws_.proj), Ws(ws_.u), n, lw.in_proj, lo.in_proj));
+    MESA_RETURN_IF_ERROR(LayerHead(layer, n));
     gpu::MixerInputsPrefillParams mi;
+    SetMixerInputs(lo, mi);
     mi.seq_len = static_cast<int32_t>(n);
-    mi.num_heads = c_.num_heads;
-    mi.head_dim = c_.head_dim;
-    mi.conv_size = c_.conv_size;
-    mi.proj = Ws<float>(ws_.proj);
-    mi.ld_proj = inproj_.rows;
-    mi.q_col = inproj_.q;
-    mi.k_col = inproj_.k;
-    mi.v_col = inproj_.v;
-    mi.g_col = c_.use_output_gate ? inproj_.g : -1;
-    mi.a_col = inproj_.a;
-    mi.b_col = inproj_.b;
-    mi.a_bias = Wt<float>(lo.a_bias);
-    mi.b_bias = Wt<float>(lo.b_bias);
-    mi.q_conv = Wt<float>(lo.q_conv);
-    mi.k_conv = Wt<float>(lo.k_conv);
     mi.conv_q_state = state + layer_.conv_q;
     mi.conv_k_state = state + layer_.conv_k;
     mi.q = Ws<float>(ws_.q);
     mi.k = Ws<float>(ws_.k);
     mi.v = Ws<float>(ws_.v);
-    mi.z = c_.use_output_gate ? Ws(ws_.z) : nullptr;
-    mi.log_decay = Ws<float>(ws_.log_decay);
-    mi.beta = Ws<float>(ws_.beta);
-    mi.act = act;
-    mi.stream = stream_;
     MESA_RETURN_IF_ERROR(gpu::MixerInputsPrefill(mi));
     MESA_RETURN_IF_ERROR(
         gpu::ConvStatePrefillUpdate(mi, state + layer_.conv_q, state + layer_.conv_k));
@@ -587,35 +584,30 @@ absl::Status CudaModelRunnerImpl::PrefillSegment(const PrefillRequest& req,
     float* dst = result->logits.data() + (req.all_logits ? row0 * vocab : 0);
     std::memcpy(dst, logits, rows * vocab * sizeof(float));
   }
-  if (req.want_stats) {
-    const auto* iters = reinterpret_cast<const int32_t*>(host_.data() + host_iters_);
-    const auto* residual = reinterpret_cast<const float*>(host_.data() + host_residual_);
-    for (int64_t l = 0; l < L; ++l) {
-      for (int64_t t = 0; t < n; ++t) {
-        for (int64_t h = 0; h < H; ++h) {
-          const int64_t idx = result->stats.index(static_cast<int32_t>(row0 + t),
-                                                  static_cast<int32_t>(l), static_cast<int32_t>(h));
-          result->stats.iters[idx] = iters[(l * n + t) * H + h];
-          result->stats.residual[idx] = residual[(l * n + t) * H + h];
-        }
+  if (req.want_stats) CopyStats(n, row0, &result->stats);
+  return absl::OkStatus();
+}
+
+void CudaModelRunnerImpl::CopyStats(int64_t rows, int64_t row0, CgStats* stats) const {
+  const int64_t L = c_.num_hidden_layers, H = c_.num_heads;
+  const auto* iters = reinterpret_cast<const int32_t*>(host_.data() + host_iters_);
+  const auto* residual = reinterpret_cast<const float*>(host_.data() + host_residual_);
+  for (int64_t l = 0; l < L; ++l) {
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t idx = stats->index(static_cast<int32_t>(row0 + r), static_cast<int32_t>(l),
+                                         static_cast<int32_t>(h));
+        stats->iters[idx] = iters[(l * rows + r) * H + h];
+        stats->residual[idx] = residual[(l * rows + r) * H + h];
       }
     }
   }
-  return absl::OkStatus();
 }
 
 absl::Status CudaModelRunnerImpl::Decode(absl::Span<const DecodeRow> rows, DecodeResult* result) {
   MESA_RETURN_IF_ERROR(Enter());
-  // The CPU runner's checks, all before any device work.
-  std::set<SlotId> seen;
-  for (const DecodeRow& row : rows) {
-    if (row.slot == kPadSlot) continue;
-    MESA_RETURN_IF_ERROR(CheckSlot(row.slot));
-    MESA_RETURN_IF_ERROR(CheckToken(row.token));
-    if (!seen.insert(row.slot).second) {
-      return absl::InvalidArgumentError(absl::StrCat("Decode: slot ", row.slot, " appears twice"));
-    }
-  }
+  // The shared checks (engine/runner_checks.h), all before any device work.
+  MESA_RETURN_IF_ERROR(CheckDecodeRows(rows, options_.num_slots, c_.vocab_size));
   const int64_t b = static_cast<int64_t>(rows.size());
   result->stats.Resize(static_cast<int32_t>(b), c_.num_hidden_layers, c_.num_heads);
   result->logits.assign(b * static_cast<int64_t>(c_.vocab_size), 0.0f);
@@ -714,66 +706,32 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows, 
   MESA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
 
   const auto* logits = reinterpret_cast<const float*>(host_.data() + host_logits_);
-  const auto* iters = reinterpret_cast<const int32_t*>(host_.data() + host_iters_);
-  const auto* residual = reinterpret_cast<const float*>(host_.data() + host_residual_);
   for (int64_t i = 0; i < b; ++i) {
     // Pad rows keep zero logits, as on the CPU (their statistics are zero from the kernel).
     if (rows[i].slot != kPadSlot && !result->logits.empty()) {
       std::memcpy(&result->logits[(row0 + i) * vocab], &logits[i * vocab], vocab * sizeof(float));
     }
-    if (result->stats.iters.empty()) continue;
-    for (int64_t l = 0; l < L; ++l) {
-      for (int64_t h = 0; h < H; ++h) {
-        const int64_t idx = result->stats.index(static_cast<int32_t>(row0 + i),
-                                                static_cast<int32_t>(l), static_cast<int32_t>(h));
-        result->stats.iters[idx] = iters[(l * b + i) * H + h];
-        result->stats.residual[idx] = residual[(l * b + i) * H + h];
-      }
-    }
   }
+  if (!result->stats.iters.empty()) CopyStats(b, row0, &result->stats);
   return absl::OkStatus();
 }
 
 // One block: the CPU runner's InputProjections, mixer and FinishLayer on the device.
 absl::Status CudaModelRunnerImpl::Layer(int layer, int64_t b, const StepArgsLayout& args) {
-  const MesaLayerWeights& lw = w_.layers[layer];
   const LayerWeightOffsets& lo = wo_.layers[layer];
-  const int64_t d = c_.hidden_size, H = c_.num_heads;
+  const int64_t H = c_.num_heads;
   const ScalarType act = c_.dtype;
   float* const* tables = Ws<float*>(ws_.args + args.tables) + layer * 4 * b;
 
-  // u = attn_norm(x); proj = u W_in^T (fp32; the mixer kernel adds the gate biases and rounds).
-  MESA_RETURN_IF_ERROR(gpu::RmsNorm(Ws(ws_.u), Ws(ws_.x), Wt<float>(lo.attn_norm), b, d,
-                                    c_.norm_eps, act, stream_));
-  MESA_RETURN_IF_ERROR(Gemm(Ws(ws_.proj), Ws(ws_.u), b, lw.in_proj, lo.in_proj));
-
+  MESA_RETURN_IF_ERROR(LayerHead(layer, b));
   gpu::MixerInputsDecodeParams mi;
+  SetMixerInputs(lo, mi);
   mi.batch = static_cast<int32_t>(b);
-  mi.num_heads = c_.num_heads;
-  mi.head_dim = c_.head_dim;
-  mi.conv_size = c_.conv_size;
-  mi.proj = Ws<float>(ws_.proj);
-  mi.ld_proj = inproj_.rows;
-  mi.q_col = inproj_.q;
-  mi.k_col = inproj_.k;
-  mi.v_col = inproj_.v;
-  mi.g_col = c_.use_output_gate ? inproj_.g : -1;
-  mi.a_col = inproj_.a;
-  mi.b_col = inproj_.b;
-  mi.a_bias = Wt<float>(lo.a_bias);
-  mi.b_bias = Wt<float>(lo.b_bias);
-  mi.q_conv = Wt<float>(lo.q_conv);
-  mi.k_conv = Wt<float>(lo.k_conv);
   mi.conv_q_state = tables + 2 * b;
   mi.conv_k_state = tables + 3 * b;
   mi.q = Ws(ws_.q);
   mi.k = Ws(ws_.k);
   mi.v = Ws(ws_.v);
-  mi.z = c_.use_output_gate ? Ws(ws_.z) : nullptr;
-  mi.log_decay = Ws<float>(ws_.log_decay);
-  mi.beta = Ws<float>(ws_.beta);
-  mi.act = act;
-  mi.stream = stream_;
   MESA_RETURN_IF_ERROR(gpu::MixerInputsDecode(mi));
 
   gpu::MesaDecodeParams p;
@@ -797,6 +755,13 @@ absl::Status CudaModelRunnerImpl::Layer(int layer, int64_t b, const StepArgsLayo
   MESA_RETURN_IF_ERROR(gpu::MesaDecodeStep(p));
 
   return LayerTail(layer, b);
+}
+
+absl::Status CudaModelRunnerImpl::LayerHead(int layer, int64_t b) {
+  const LayerWeightOffsets& lo = wo_.layers[layer];
+  MESA_RETURN_IF_ERROR(gpu::RmsNorm(Ws(ws_.u), Ws(ws_.x), Wt<float>(lo.attn_norm), b,
+                                    c_.hidden_size, c_.norm_eps, c_.dtype, stream_));
+  return Gemm(Ws(ws_.proj), Ws(ws_.u), b, w_.layers[layer].in_proj, lo.in_proj);
 }
 
 absl::Status CudaModelRunnerImpl::LayerTail(int layer, int64_t b) {

@@ -1,12 +1,15 @@
 // Argument checks every ModelRunner backend applies to the engine's requests, with the same
-// messages on every backend.
+// messages on every backend, and the sizing of results that both backends fill alike.
 #pragma once
 
 #include <cstdint>
+#include <set>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/types/span.h"
 #include "engine/model_runner.h"
+#include "models/mesa_config.h"
 
 namespace mesa {
 
@@ -24,6 +27,57 @@ inline absl::Status CheckTokenInVocab(int32_t token, int32_t vocab_size) {
         absl::StrCat("token id ", token, " is outside the vocabulary [0, ", vocab_size, ")"));
   }
   return absl::OkStatus();
+}
+
+// Prefill: one result per request, every slot in the pool, no empty prompt, every token in
+// the vocabulary. All checked before any work, so a bad request changes nothing.
+inline absl::Status CheckPrefillRequests(absl::Span<const PrefillRequest> requests,
+                                         size_t num_results, int32_t num_slots,
+                                         int32_t vocab_size) {
+  if (requests.size() != num_results) {
+    return absl::InvalidArgumentError("Prefill: requests and results differ in length");
+  }
+  for (const PrefillRequest& req : requests) {
+    absl::Status s = CheckSlotInPool(req.slot, num_slots);
+    if (!s.ok()) return s;
+    if (req.tokens.empty()) return absl::InvalidArgumentError("Prefill: empty token list");
+    for (int32_t t : req.tokens) {
+      s = CheckTokenInVocab(t, vocab_size);
+      if (!s.ok()) return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Decode: every live row's slot in the pool and token in the vocabulary, no slot twice (pad
+// rows aside).
+inline absl::Status CheckDecodeRows(absl::Span<const DecodeRow> rows, int32_t num_slots,
+                                    int32_t vocab_size) {
+  std::set<SlotId> seen;
+  for (const DecodeRow& row : rows) {
+    if (row.slot == kPadSlot) continue;
+    absl::Status s = CheckSlotInPool(row.slot, num_slots);
+    if (!s.ok()) return s;
+    s = CheckTokenInVocab(row.token, vocab_size);
+    if (!s.ok()) return s;
+    if (!seen.insert(row.slot).second) {
+      return absl::InvalidArgumentError(absl::StrCat("Decode: slot ", row.slot, " appears twice"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// A prefill result sized for `req`: zero logits for every row (all_logits) or the last, and
+// zeroed CG statistics for every token when asked for (empty otherwise).
+inline void SizePrefillResult(const PrefillRequest& req, const MesaConfig& config,
+                              PrefillResult* result) {
+  const int64_t n = static_cast<int64_t>(req.tokens.size());
+  result->logits.assign((req.all_logits ? n : 1) * static_cast<int64_t>(config.vocab_size), 0.0f);
+  if (req.want_stats) {
+    result->stats.Resize(static_cast<int32_t>(n), config.num_hidden_layers, config.num_heads);
+  } else {
+    result->stats = CgStats{};
+  }
 }
 
 }  // namespace mesa

@@ -123,6 +123,19 @@ __device__ void RowDots(const float* a, const float* b, int c, int K, float* dst
   __syncthreads();
 }
 
+// gcum[t] = log2(e) * sum_{s<=t} g_s over the chunk's first c tokens (fla's scaled local
+// cumulative decay, summed in token order by one thread as the CPU does). Ends with a barrier.
+__device__ void ChunkCumDecay(const MesaPrefillParams& p, int64_t tc, int c, int h, float* gcum) {
+  if (threadIdx.x == 0) {
+    float acc = 0.0f;
+    for (int t = 0; t < c; ++t) {
+      acc += p.log_decay[(tc + t) * p.num_heads + h];
+      gcum[t] = acc * kLog2e;
+    }
+  }
+  __syncthreads();
+}
+
 // Chunk-start states in the workspace: [chunk][head] (H_kk, H_kv), fp32, after the scratch
 // areas of every (chunk, head) block.
 __host__ __device__ inline int64_t SnapshotFloats(int k) { return 2 * static_cast<int64_t>(k) * k; }
@@ -151,14 +164,7 @@ __global__ void __launch_bounds__(kThreads) MesaPrefillStatePass(MesaPrefillPara
       snap[i] = skk[i];
       snap[kk + i] = skv[i];
     }
-    if (t0 == 0) {
-      float acc = 0.0f;
-      for (int t = 0; t < c; ++t) {
-        acc += p.log_decay[(tc + t) * H + h];
-        s_gcum[t] = acc * kLog2e;
-      }
-    }
-    __syncthreads();
+    ChunkCumDecay(p, tc, c, h, s_gcum);
     const float g_last = s_gcum[c - 1];
     const float gamma = exp2f(g_last);
     for (int i = t0; i < c * K; i += kThreads) {
@@ -168,29 +174,25 @@ __global__ void __launch_bounds__(kThreads) MesaPrefillStatePass(MesaPrefillPara
       tmp[i] = fixed ? Round(kv * scale, Rounding::kFp16) : kv * scale;
     }
     __syncthreads();
-    for (int64_t i = t0; i < kk; i += kThreads) {
-      const int a = static_cast<int>(i / K), b = static_cast<int>(i % K);
-      float acc = 0.0f;
-      for (int t = 0; t < c; ++t) {
-        acc = fmaf(tmp[t * K + a], p.k[(tc + t) * p.ld_in + static_cast<int64_t>(h) * K + b], acc);
+    // S = gamma S + sum_t tmp_t^T rhs_t, with rhs = k (H_kk) or v (H_kv) of this head.
+    auto advance = [&](float* S, const float* rhs) {
+      for (int64_t i = t0; i < kk; i += kThreads) {
+        const int a = static_cast<int>(i / K), b = static_cast<int>(i % K);
+        float acc = 0.0f;
+        for (int t = 0; t < c; ++t) {
+          acc = fmaf(tmp[t * K + a], rhs[(tc + t) * p.ld_in + static_cast<int64_t>(h) * K + b], acc);
+        }
+        S[i] = S[i] * gamma + acc;
       }
-      skk[i] = skk[i] * gamma + acc;
-    }
-    __syncthreads();
+      __syncthreads();
+    };
+    advance(skk, p.k);
     // fla 0.6.0 converts the fp16 decayed keys to v's dtype for the H_kv update.
     if (fixed) {
       for (int i = t0; i < c * K; i += kThreads) tmp[i] = Round(tmp[i], p.value_rounding);
     }
     __syncthreads();
-    for (int64_t i = t0; i < kk; i += kThreads) {
-      const int a = static_cast<int>(i / K), b = static_cast<int>(i % K);
-      float acc = 0.0f;
-      for (int t = 0; t < c; ++t) {
-        acc = fmaf(tmp[t * K + a], p.v[(tc + t) * p.ld_in + static_cast<int64_t>(h) * K + b], acc);
-      }
-      skv[i] = skv[i] * gamma + acc;
-    }
-    __syncthreads();
+    advance(skv, p.v);
   }
 }
 
@@ -228,14 +230,7 @@ __global__ void __launch_bounds__(kThreads) MesaPrefillChunkPass(MesaPrefillPara
     qc[i] = p.q[row + j];
     vc[i] = p.v[row + j];
   }
-  if (t0 == 0) {
-    float acc = 0.0f;
-    for (int t = 0; t < c; ++t) {
-      acc += p.log_decay[(tc + t) * H + h];
-      s_gcum[t] = acc * kLog2e;
-    }
-  }
-  __syncthreads();
+  ChunkCumDecay(p, tc, c, h, s_gcum);
   if (t0 < c) s_e[t0] = exp2f(s_gcum[t0]);
   for (int i = t0; i < C * C; i += kThreads) {
     const int t = i / C, u = i % C;

@@ -30,6 +30,15 @@ __device__ float ConvStep(float x, const float* w, int width, float* state, int6
   return RoundTo<T>(Silu(acc));
 }
 
+// MesaGates (kernels/cpu/mixer_inputs.h) for head h of one proj row `pr`, written at `index` of
+// [rows, H]: log_decay = logsigmoid(act(a + bias)), beta = sigmoid(act(b + bias)). Decode and
+// prefill parameters name these fields alike.
+template <typename T, typename Params>
+__device__ __forceinline__ void MesaGates(const Params& p, const float* pr, int h, int64_t index) {
+  p.log_decay[index] = LogSigmoid(RoundTo<T>(pr[p.a_col + h] + p.a_bias[h]));
+  p.beta[index] = Sigmoid(RoundTo<T>(pr[p.b_col + h] + p.b_bias[h]));
+}
+
 // grid (H, B), blockDim = K rounded up to a warp.
 template <typename T>
 __global__ void MixerInputsDecodeKernel(MixerInputsDecodeParams p) {
@@ -61,11 +70,7 @@ __global__ void MixerInputsDecodeKernel(MixerInputsDecodeParams p) {
     static_cast<T*>(p.q)[out_index] = FromFloat<T>(qc * inv_q);
     static_cast<T*>(p.k)[out_index] = FromFloat<T>(kc * inv_k);
   }
-  if (j == 0) {
-    const int64_t bh = static_cast<int64_t>(b) * p.num_heads + h;
-    p.log_decay[bh] = LogSigmoid(RoundTo<T>(pr[p.a_col + h] + p.a_bias[h]));
-    p.beta[bh] = Sigmoid(RoundTo<T>(pr[p.b_col + h] + p.b_bias[h]));
-  }
+  if (j == 0) MesaGates<T>(p, pr, h, static_cast<int64_t>(b) * p.num_heads + h);
 }
 
 // Position `pos` of a channel's conv window: the old state (W-1 rows, oldest first) followed
@@ -110,11 +115,7 @@ __global__ void MixerInputsPrefillKernel(MixerInputsPrefillParams p) {
     p.q[out_index] = RoundTo<__half>(qc * (1.0f / sqrtf(ss_q + 1e-6f)));
     p.k[out_index] = RoundTo<__half>(kc * (1.0f / sqrtf(ss_k + 1e-6f)));
   }
-  if (j == 0) {
-    const int64_t th = static_cast<int64_t>(t) * p.num_heads + h;
-    p.log_decay[th] = LogSigmoid(RoundTo<T>(pr[p.a_col + h] + p.a_bias[h]));
-    p.beta[th] = Sigmoid(RoundTo<T>(pr[p.b_col + h] + p.b_bias[h]));
-  }
+  if (j == 0) MesaGates<T>(p, pr, h, static_cast<int64_t>(t) * p.num_heads + h);
 }
 
 // One thread per channel: state[i] = window[T + i] for i < W-1, in increasing i (a read of
