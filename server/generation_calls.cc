@@ -188,7 +188,10 @@ StreamGenerateCall::Next StreamGenerateCall::PlanNextLocked() {
 
 void StreamGenerateCall::Run(Next next) {
   // current_ and final_status_ are not modified again until this write or finish completes.
-  if (next == Next::kWrite) StartWrite(&current_);
+  if (next == Next::kWrite) {
+    std::lock_guard<std::recursive_mutex> order(write_order_);
+    StartWrite(&current_);
+  }
   if (next == Next::kFinish) Finish(final_status_);
 }
 
@@ -200,6 +203,7 @@ size_t StreamGenerateCall::Backlog() const {
 }
 
 void StreamGenerateCall::OnWriteDone(bool ok) {
+  { std::lock_guard<std::recursive_mutex> order(write_order_); }  // see write_order_
   std::unique_lock<std::mutex> lock(mu_);
   writing_ = false;
   if (!ok) {

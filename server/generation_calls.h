@@ -70,6 +70,11 @@ class StreamGenerateCall : public grpc::ServerWriteReactor<v1::GenerateStreamRes
   std::shared_ptr<Sink> sink_;
   std::string client_id_;
   mutable std::mutex mu_;
+  // gRPC runs a write (serialising current_), then its OnWriteDone, then lets the next write
+  // start, but that order lives inside libgrpc, which ThreadSanitizer cannot see. Every
+  // StartWrite holds write_order_ and OnWriteDone passes through it before taking mu_, so the
+  // order is visible to it too. Recursive: gRPC may run OnWriteDone inline from StartWrite.
+  std::recursive_mutex write_order_;
   std::deque<v1::GenerateStreamResponse> queue_;
   size_t queued_tokens_ = 0;  // tokens in queue_ (messages are merged while a write is out)
   v1::GenerateStreamResponse current_;
