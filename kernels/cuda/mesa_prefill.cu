@@ -1,6 +1,19 @@
 // See mesa_prefill.h. The structure follows kernels/cpu/mesa_prefill.cc step by step (same
-// names), so the two can be read side by side; sums run in a different order (per-thread
-// loops and warp trees instead of BLAS), which the parity test's tolerance allows for.
+// names), so the two can be read side by side. Every chunk product runs on tensor cores
+// (mma.sync m16n8k8, tf32 operands, fp32 accumulation) from shared memory:
+//
+// * Fixed (fla) mode: every operand the CPU rounds before a product is rounded the same way
+//   here first (fp16, bf16 or tf32 values), and all of those are exact tf32 numbers, so each
+//   product is exact and only the fp32 summation order differs from the CPU.
+// * Adaptive mode and fp32 models, where the CPU multiplies unrounded fp32 values: each operand
+//   is split into a tf32 head and a tf32 tail and three products are summed (hi*hi + hi*lo +
+//   lo*hi, "3xTF32"), about 22 significant bits, close to fp32.
+//
+// Pass 1 (states): every chunk's state increment in parallel (tensor cores), then a scan over
+// the chunks per state element that leaves each chunk's start state in the workspace.
+// Pass 2 (chunk pass): one block per (chunk, head), all in parallel: the chunk's block CG with
+// x, r, p and Ap in registers (each warp owns 16 tokens x half the columns, in the mma
+// accumulator layout), the operator's inputs in shared memory, then the readout.
 #include "kernels/cuda/mesa_prefill.h"
 
 #include <cstdint>
@@ -12,34 +25,8 @@
 namespace mesa::gpu {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kWarpsPerBlock = kThreads / 32;
 constexpr int C = kPrefillChunk;
 constexpr float kLog2e = 1.4426950216f;  // the constant fla scales its cumsum by
-
-// Per-head workspace layout (floats).
-struct Layout {
-  int64_t kc, qc, vc, x, r, p, w, tmp, m, scores, hbar_kk, hbar_kv, total;
-  __host__ __device__ static Layout For(int k) {
-    Layout l;
-    const int64_t ck = static_cast<int64_t>(C) * k, kk = static_cast<int64_t>(k) * k;
-    int64_t o = 0;
-    l.kc = o; o += ck;
-    l.qc = o; o += ck;
-    l.vc = o; o += ck;
-    l.x = o; o += ck;
-    l.r = o; o += ck;
-    l.p = o; o += ck;
-    l.w = o; o += ck;
-    l.tmp = o; o += ck;
-    l.m = o; o += C * C;
-    l.scores = o; o += C * C;
-    l.hbar_kk = o; o += kk;
-    l.hbar_kv = o; o += kk;
-    l.total = (o + 3) / 4 * 4;
-    return l;
-  }
-};
 
 __device__ __forceinline__ float RoundTf32(float f) {
   uint32_t bits = __float_as_uint(f);
@@ -57,288 +44,725 @@ __device__ __forceinline__ float Round(float v, Rounding r) {
   return v;
 }
 
-struct Head {
-  int c, K;
-  bool fixed;
-  float* ws;
-  Layout lay;
-  float* e;  // [C] shared
-  __device__ float* at(int64_t off) const { return ws + off; }
-  __device__ float H(float v) const { return fixed ? Round(v, Rounding::kFp16) : v; }
-  __device__ float R(float v, Rounding r) const { return fixed ? Round(v, r) : v; }
-};
+// ---------------------------------------------------------------------------------------------
+// Tensor-core tiles. m16n8k8 tf32, A row-major 16x8, B column-major 8x8, C/D 16x8 fp32. With
+// g = lane / 4 and q = lane % 4: A holds (g, q), (g+8, q), (g, q+4), (g+8, q+4); B holds
+// (k=q, n=g), (k=q+4, n=g); C holds (g, 2q), (g, 2q+1), (g+8, 2q), (g+8, 2q+1).
 
-// out[t] = sum_{s<=t} r1(M_ts (fp16(in_t) . kc_s)) rhs_s + r2(e_t in_t) hbar (+ lambda . in_t),
-// as ApplyChunkOperator on the CPU. Every thread takes part; ends with a barrier.
-__device__ void ApplyChunkOperator(const Head& s, const float* in, const float* rhs,
-                                   const float* hbar, const float* lambda, Rounding score_rounding,
-                                   Rounding state_rounding, float* out) {
-  const int c = s.c, K = s.K, t0 = threadIdx.x;
-  float* tmp = s.at(s.lay.tmp);
-  float* scores = s.at(s.lay.scores);
-  const float* kc = s.at(s.lay.kc);
-  const float* m = s.at(s.lay.m);
-  for (int i = t0; i < c * K; i += kThreads) tmp[i] = s.H(in[i]);
-  __syncthreads();
-  for (int i = t0; i < c * C; i += kThreads) {
-    const int t = i / C, u = i % C;
-    float v = 0.0f;
-    if (u <= t && u < c) {
-      float dot = 0.0f;
-      for (int j = 0; j < K; ++j) dot = fmaf(tmp[t * K + j], kc[u * K + j], dot);
-      v = s.R(m[t * C + u] * dot, score_rounding);
-    }
-    scores[i] = v;
-  }
-  __syncthreads();
-  for (int i = t0; i < c * K; i += kThreads) {
-    const int t = i / K, j = i % K;
-    float acc = 0.0f;
-    for (int u = 0; u <= t; ++u) acc = fmaf(scores[t * C + u], rhs[u * K + j], acc);
-    out[i] = acc;
-  }
-  __syncthreads();
-  for (int i = t0; i < c * K; i += kThreads) tmp[i] = s.R(s.e[i / K] * in[i], state_rounding);
-  __syncthreads();
-  for (int i = t0; i < c * K; i += kThreads) {
-    const int t = i / K, j = i % K;
-    float acc = 0.0f;
-    for (int l = 0; l < K; ++l) acc = fmaf(tmp[t * K + l], hbar[l * K + j], acc);
-    float o = out[i] + acc;
-    if (lambda != nullptr) o += lambda[j] * in[i];
-    out[i] = o;
-  }
-  __syncthreads();
+__device__ __forceinline__ uint32_t ToTf32(float f) {
+  uint32_t u;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(u) : "f"(f));
+  return u;
 }
 
-// Row dot products a_t . b_t for t < c into dst[t], one warp per row. Ends with a barrier.
-__device__ void RowDots(const float* a, const float* b, int c, int K, float* dst) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int t = warp; t < c; t += kWarpsPerBlock) {
-    float acc = 0.0f;
-    for (int j = lane; j < K; j += 32) acc = fmaf(a[t * K + j], b[t * K + j], acc);
-    acc = WarpSum(acc);
-    if (lane == 0) dst[t] = acc;
+__device__ __forceinline__ void MmaTf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// d += a * b. kSplit: the 3xTF32 product of unrounded fp32 operands; otherwise the operands are
+// already exact tf32 values (see the file comment) and one product is exact.
+template <bool kSplit>
+__device__ __forceinline__ void Mma(float (&d)[4], const float (&a)[4], const float (&b)[2]) {
+  if constexpr (kSplit) {
+    uint32_t ah[4], al[4], bh[2], bl[2];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      ah[i] = ToTf32(a[i]);
+      al[i] = ToTf32(a[i] - __uint_as_float(ah[i]));
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      bh[i] = ToTf32(b[i]);
+      bl[i] = ToTf32(b[i] - __uint_as_float(bh[i]));
+    }
+    MmaTf32(d, al, bh);
+    MmaTf32(d, ah, bl);
+    MmaTf32(d, ah, bh);
+  } else {
+    const uint32_t ai[4] = {__float_as_uint(a[0]), __float_as_uint(a[1]), __float_as_uint(a[2]),
+                            __float_as_uint(a[3])};
+    const uint32_t bi[2] = {__float_as_uint(b[0]), __float_as_uint(b[1])};
+    MmaTf32(d, ai, bi);
   }
-  __syncthreads();
 }
 
 // gcum[t] = log2(e) * sum_{s<=t} g_s over the chunk's first c tokens (fla's scaled local
-// cumulative decay, summed in token order by one thread as the CPU does). Ends with a barrier.
+// cumulative decay, summed in token order by one thread as the CPU does, from shared memory:
+// the loads run in parallel first, a serial chain of 64 dependent global loads would cost
+// about 30 us). Every thread takes part; ends with a barrier.
 __device__ void ChunkCumDecay(const MesaPrefillParams& p, int64_t tc, int c, int h, float* gcum) {
+  if (threadIdx.x < c) gcum[threadIdx.x] = p.log_decay[(tc + threadIdx.x) * p.num_heads + h];
+  __syncthreads();
   if (threadIdx.x == 0) {
     float acc = 0.0f;
     for (int t = 0; t < c; ++t) {
-      acc += p.log_decay[(tc + t) * p.num_heads + h];
+      acc += gcum[t];
       gcum[t] = acc * kLog2e;
     }
   }
   __syncthreads();
 }
 
-// Chunk-start states in the workspace: [chunk][head] (H_kk, H_kv), fp32, after the scratch
-// areas of every (chunk, head) block.
-__host__ __device__ inline int64_t SnapshotFloats(int k) { return 2 * static_cast<int64_t>(k) * k; }
-
-// Pass 1, one block per head, chunks in order: stores each chunk's start state (fp32, as the
-// registers hold it in fla) and advances the state to the chunk's end:
-//   S = Gamma S + sum_u u_u k_u^T (and v_u^T), the CPU's PrefillHead tail.
-// Cheap next to the CG (two K x K x c products per chunk), so its serial walk costs little.
-__global__ void __launch_bounds__(kThreads) MesaPrefillStatePass(MesaPrefillParams p, int64_t scratch_floats) {
-  __shared__ float s_gcum[C];
-  const int h = blockIdx.x, H = p.num_heads, K = p.head_dim, t0 = threadIdx.x;
-  const int64_t kk = static_cast<int64_t>(K) * K;
-  const bool fixed = p.cg.mode == CgMode::kFixed;
-  const Layout lay = Layout::For(K);
-  // This pass's own scratch: the scratch area of block (chunk 0, head h) of pass 2, which pass
-  // 2 overwrites only after this kernel has finished (same stream).
-  float* tmp = static_cast<float*>(p.workspace) + h * lay.total + lay.tmp;
-  float* snaps = static_cast<float*>(p.workspace) + scratch_floats;
-  float* skk = p.h_kk + h * kk;
-  float* skv = p.h_kv + h * kk;
-  int chunk = 0;
-  for (int64_t tc = 0; tc < p.seq_len; tc += C, ++chunk) {
-    const int c = static_cast<int>(p.seq_len - tc < C ? p.seq_len - tc : C);
-    float* snap = snaps + (static_cast<int64_t>(chunk) * H + h) * SnapshotFloats(K);
-    for (int64_t i = t0; i < kk; i += kThreads) {
-      snap[i] = skk[i];
-      snap[kk + i] = skv[i];
+// Copies n elements with load(i) -> store(i, v), kUnroll loads in flight per thread: one block
+// per SM cannot hide global-load latency with a loop that waits for every load in turn.
+template <int kUnroll, typename Load, typename Store>
+__device__ __forceinline__ void StagedCopy(int n, Load load, Store store) {
+  for (int base = threadIdx.x; base < n; base += kUnroll * blockDim.x) {
+    float v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int i = base + u * blockDim.x;
+      v[u] = i < n ? load(i) : 0.0f;
     }
-    ChunkCumDecay(p, tc, c, h, s_gcum);
-    const float g_last = s_gcum[c - 1];
-    const float gamma = exp2f(g_last);
-    for (int i = t0; i < c * K; i += kThreads) {
-      const int t = i / K, j = i % K;
-      const float scale = exp2f(g_last - s_gcum[t]) * p.beta[(tc + t) * H + h];
-      const float kv = p.k[(tc + t) * p.ld_in + static_cast<int64_t>(h) * K + j];
-      tmp[i] = fixed ? Round(kv * scale, Rounding::kFp16) : kv * scale;
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int i = base + u * blockDim.x;
+      if (i < n) store(i, v[u]);
     }
-    __syncthreads();
-    // S = gamma S + sum_t tmp_t^T rhs_t, with rhs = k (H_kk) or v (H_kv) of this head.
-    auto advance = [&](float* S, const float* rhs) {
-      for (int64_t i = t0; i < kk; i += kThreads) {
-        const int a = static_cast<int>(i / K), b = static_cast<int>(i % K);
-        float acc = 0.0f;
-        for (int t = 0; t < c; ++t) {
-          acc = fmaf(tmp[t * K + a], rhs[(tc + t) * p.ld_in + static_cast<int64_t>(h) * K + b], acc);
-        }
-        S[i] = S[i] * gamma + acc;
-      }
-      __syncthreads();
-    };
-    advance(skk, p.k);
-    // fla 0.6.0 converts the fp16 decayed keys to v's dtype for the H_kv update.
-    if (fixed) {
-      for (int i = t0; i < c * K; i += kThreads) tmp[i] = Round(tmp[i], p.value_rounding);
-    }
-    __syncthreads();
-    advance(skv, p.v);
   }
 }
 
-// Pass 2, one block per (chunk, head), all in parallel: the chunk's block CG from its start
-// state and the readout (the CPU's SolveChunk and readout).
-__global__ void __launch_bounds__(kThreads) MesaPrefillChunkPass(MesaPrefillParams p, int64_t scratch_floats) {
-  __shared__ float s_gcum[C], s_e[C], s_delta[C], s_qnorm[C], s_pw[C], s_dnew[C], s_alpha[C],
-      s_ratio[C];
-  __shared__ int s_active[C];
-  __shared__ int s_any;
+// Chunk-start states in the workspace: [chunk][head] (H_kk, H_kv), fp32.
+__host__ __device__ inline int64_t SnapshotFloats(int k) { return 2 * static_cast<int64_t>(k) * k; }
+
+// ---------------------------------------------------------------------------------------------
+// Pass 1a: every chunk's own state increment, all chunks and heads in parallel. Block (chunk n,
+// head h) computes D_n = U^T R with U_t = h(k_t exp2(G_last - G_t) beta_t) and R = k (H_kk) or
+// v (H_kv; fla converts U to v's dtype first), the sum the CPU's PrefillHead tail adds to the
+// decayed state, and writes it into chunk n's snapshot slot, with gamma_n = exp2(G_last).
+// Pass 1b then walks the chunks per state element: S_{n+1} = gamma_n S_n + D_n, exactly the
+// CPU's update, storing each S_n in place of D_n. (One serial block per head walking the chunks
+// instead was bound by load latency: 42 us per chunk, 1.3 ms for 2048 tokens.)
+
+constexpr int kIncThreads = 256;
+
+template <int KP>
+struct IncSmem {
+  static constexpr int kS = KP + 8;  // [C][kS]; operands read as (k=t, m|n=g): conflict-free
+  static constexpr int kFloats = 3 * C * kS + 2 * C;
+  static constexpr size_t kBytes = kFloats * sizeof(float);
+};
+
+template <int KP, bool kSplit>
+__global__ void __launch_bounds__(kIncThreads) MesaPrefillChunkIncrement(MesaPrefillParams p, float* gamma) {
+  using Smem = IncSmem<KP>;
+  // Warp w: rows [R (w % 4), +R) with R = max(16, KP / 4) and columns [KP/2 (w / 4), +KP/2) of
+  // the K x K increment (KP 16 and 32: the warps past the last row tile idle).
+  constexpr int kRows = KP / 4 > 16 ? KP / 4 : 16;
+  constexpr int kMT = kRows / 16;  // 16-row tiles per warp
+  constexpr int kNT = KP / 16;     // 8-column tiles per warp
+  extern __shared__ float smem[];
+  float* u_s = smem;
+  float* k_s = u_s + C * Smem::kS;
+  float* v_s = k_s + C * Smem::kS;
+  float* gcum = v_s + C * Smem::kS;
+  const int chunk = blockIdx.x, h = blockIdx.y, H = p.num_heads, K = p.head_dim;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
+  const int64_t kk = static_cast<int64_t>(K) * K;
+  const int64_t tc = static_cast<int64_t>(chunk) * C;
+  const int c = static_cast<int>(p.seq_len - tc < C ? p.seq_len - tc : C);
+  const bool fixed = p.cg.mode == CgMode::kFixed;
+  const int64_t col0 = static_cast<int64_t>(h) * K;
+
+  float* beta = gcum + C;
+  if (threadIdx.x < C) beta[threadIdx.x] = threadIdx.x < c ? p.beta[(tc + threadIdx.x) * H + h] : 0.0f;
+  StagedCopy<8>(C * KP, [&](int i) {
+    const int t = i / KP, a = i % KP;
+    return (t < c && a < K) ? p.k[(tc + t) * p.ld_in + col0 + a] : 0.0f;
+  }, [&](int i, float v) { k_s[(i / KP) * Smem::kS + i % KP] = v; });
+  StagedCopy<8>(C * KP, [&](int i) {
+    const int t = i / KP, a = i % KP;
+    return (t < c && a < K) ? p.v[(tc + t) * p.ld_in + col0 + a] : 0.0f;
+  }, [&](int i, float v) { v_s[(i / KP) * Smem::kS + i % KP] = v; });
+  ChunkCumDecay(p, tc, c, h, gcum);  // ends with a barrier
+  const float g_last = gcum[c - 1];
+  if (threadIdx.x == 0) gamma[static_cast<int64_t>(chunk) * H + h] = exp2f(g_last);
+  for (int i = threadIdx.x; i < C * KP; i += kIncThreads) {
+    const int t = i / KP, a = i % KP;
+    float u = 0.0f;
+    if (t < c) {
+      const float kv = k_s[t * Smem::kS + a] * (exp2f(g_last - gcum[t]) * beta[t]);
+      u = fixed ? Round(kv, Rounding::kFp16) : kv;
+    }
+    u_s[t * Smem::kS + a] = u;
+  }
+  __syncthreads();
+
+  const int row0 = kRows * (warp & 3), colw = (KP / 2) * (warp >> 2);
+  if (row0 >= KP) return;  // no barrier follows
+  float* dst = static_cast<float*>(p.workspace) +
+               (static_cast<int64_t>(chunk) * H + h) * SnapshotFloats(K);
+  float acc[kMT][kNT][4];
+  for (int which = 0; which < 2; ++which) {  // 0: H_kk from k, 1: H_kv from v
+    const float* r_s = which == 0 ? k_s : v_s;
+    const bool to_value_dtype = which == 1 && fixed;
+#pragma unroll
+    for (int i = 0; i < kMT; ++i) {
+#pragma unroll
+      for (int n = 0; n < kNT; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[i][n][e] = 0.0f;
+      }
+    }
+    // acc[a][b] = sum_t U[t][a] R[t][b]: A (m=a, k=t) = U[t][a], B (k=t, n=b) = R[t][b].
+#pragma unroll 2
+    for (int ks = 0; ks < C / 8; ++ks) {
+      float af[kMT][4];
+#pragma unroll
+      for (int i = 0; i < kMT; ++i) {
+        const int a = row0 + 16 * i + g;
+        af[i][0] = u_s[(8 * ks + q) * Smem::kS + a];
+        af[i][1] = u_s[(8 * ks + q) * Smem::kS + a + 8];
+        af[i][2] = u_s[(8 * ks + q + 4) * Smem::kS + a];
+        af[i][3] = u_s[(8 * ks + q + 4) * Smem::kS + a + 8];
+        if (to_value_dtype) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) af[i][e] = Round(af[i][e], p.value_rounding);
+        }
+      }
+#pragma unroll
+      for (int n = 0; n < kNT; ++n) {
+        const float bf[2] = {r_s[(8 * ks + q) * Smem::kS + colw + 8 * n + g],
+                             r_s[(8 * ks + q + 4) * Smem::kS + colw + 8 * n + g]};
+#pragma unroll
+        for (int i = 0; i < kMT; ++i) Mma<kSplit>(acc[i][n], af[i], bf);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kMT; ++i) {
+#pragma unroll
+      for (int n = 0; n < kNT; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int a = row0 + 16 * i + g + 8 * (e >> 1), b = colw + 8 * n + 2 * q + (e & 1);
+          if (a < K && b < K) dst[which * kk + b * K + a] = acc[i][n][e];  // transposed
+        }
+      }
+    }
+  }
+}
+
+// Pass 1b: one thread per state element (both states, all heads): snap_n = S_n in place of
+// D_n, S_{n+1} = gamma_n S_n + D_n; the final S goes back to h_kk / h_kv. The workspace holds
+// both transposed (the chunk pass reads the state as a B operand, column by column).
+__global__ void MesaPrefillStateScan(MesaPrefillParams p, const float* gamma, int chunks) {
+  const int64_t kk = static_cast<int64_t>(p.head_dim) * p.head_dim;
+  const int64_t per_head = 2 * kk;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= per_head * p.num_heads) return;
+  const int h = static_cast<int>(i / per_head);
+  const int64_t e = i % per_head;
+  const int64_t rem = e % kk;  // = b K + a for state element (a, b)
+  float* state = (e < kk ? p.h_kk : p.h_kv) + h * kk + (rem % p.head_dim) * p.head_dim + rem / p.head_dim;
+  float* d = static_cast<float*>(p.workspace) + h * per_head + e;
+  const int64_t stride = per_head * p.num_heads;
+  float s = *state;
+  // Eight chunks' increments are loaded before any snapshot is stored: a store to d may alias a
+  // later load as far as the compiler knows, which would otherwise serialise every load.
+  constexpr int kGroup = 8;
+  for (int n0 = 0; n0 < chunks; n0 += kGroup) {
+    float inc[kGroup], gam[kGroup];
+#pragma unroll
+    for (int k = 0; k < kGroup; ++k) {
+      const int n = n0 + k;
+      inc[k] = n < chunks ? d[n * stride] : 0.0f;
+      gam[k] = n < chunks ? gamma[static_cast<int64_t>(n) * p.num_heads + h] : 0.0f;
+    }
+#pragma unroll
+    for (int k = 0; k < kGroup; ++k) {
+      const int n = n0 + k;
+      if (n >= chunks) break;
+      d[n * stride] = s;
+      s = s * gam[k] + inc[k];
+    }
+  }
+  *state = s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pass 2: the chunk pass, one block of 8 warps per (chunk, head).
+//
+// Warp w owns the token tiles {w % 2, 3 - w % 2} (16 tokens each; pairing a short row of the
+// causal score triangle with a long one gives every warp the same work) and the columns
+// [KP/4 (w / 2), +KP/4): kN = KP / 32 tiles of 8 columns. The CG vectors of those 32 x KP/4
+// entries live in its registers in the mma accumulator layout.
+//
+// Shared-memory operands are read 16 bytes at a time: along every reduction dimension the
+// columns are stored permuted (Phys) so that a float4 at 4q of each 16-column block holds the
+// (q, q + 4) A/B elements of two consecutive k-steps; B operands are stored [n][k] (transposed),
+// and row strides are 16 mod 32 floats, which keeps those loads free of bank conflicts.
+
+constexpr int kChunkThreads = 256;
+
+__host__ __device__ constexpr int Phys(int l) {
+  return (l & ~15) + 4 * (l & 3) + 2 * ((l >> 3) & 1) + ((l >> 2) & 1);
+}
+
+template <int KP>
+struct ChunkSmem {
+  static constexpr int kSK = KP + 16;  // [C][kSK] tokens x features; [KP][kSK] the state
+  static constexpr int kSC = C + 16;   // [C][kSC] scores (A operand: 16 mod 32)
+  static constexpr int kSM = C + 4;    // [C][kSM] M
+  static constexpr int kFloats = 3 * C * kSK + KP * kSK + C * kSC + C * kSM + 7 * C + KP;
+  static constexpr size_t kBytes = kFloats * sizeof(float);
+  static_assert(kBytes <= 227 * 1024, "chunk-pass shared memory exceeds the 227 KiB an SM offers a block");
+};
+
+template <int KP, bool kSplit>
+struct ChunkBlock {
+  using Smem = ChunkSmem<KP>;
+  static constexpr int kN = KP / 32;
+  float* rhs;    // [C][kSK] k of the chunk (CG), then v (readout's second half), Phys columns
+  float* in_h;   // [C][kSK] the operator input as the score product takes it: H(in), Phys columns
+  float* in_e;   // [C][kSK] ... and as the state product takes it: r2(e_t in_t), Phys columns
+  float* hbarT;  // [KP][kSK] the chunk-start state transposed (row j = column j), Phys columns
+  float* s;      // [C][kSC] masked scores, Phys token columns
+  float* m;      // [C][kSM] M_tu = exp2(G_t - G_u) beta_u for u <= t < c, else 0
+  float* gcum;   // [C]
+  float* beta;   // [C]
+  float* e;      // [C] exp2(G_t)
+  float* red;    // [4][C] row partial sums of the four column quarters
+  int c, g, q, rp, cq;
+  bool fixed;
+
+  __device__ int Mt(int i) const { return i == 0 ? rp : 3 - rp; }
+  __device__ int Row(int i, int e2) const { return 16 * Mt(i) + g + 8 * e2; }
+  __device__ int Col(int n, int e) const { return cq * (KP / 4) + 8 * n + 2 * q + (e & 1); }
+
+  // out = A(in): sum_s r1(M_ts (H(in_t) . k_s)) rhs_s + r2(e_t in_t) hbar (+ lambda . in_t), the
+  // CPU's ApplyChunkOperator, for the input `v` in this thread's layout. `between()` runs after
+  // the scores are made, before the second product (the readout swaps k for v and H_kk for
+  // H_kv there). Every thread takes part.
+  template <typename Between>
+  __device__ void Apply(const float (&v)[2][kN][4], Rounding score_rounding,
+                        Rounding state_rounding, const float* lambda, Between between,
+                        float (&out)[2][kN][4]) const {
+    __syncthreads();  // earlier readers of in_h, in_e and s are done
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+      for (int e2 = 0; e2 < 2; ++e2) {
+        const int t = Row(i, e2);
+        const float et = e[t];
+#pragma unroll
+        for (int n = 0; n < kN; ++n) {
+#pragma unroll
+          for (int e1 = 0; e1 < 2; ++e1) {
+            const float x = v[i][n][2 * e2 + e1];
+            const int at = t * Smem::kSK + Phys(Col(n, e1));
+            in_h[at] = fixed ? Round(x, Rounding::kFp16) : x;
+            in_e[at] = fixed ? Round(et * x, state_rounding) : et * x;
+          }
+        }
+      }
+    }
+    __syncthreads();
+    // Scores S[t][u] = H(in_t) . k_u over the live 16 x 8 tiles (not above the diagonal) of this
+    // warp's two token tiles: 2 Mt(0) + 2 and 2 Mt(1) + 2 of them, 10 in all, dealt to the four
+    // warps of the pair in turn. A (m=t, k=j) = in_h[t][j], B (k=j, n=u) = k[u][j].
+    const int live0 = 2 * Mt(0) + 2;
+    for (int idx = cq; idx < 10; idx += 4) {
+      const int i = idx < live0 ? 0 : 1, nt = idx < live0 ? idx : idx - live0;
+      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      const float* a0p = in_h + Row(i, 0) * Smem::kSK + 4 * q;
+      const float* a1p = in_h + Row(i, 1) * Smem::kSK + 4 * q;
+      const float* bp = rhs + (8 * nt + g) * Smem::kSK + 4 * q;
+#pragma unroll 4
+      for (int blk = 0; blk < KP / 16; ++blk) {
+        const float4 x0 = *reinterpret_cast<const float4*>(a0p + 16 * blk);
+        const float4 x1 = *reinterpret_cast<const float4*>(a1p + 16 * blk);
+        const float4 y = *reinterpret_cast<const float4*>(bp + 16 * blk);
+        const float af0[4] = {x0.x, x1.x, x0.y, x1.y}, af1[4] = {x0.z, x1.z, x0.w, x1.w};
+        const float bf0[2] = {y.x, y.y}, bf1[2] = {y.z, y.w};
+        Mma<kSplit>(acc, af0, bf0);
+        Mma<kSplit>(acc, af1, bf1);
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int t = Row(i, e >> 1), u = 8 * nt + 2 * q + (e & 1);
+        float val = m[t * Smem::kSM + u] * acc[e];
+        if (fixed) val = Round(val, score_rounding);
+        s[t * Smem::kSC + Phys(u)] = val;
+      }
+    }
+    between();
+    __syncthreads();
+    // out[t][j] = sum_{u <= t} S[t][u] rhs[u][j] + sum_l in_e[t][l] hbar[l][j].
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+      for (int n = 0; n < kN; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) out[i][n][e] = 0.0f;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const float* a0p = s + Row(i, 0) * Smem::kSC + 4 * q;
+      const float* a1p = s + Row(i, 1) * Smem::kSC + 4 * q;
+      for (int blk = 0; blk <= Mt(i); ++blk) {  // u < 16 Mt(i) + 16
+        const float4 x0 = *reinterpret_cast<const float4*>(a0p + 16 * blk);
+        const float4 x1 = *reinterpret_cast<const float4*>(a1p + 16 * blk);
+        const float af0[4] = {x0.x, x1.x, x0.y, x1.y}, af1[4] = {x0.z, x1.z, x0.w, x1.w};
+        // B (k=u, n=j) = rhs[u][j] for u = 16 blk + (q, q + 4) and (8 + q, 12 + q).
+        const float* bp = rhs + (16 * blk + q) * Smem::kSK;
+#pragma unroll
+        for (int n = 0; n < kN; ++n) {
+          const int pj = Phys(cq * (KP / 4) + 8 * n + g);
+          const float bf0[2] = {bp[pj], bp[4 * Smem::kSK + pj]};
+          const float bf1[2] = {bp[8 * Smem::kSK + pj], bp[12 * Smem::kSK + pj]};
+          Mma<kSplit>(out[i][n], af0, bf0);
+          Mma<kSplit>(out[i][n], af1, bf1);
+        }
+      }
+    }
+#pragma unroll 2
+    for (int blk = 0; blk < KP / 16; ++blk) {
+      float af[2][2][4];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const float4 x0 = *reinterpret_cast<const float4*>(in_e + Row(i, 0) * Smem::kSK + 16 * blk + 4 * q);
+        const float4 x1 = *reinterpret_cast<const float4*>(in_e + Row(i, 1) * Smem::kSK + 16 * blk + 4 * q);
+        af[i][0][0] = x0.x;
+        af[i][0][1] = x1.x;
+        af[i][0][2] = x0.y;
+        af[i][0][3] = x1.y;
+        af[i][1][0] = x0.z;
+        af[i][1][1] = x1.z;
+        af[i][1][2] = x0.w;
+        af[i][1][3] = x1.w;
+      }
+#pragma unroll
+      for (int n = 0; n < kN; ++n) {
+        const int j = cq * (KP / 4) + 8 * n + g;
+        const float4 y = *reinterpret_cast<const float4*>(hbarT + j * Smem::kSK + 16 * blk + 4 * q);
+        const float bf0[2] = {y.x, y.y}, bf1[2] = {y.z, y.w};
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          Mma<kSplit>(out[i][n], af[i][0], bf0);
+          Mma<kSplit>(out[i][n], af[i][1], bf1);
+        }
+      }
+    }
+    if (lambda != nullptr) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+#pragma unroll
+        for (int n = 0; n < kN; ++n) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) out[i][n][e] += lambda[Col(n, e)] * v[i][n][e];
+        }
+      }
+    }
+  }
+
+  // Row dot products a_t . b_t for this thread's four rows [i][e2], identical in every thread
+  // that holds the row (quad shuffles, then the four column quarters added in a fixed order).
+  __device__ void RowDots(const float (&a)[2][kN][4], const float (&b)[2][kN][4], float (&dot)[2][2]) const {
+    float part[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+      for (int n = 0; n < kN; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) part[i][e >> 1] = fmaf(a[i][n][e], b[i][n][e], part[i][e >> 1]);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+      for (int e2 = 0; e2 < 2; ++e2) {
+        part[i][e2] += __shfl_xor_sync(0xffffffffu, part[i][e2], 1);
+        part[i][e2] += __shfl_xor_sync(0xffffffffu, part[i][e2], 2);
+      }
+    }
+    __syncthreads();  // the previous RowDots' readers are done
+    if (q == 0) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        red[cq * C + Row(i, 0)] = part[i][0];
+        red[cq * C + Row(i, 1)] = part[i][1];
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+      for (int e2 = 0; e2 < 2; ++e2) {
+        const int t = Row(i, e2);
+        dot[i][e2] = ((red[t] + red[C + t]) + red[2 * C + t]) + red[3 * C + t];
+      }
+    }
+  }
+};
+
+template <int KP, bool kSplit>
+__global__ void __launch_bounds__(kChunkThreads, 1) MesaPrefillChunkPass(MesaPrefillParams p) {
+  using Smem = ChunkSmem<KP>;
+  using Block = ChunkBlock<KP, kSplit>;
+  constexpr int kN = Block::kN;
+  extern __shared__ float4 smem4[];
+  float* smem = reinterpret_cast<float*>(smem4);
   const int chunk = blockIdx.x, h = blockIdx.y, H = p.num_heads, K = p.head_dim, t0 = threadIdx.x;
   const int64_t kk = static_cast<int64_t>(K) * K;
   const int64_t tc = static_cast<int64_t>(chunk) * C;
   const int c = static_cast<int>(p.seq_len - tc < C ? p.seq_len - tc : C);
-  Head s;
-  s.K = K;
-  s.c = c;
-  s.fixed = p.cg.mode == CgMode::kFixed;
-  s.lay = Layout::For(K);
-  s.ws = static_cast<float*>(p.workspace) + (static_cast<int64_t>(chunk) * H + h) * s.lay.total;
-  s.e = s_e;
-  const float* snap = static_cast<const float*>(p.workspace) + scratch_floats +
-                      (static_cast<int64_t>(chunk) * H + h) * SnapshotFloats(K);
-  const float* lambda = p.lambda + h * K;
-  float *kc = s.at(s.lay.kc), *qc = s.at(s.lay.qc), *vc = s.at(s.lay.vc);
-  float *x = s.at(s.lay.x), *r = s.at(s.lay.r), *pp = s.at(s.lay.p), *w = s.at(s.lay.w);
-  float *m = s.at(s.lay.m);
-  float *hbar_kk = s.at(s.lay.hbar_kk), *hbar_kv = s.at(s.lay.hbar_kv);
-  const float eps = s.fixed ? kFlaCgEps : 0.0f;
 
-  for (int i = t0; i < c * K; i += kThreads) {
-    const int t = i / K, j = i % K;
-    const int64_t row = (tc + t) * p.ld_in + static_cast<int64_t>(h) * K;
-    kc[i] = p.k[row + j];
-    qc[i] = p.q[row + j];
-    vc[i] = p.v[row + j];
-  }
-  ChunkCumDecay(p, tc, c, h, s_gcum);
-  if (t0 < c) s_e[t0] = exp2f(s_gcum[t0]);
-  for (int i = t0; i < C * C; i += kThreads) {
+  Block b;
+  b.rhs = smem;
+  b.in_h = b.rhs + C * Smem::kSK;
+  b.in_e = b.in_h + C * Smem::kSK;
+  b.hbarT = b.in_e + C * Smem::kSK;
+  b.s = b.hbarT + KP * Smem::kSK;
+  b.m = b.s + C * Smem::kSC;
+  b.gcum = b.m + C * Smem::kSM;
+  b.beta = b.gcum + C;
+  b.e = b.beta + C;
+  b.red = b.e + C;  // 4 C
+  float* lambda_s = b.red + 4 * C;  // [KP], zero past K
+  b.c = c;
+  const int lane = t0 & 31, warp = t0 >> 5;
+  b.g = lane >> 2;
+  b.q = lane & 3;
+  b.rp = warp & 1;
+  b.cq = warp >> 1;
+  b.fixed = p.cg.mode == CgMode::kFixed;
+  const bool fixed = b.fixed;
+  const float eps = fixed ? kFlaCgEps : 0.0f;
+  // The snapshot is stored transposed (MesaPrefillChunkIncrement): row j holds column j.
+  const float* snapT = static_cast<const float*>(p.workspace) +
+                       (static_cast<int64_t>(chunk) * H + h) * SnapshotFloats(K);
+  const int64_t col0 = static_cast<int64_t>(h) * K;
+
+  auto load_rhs = [&](const float* src) {
+    StagedCopy<8>(C * KP, [&](int i) {
+      const int t = i / KP, j = i % KP;
+      return (t < c && j < K) ? src[(tc + t) * p.ld_in + col0 + j] : 0.0f;
+    }, [&](int i, float v) { b.rhs[(i / KP) * Smem::kSK + Phys(i % KP)] = v; });
+  };
+  auto load_state = [&](const float* snap, Rounding rounding) {
+    StagedCopy<8>(KP * KP, [&](int i) {
+      const int j = i / KP, l = i % KP;
+      return (l < K && j < K) ? snap[j * K + l] : 0.0f;
+    }, [&](int i, float v) {
+      b.hbarT[(i / KP) * Smem::kSK + Phys(i % KP)] = fixed ? Round(v, rounding) : v;
+    });
+  };
+  load_rhs(p.k);
+  load_state(snapT, Rounding::kTf32);
+  if (t0 < KP) lambda_s[t0] = t0 < K ? p.lambda[h * K + t0] : 0.0f;
+  if (t0 < C) b.beta[t0] = t0 < c ? p.beta[(tc + t0) * H + h] : 0.0f;
+  ChunkCumDecay(p, tc, c, h, b.gcum);  // ends with a barrier
+  if (t0 < C) b.e[t0] = t0 < c ? exp2f(b.gcum[t0]) : 0.0f;
+  for (int i = t0; i < C * C; i += kChunkThreads) {
     const int t = i / C, u = i % C;
-    m[i] = (u <= t && t < c) ? exp2f(s_gcum[t] - s_gcum[u]) * p.beta[(tc + u) * H + h] : 0.0f;
-  }
-  for (int64_t i = t0; i < kk; i += kThreads) {
-    hbar_kk[i] = s.R(snap[i], Rounding::kTf32);
-    hbar_kv[i] = s.R(snap[kk + i], Rounding::kBf16);
+    b.m[t * Smem::kSM + u] = (u <= t && t < c) ? exp2f(b.gcum[t] - b.gcum[u]) * b.beta[u] : 0.0f;
   }
   __syncthreads();
+  auto nothing = [] {};
 
-  // SolveChunk.
-  if (s.fixed) {
-    for (int i = t0; i < c * K; i += kThreads) {
-      x[i] = 0.0f;
-      r[i] = qc[i];
-    }
-    __syncthreads();
-  } else {
-    for (int i = t0; i < c * K; i += kThreads) {
-      const int t = i / K, j = i % K;
-      float diag = s_e[t] * hbar_kk[static_cast<int64_t>(j) * K + j];
-      for (int u = 0; u <= t; ++u) {
-        const float kj = kc[u * K + j];
-        diag += m[t * C + u] * kj * kj;
+  // The right-hand sides q in this thread's layout; rows past c and columns past K are zero.
+  float x[2][kN][4], r[2][kN][4], pv[2][kN][4], w[2][kN][4];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+#pragma unroll
+    for (int n = 0; n < kN; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int t = b.Row(i, e >> 1), j = b.Col(n, e);
+        r[i][n][e] = (t < c && j < K) ? p.q[(tc + t) * p.ld_in + col0 + j] : 0.0f;
+        x[i][n][e] = 0.0f;
       }
-      x[i] = qc[i] / (diag + lambda[j]);
     }
-    __syncthreads();
-    ApplyChunkOperator(s, x, kc, hbar_kk, lambda, Rounding::kFp16, Rounding::kTf32, w);
-    for (int i = t0; i < c * K; i += kThreads) r[i] = qc[i] - w[i];
-    __syncthreads();
   }
-  for (int i = t0; i < c * K; i += kThreads) pp[i] = r[i];
-  __syncthreads();
-  RowDots(r, r, c, K, s_delta);
-  RowDots(qc, qc, c, K, s_qnorm);
-  if (t0 < c) {
-    s_qnorm[t0] = sqrtf(s_qnorm[t0]);
-    s_active[t0] = 1;
-    if (p.cg_iters != nullptr) p.cg_iters[(tc + t0) * H + h] = 0;
+  float qnorm[2][2], delta[2][2];
+  b.RowDots(r, r, qnorm);
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    qnorm[i][0] = sqrtf(qnorm[i][0]);
+    qnorm[i][1] = sqrtf(qnorm[i][1]);
   }
-  __syncthreads();
-  for (int step = 0; step < p.cg.max_iters; ++step) {
-    if (!s.fixed) {
-      if (t0 == 0) s_any = 0;
-      __syncthreads();
-      if (t0 < c) {
-        if (s_active[t0] && sqrtf(s_delta[t0]) <= p.cg.tol * s_qnorm[t0]) s_active[t0] = 0;
-        if (s_active[t0]) atomicOr(&s_any, 1);
-      }
-      __syncthreads();
-      if (!s_any) break;
-    }
-    ApplyChunkOperator(s, pp, kc, hbar_kk, lambda, Rounding::kFp16, Rounding::kTf32, w);
-    RowDots(pp, w, c, K, s_pw);
-    if (t0 < c) {
-      float alpha = 0.0f;
-      if (s_active[t0]) {
-        if (!s.fixed && !(s_pw[t0] > 0.0f)) {
-          s_active[t0] = 0;
-        } else {
-          alpha = s_delta[t0] / (s_pw[t0] + eps);
+  if (!fixed) {
+    // Jacobi start x0 = q / diag(A_t), then r = q - A x0.
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+      for (int n = 0; n < kN; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int t = b.Row(i, e >> 1), j = b.Col(n, e);
+          if (t >= c || j >= K) continue;
+          float diag = b.e[t] * b.hbarT[j * Smem::kSK + Phys(j)];
+          for (int u = 0; u <= t; ++u) {
+            const float kj = b.rhs[u * Smem::kSK + Phys(j)];
+            diag += b.m[t * Smem::kSM + u] * kj * kj;
+          }
+          x[i][n][e] = r[i][n][e] / (diag + lambda_s[j]);
         }
       }
-      s_alpha[t0] = alpha;
     }
-    __syncthreads();
-    for (int i = t0; i < c * K; i += kThreads) {
-      const int t = i / K;
-      if (!s_active[t]) continue;
-      x[i] = fmaf(s_alpha[t], pp[i], x[i]);
-      r[i] = fmaf(-s_alpha[t], w[i], r[i]);
+    b.Apply(x, Rounding::kFp16, Rounding::kTf32, lambda_s, nothing, w);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+      for (int n = 0; n < kN; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) r[i][n][e] -= w[i][n][e];
+      }
     }
-    __syncthreads();
-    RowDots(r, r, c, K, s_dnew);
-    if (t0 < c && s_active[t0]) s_ratio[t0] = s_dnew[t0] / (s_delta[t0] + eps);
-    __syncthreads();
-    for (int i = t0; i < c * K; i += kThreads) {
-      const int t = i / K;
-      if (s_active[t]) pp[i] = fmaf(s_ratio[t], pp[i], r[i]);
-    }
-    __syncthreads();
-    if (t0 < c && s_active[t0]) {
-      s_delta[t0] = s_dnew[t0];
-      if (p.cg_iters != nullptr) p.cg_iters[(tc + t0) * H + h] += 1;
-    }
-    __syncthreads();
   }
-  if (t0 < c && p.cg_residual != nullptr) {
-    p.cg_residual[(tc + t0) * H + h] = s_qnorm[t0] > 0.0f ? sqrtf(s_delta[t0]) / s_qnorm[t0] : 0.0f;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+#pragma unroll
+    for (int n = 0; n < kN; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) pv[i][n][e] = r[i][n][e];
+    }
+  }
+  b.RowDots(r, r, delta);
+  bool active[2][2];
+  int iters[2][2] = {{0, 0}, {0, 0}};
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    active[i][0] = b.Row(i, 0) < c;
+    active[i][1] = b.Row(i, 1) < c;
+  }
+  for (int step = 0; step < p.cg.max_iters; ++step) {
+    if (!fixed) {
+      bool any = false;
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+#pragma unroll
+        for (int e2 = 0; e2 < 2; ++e2) {
+          if (active[i][e2] && sqrtf(delta[i][e2]) <= p.cg.tol * qnorm[i][e2]) active[i][e2] = false;
+          any = any || active[i][e2];
+        }
+      }
+      if (!__syncthreads_or(any)) break;
+    }
+    b.Apply(pv, Rounding::kFp16, Rounding::kTf32, lambda_s, nothing, w);
+    float pw[2][2], alpha[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
+    b.RowDots(pv, w, pw);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+      for (int e2 = 0; e2 < 2; ++e2) {
+        if (!active[i][e2]) continue;
+        if (!fixed && !(pw[i][e2] > 0.0f)) {
+          active[i][e2] = false;
+        } else {
+          alpha[i][e2] = delta[i][e2] / (pw[i][e2] + eps);
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+      for (int n = 0; n < kN; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          if (!active[i][e >> 1]) continue;
+          x[i][n][e] = fmaf(alpha[i][e >> 1], pv[i][n][e], x[i][n][e]);
+          r[i][n][e] = fmaf(-alpha[i][e >> 1], w[i][n][e], r[i][n][e]);
+        }
+      }
+    }
+    float dnew[2][2];
+    b.RowDots(r, r, dnew);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+      for (int e2 = 0; e2 < 2; ++e2) {
+        if (!active[i][e2]) continue;
+        const float ratio = dnew[i][e2] / (delta[i][e2] + eps);
+#pragma unroll
+        for (int n = 0; n < kN; ++n) {
+          pv[i][n][2 * e2] = fmaf(ratio, pv[i][n][2 * e2], r[i][n][2 * e2]);
+          pv[i][n][2 * e2 + 1] = fmaf(ratio, pv[i][n][2 * e2 + 1], r[i][n][2 * e2 + 1]);
+        }
+        delta[i][e2] = dnew[i][e2];
+        ++iters[i][e2];
+      }
+    }
+  }
+  if (b.cq == 0 && b.q == 0) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+      for (int e2 = 0; e2 < 2; ++e2) {
+        const int t = b.Row(i, e2);
+        if (t >= c) continue;
+        if (p.cg_iters != nullptr) p.cg_iters[(tc + t) * H + h] = iters[i][e2];
+        if (p.cg_residual != nullptr) {
+          p.cg_residual[(tc + t) * H + h] =
+              qnorm[i][e2] > 0.0f ? sqrtf(delta[i][e2]) / qnorm[i][e2] : 0.0f;
+        }
+      }
+    }
   }
 
-  // Readout o_t = H_kv,t^T x_t, chunk form; fla rounds the intra-chunk scores to v's dtype.
-  ApplyChunkOperator(s, x, vc, hbar_kv, nullptr, p.value_rounding, Rounding::kBf16, w);
-  for (int i = t0; i < c * K; i += kThreads) {
-    const int t = i / K, j = i % K;
-    p.out[(tc + t) * p.ld_out + static_cast<int64_t>(h) * K + j] = Round(w[i], p.value_rounding);
+  // Readout o_t = H_kv,t^T x_t, chunk form; fla rounds the intra-chunk scores to v's dtype. Once
+  // the scores x . k are made, v and H_kv replace k and H_kk in shared memory.
+  b.Apply(x, p.value_rounding, Rounding::kBf16, nullptr, [&] {
+    __syncthreads();  // every warp's score product is done with k
+    load_rhs(p.v);
+    load_state(snapT + kk, Rounding::kBf16);
+  }, w);
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+#pragma unroll
+    for (int n = 0; n < kN; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int t = b.Row(i, e >> 1), j = b.Col(n, e);
+        if (t < c && j < K) p.out[(tc + t) * p.ld_out + col0 + j] = Round(w[i][n][e], p.value_rounding);
+      }
+    }
   }
 }
 
 int64_t NumChunks(int64_t seq_len) { return (seq_len + C - 1) / C; }
 
+template <int KP, bool kSplit>
+absl::Status Launch(const MesaPrefillParams& p) {
+  // The attribute calls are cheap after the first and keep the launch self-contained.
+  MESA_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(MesaPrefillChunkIncrement<KP, kSplit>,
+                                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 static_cast<int>(IncSmem<KP>::kBytes)));
+  MESA_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(MesaPrefillChunkPass<KP, kSplit>,
+                                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 static_cast<int>(ChunkSmem<KP>::kBytes)));
+  const int64_t chunks = NumChunks(p.seq_len);
+  float* gamma = static_cast<float*>(p.workspace) +
+                 NumChunks(p.max_seq_len) * p.num_heads * SnapshotFloats(p.head_dim);
+  const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(p.num_heads));
+  MesaPrefillChunkIncrement<KP, kSplit><<<grid, kIncThreads, IncSmem<KP>::kBytes, p.stream>>>(p, gamma);
+  MESA_CUDA_RETURN_IF_LAUNCH_FAILED("MesaPrefillChunkIncrement");
+  const int64_t elements = 2 * static_cast<int64_t>(p.head_dim) * p.head_dim * p.num_heads;
+  MesaPrefillStateScan<<<static_cast<unsigned>((elements + 255) / 256), 256, 0, p.stream>>>(
+      p, gamma, static_cast<int>(chunks));
+  MESA_CUDA_RETURN_IF_LAUNCH_FAILED("MesaPrefillStateScan");
+  MesaPrefillChunkPass<KP, kSplit><<<grid, kChunkThreads, ChunkSmem<KP>::kBytes, p.stream>>>(p);
+  MESA_CUDA_RETURN_IF_LAUNCH_FAILED("MesaPrefillChunkPass");
+  return absl::OkStatus();
+}
+
+template <int KP>
+absl::Status LaunchFor(const MesaPrefillParams& p) {
+  // Split products wherever the CPU multiplies values that are not exact tf32 numbers.
+  const bool split = p.cg.mode != CgMode::kFixed || p.value_rounding == Rounding::kNone;
+  return split ? Launch<KP, true>(p) : Launch<KP, false>(p);
+}
+
 }  // namespace
 
 size_t MesaPrefillWorkspaceBytes(int32_t num_heads, int32_t head_dim, int32_t max_seq_len) {
-  const int64_t blocks = NumChunks(max_seq_len) * num_heads;
-  return static_cast<size_t>(blocks * (Layout::For(head_dim).total + SnapshotFloats(head_dim))) *
+  // The snapshots, then gamma_n per (chunk, head).
+  return static_cast<size_t>(NumChunks(max_seq_len) * num_heads * (SnapshotFloats(head_dim) + 1)) *
          sizeof(float);
 }
 
@@ -368,14 +792,9 @@ absl::Status MesaPrefill(const MesaPrefillParams& p) {
                                                    " exceeds the workspace's max_seq_len ",
                                                    p.max_seq_len));
   }
-  const int64_t chunks = NumChunks(p.seq_len);
-  const int64_t scratch_floats = NumChunks(p.max_seq_len) * p.num_heads * Layout::For(p.head_dim).total;
-  MesaPrefillStatePass<<<p.num_heads, kThreads, 0, p.stream>>>(p, scratch_floats);
-  MESA_CUDA_RETURN_IF_LAUNCH_FAILED("MesaPrefillStatePass");
-  MesaPrefillChunkPass<<<dim3(static_cast<unsigned>(chunks), p.num_heads), kThreads, 0, p.stream>>>(
-      p, scratch_floats);
-  MESA_CUDA_RETURN_IF_LAUNCH_FAILED("MesaPrefillChunkPass");
-  return absl::OkStatus();
+  if (p.head_dim <= 32) return LaunchFor<32>(p);
+  if (p.head_dim <= 64) return LaunchFor<64>(p);
+  return LaunchFor<128>(p);
 }
 
 }  // namespace mesa::gpu

@@ -2,10 +2,12 @@
 // kernels/cpu/mesa_prefill.h (spec section 4), with the same parameter semantics and the same
 // rounding points in fixed (fla-compatible) mode. Starts from, and leaves, the fp32 states.
 //
-// Two passes: a state pass (one block per head walks the chunks in order, storing each chunk's
-// start state and advancing the state: cheap), then the CG and readout of every (chunk, head)
-// in parallel from those snapshots. The chunk products are still plain fp32 loops over a
-// workspace in device memory; tensor cores are the next step (issue 5).
+// Two passes: a state pass (one block per head and 32-column slab of the states walks the
+// chunks in order, storing each chunk's start state and advancing the state), then the CG and
+// readout of every (chunk, head) in parallel from those snapshots, each block's chunk in shared
+// memory and its CG vectors in registers. Every chunk product runs on tensor cores (tf32 mma
+// with fp32 accumulation): exact products of fla's rounded operands in fixed mode, a 3xTF32
+// split (about fp32 accuracy) in adaptive mode and for fp32 models. See mesa_prefill.cu.
 #pragma once
 
 #include <cstddef>
@@ -47,8 +49,8 @@ struct MesaPrefillParams {
   cudaStream_t stream = nullptr;
 };
 
-// Device workspace for calls of up to max_seq_len tokens (per chunk and head: the chunk's q, k,
-// v and CG block vectors, the intra-chunk decay and score matrices, the chunk-start states).
+// Device workspace for calls of up to max_seq_len tokens: every (chunk, head)'s start states,
+// fp32 H_kk and H_kv (2 K^2 floats each).
 size_t MesaPrefillWorkspaceBytes(int32_t num_heads, int32_t head_dim, int32_t max_seq_len);
 
 // Enqueues the prefill on p.stream. kInvalidArgument for shapes it does not take.

@@ -1,8 +1,10 @@
 // mesa_kernel_bench: times the fused decode kernel (kernels/cuda/mesa_decode.cu) for one layer
-// step against the card's measured copy bandwidth, the byte floor of that step. Links only the
+// step against the card's measured copy bandwidth, the byte floor of that step, and the chunked
+// prefill (kernels/cuda/mesa_prefill.cu) of one layer at B = 1 with its tensor-core FLOP rate. Links only the
 // kernels and base (no gRPC, sentencepiece or protobuf), so it runs on a bare CUDA machine.
 //
 //   mesa_kernel_bench [--heads 16] [--head-dim 128] [--batches 1,8,64,256] [--reps 50]
+//                     [--prefill 2048,8192] (prompt lengths; 0 = no prefill timing)
 //
 // Each case: 5 warm-up launches, then `reps` launches each timed with CUDA events; the median
 // is printed. The states are realistic SPD systems (a decayed sum of l2-normalised rank-1
@@ -28,6 +30,7 @@
 #include "kernels/cg_control.h"
 #include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/mesa_decode.h"
+#include "kernels/cuda/mesa_prefill.h"
 
 namespace mesa::gpu {
 namespace {
@@ -53,8 +56,23 @@ struct Args {
   int heads = 16;
   int head_dim = 128;
   std::vector<int> batches = {1, 8, 64, 256};
+  std::vector<int> prefill = {2048, 8192};
   int reps = 50;
 };
+
+std::vector<int> ParseList(const std::string& flag, const char* value, bool allow_zero) {
+  std::vector<int> out;
+  for (absl::string_view part : absl::StrSplit(value, ',')) {
+    int b = 0;
+    if (!absl::SimpleAtoi(part, &b) || b < 0 || (b == 0 && !allow_zero)) {
+      std::fprintf(stderr, "%s: '%s' is not a %s integer\n", flag.c_str(), std::string(part).c_str(),
+                   allow_zero ? "non-negative" : "positive");
+      std::exit(2);
+    }
+    if (b > 0) out.push_back(b);
+  }
+  return out;
+}
 
 Args ParseArgs(int argc, char** argv) {
   Args a;
@@ -75,19 +93,14 @@ Args ParseArgs(int argc, char** argv) {
     } else if (flag == "--reps") {
       need(&a.reps);
     } else if (flag == "--batches" && value != nullptr) {
-      a.batches.clear();
-      for (absl::string_view part : absl::StrSplit(value, ',')) {
-        int b = 0;
-        if (!absl::SimpleAtoi(part, &b) || b <= 0) {
-          std::fprintf(stderr, "--batches: '%s' is not a positive integer\n", std::string(part).c_str());
-          std::exit(2);
-        }
-        a.batches.push_back(b);
-      }
+      a.batches = ParseList(flag, value, false);
+      ++i;
+    } else if (flag == "--prefill" && value != nullptr) {
+      a.prefill = ParseList(flag, value, true);
       ++i;
     } else {
       std::fprintf(stderr,
-                   "usage: mesa_kernel_bench [--heads N] [--head-dim K] [--batches 1,8,64,256] [--reps N]\n");
+                   "usage: mesa_kernel_bench [--heads N] [--head-dim K] [--batches 1,8,64,256] [--reps N] [--prefill 2048,8192]\n");
       std::exit(2);
     }
   }
@@ -261,6 +274,84 @@ void BenchDecode(const Args& a, double bandwidth) {
   }
 }
 
+
+// One layer's chunked prefill at B = 1 from an empty state: q, k unit rows rounded to fp16 (as
+// the mixer-input kernel leaves them), v bf16 values, decay exp(-0.05), beta 0.9, lambda 0.25.
+// GFLOP/s counts the chunk products a CG step makes (scores, scores x k, state product: 2 C K
+// (2 C + K) per chunk and head) times the mean CG steps, plus the readout's.
+void BenchPrefill(const Args& a) {
+  if (a.prefill.empty()) return;
+  const int H = a.heads, K = a.head_dim;
+  std::printf("\n## Chunked prefill, one layer, B = 1: %d heads x head_dim %d, bf16 values, fp32 states\n\n", H, K);
+  std::printf("| T | CG | median us | mean CG steps | tokens/s | product GFLOP/s |\n");
+  std::printf("|---:|---|---:|---:|---:|---:|\n");
+  for (int T : a.prefill) {
+    std::mt19937 rng(29 + T);
+    const size_t n = static_cast<size_t>(T) * H * K;
+    auto values = [&](bool unit_rows, bool fp16) {
+      const std::vector<uint16_t> bits = RandomBf16(rng, n, unit_rows, K);
+      std::vector<float> f(n);
+      for (size_t i = 0; i < n; ++i) f[i] = fp16 ? RoundFp16(Bf16ToFloat(bits[i])) : Bf16ToFloat(bits[i]);
+      return f;
+    };
+    DeviceBuffer q = UploadVec(values(true, true)), k = UploadVec(values(true, true)),
+                 v = UploadVec(values(false, false));
+    DeviceBuffer g = UploadVec(std::vector<float>(static_cast<size_t>(T) * H, -0.05f));
+    DeviceBuffer beta = UploadVec(std::vector<float>(static_cast<size_t>(T) * H, 0.9f));
+    DeviceBuffer lambda = UploadVec(std::vector<float>(static_cast<size_t>(H) * K, 0.25f));
+    absl::StatusOr<DeviceBuffer> hkk = DeviceBuffer::Allocate(static_cast<size_t>(H) * K * K * 4);
+    absl::StatusOr<DeviceBuffer> hkv = DeviceBuffer::Allocate(static_cast<size_t>(H) * K * K * 4);
+    absl::StatusOr<DeviceBuffer> out = DeviceBuffer::Allocate(n * 4);
+    absl::StatusOr<DeviceBuffer> iters = DeviceBuffer::Allocate(static_cast<size_t>(T) * H * 4);
+    absl::StatusOr<DeviceBuffer> ws = DeviceBuffer::Allocate(MesaPrefillWorkspaceBytes(H, K, T));
+    for (const auto* b : {&hkk, &hkv, &out, &iters, &ws}) BENCH_CHECK(b->status());
+    struct Case {
+      const char* name;
+      CgControl cg;
+    };
+    const Case cases[] = {{"fixed 0", {CgMode::kFixed, 0, 0.0f}},
+                          {"fixed 10", {CgMode::kFixed, 10, 0.0f}},
+                          {"fixed 30", {CgMode::kFixed, 30, 0.0f}},
+                          {"adaptive 1e-3", {CgMode::kAdaptive, 30, 1e-3f}}};
+    for (const Case& c : cases) {
+      MesaPrefillParams p;
+      p.seq_len = T;
+      p.num_heads = H;
+      p.head_dim = K;
+      p.h_kk = hkk->as<float>();
+      p.h_kv = hkv->as<float>();
+      p.q = q.as<float>();
+      p.k = k.as<float>();
+      p.v = v.as<float>();
+      p.ld_in = static_cast<int64_t>(H) * K;
+      p.log_decay = g.as<float>();
+      p.beta = beta.as<float>();
+      p.lambda = lambda.as<float>();
+      p.cg = c.cg;
+      p.value_rounding = Rounding::kBf16;
+      p.out = out->as<float>();
+      p.ld_out = static_cast<int64_t>(H) * K;
+      p.cg_iters = iters->as<int32_t>();
+      p.max_seq_len = T;
+      p.workspace = ws->data();
+      const double us = MedianMicros(a.reps, [&] {
+        BENCH_CHECK(hkk->Zero());
+        BENCH_CHECK(hkv->Zero());
+        BENCH_CHECK(MesaPrefill(p));
+      });
+      std::vector<int32_t> it(static_cast<size_t>(T) * H);
+      BENCH_CHECK(iters->CopyToHost(it.data(), it.size() * 4));
+      double mean = 0.0;
+      for (int32_t x : it) mean += x;
+      mean /= it.size();
+      const double chunks = std::ceil(T / 64.0) * H;
+      const double flops = chunks * 2.0 * 64 * K * (2.0 * 64 + K) * (mean + 1.0);
+      std::printf("| %d | %s | %.1f | %.2f | %.0f | %.0f |\n", T, c.name, us, mean, T / (us * 1e-6),
+                  flops / (us * 1e-6) / 1e9);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace mesa::gpu
 
@@ -277,5 +368,6 @@ int main(int argc, char** argv) {
   std::printf("# mesa_kernel_bench on %s (%d SMs)\n\ncopy bandwidth (read + write): %.0f GB/s\n",
               prop.name, prop.multiProcessorCount, bw / 1e9);
   BenchDecode(args, bw);
+  BenchPrefill(args);
   return 0;
 }

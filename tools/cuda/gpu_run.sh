@@ -5,6 +5,9 @@
 #   bench  mesa_kernel_bench at the 1.3B reference shape (16 x 128) and the bundled model's
 #          (6 x 64), then fla's decode kernel at the same shapes when fla's wheels are in .whl/
 #   model  mesa_model_bench: whole-model decode steps, random 1.3B and the bundled model
+#   prefill  one layer's chunked prefill (mesa_kernel_bench, T = 2048 and 8192) and the whole
+#          random 1.3B's 2048-token prefill with segments of 512 and 2048 tokens; fla's chunk
+#          kernel at the same shape when fla's wheels are in .whl/
 # Logs come back in $OUT/gpu_run.tar.gz; summaries on stdout.
 set -u
 OUTDIR=${OUT:-/tmp/out}; mkdir -p "$OUTDIR"
@@ -40,6 +43,17 @@ for step in ${GPU_RUN:-tests bench}; do
           PYTHONPATH=/tmp/site timeout 180 python3 tools/bench/fla_decode_bench.py --heads $1 --head-dim $2 2>&1 |
             grep -v Warning | tee -a $W/bench.md
         done
+      fi ;;
+    prefill)
+      timeout 120 /tmp/gpurun/mesa_kernel_bench --batches 1 --reps 20 2>&1 | tee -a $W/prefill.md
+      for seg in 512 2048; do
+        timeout 150 /tmp/gpurun/mesa_model_bench --random-1.3b --batches 1 --steps 5 --prefill-segment $seg 2>&1 |
+          grep -E "^#|prefill" | tee -a $W/prefill.md
+      done
+      if ls .whl/*.whl >/dev/null 2>&1; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl &&
+        PYTHONPATH=/tmp/site timeout 240 python3 tools/bench/fla_decode_bench.py --batches 1 --reps 20 2>&1 |
+          grep -v Warning | tee -a $W/prefill.md
       fi ;;
     model)
       timeout 200 /tmp/gpurun/mesa_model_bench --random-1.3b 2>&1 | tee -a $W/model_bench.md
