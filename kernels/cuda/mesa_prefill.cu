@@ -44,6 +44,14 @@ __device__ __forceinline__ float Round(float v, Rounding r) {
   return v;
 }
 
+template <Rounding R>
+__device__ __forceinline__ float RoundAs(float v) {
+  if constexpr (R == Rounding::kBf16) return RoundTo<__nv_bfloat16>(v);
+  if constexpr (R == Rounding::kFp16) return RoundTo<__half>(v);
+  if constexpr (R == Rounding::kTf32) return RoundTf32(v);
+  return v;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tensor-core tiles. m16n8k8 tf32, A row-major 16x8, B column-major 8x8, C/D 16x8 fp32. With
 // g = lane / 4 and q = lane % 4: A holds (g, q), (g+8, q), (g, q+4), (g+8, q+4); B holds
@@ -291,10 +299,15 @@ __global__ void MesaPrefillStateScan(MesaPrefillParams p, const float* gamma, in
 // [KP/4 (w / 2), +KP/4): kN = KP / 32 tiles of 8 columns. The CG vectors of those 32 x KP/4
 // entries live in its registers in the mma accumulator layout.
 //
-// Shared-memory operands are read 16 bytes at a time: along every reduction dimension the
-// columns are stored permuted (Phys) so that a float4 at 4q of each 16-column block holds the
-// (q, q + 4) A/B elements of two consecutive k-steps; B operands are stored [n][k] (transposed),
-// and row strides are 16 mod 32 floats, which keeps those loads free of bank conflicts.
+// Shared-memory operands are read 16 bytes at a time. Which feature of a 16-wide block feeds
+// which k slot of two consecutive mma steps is free (the products sum over all of them) as
+// long as A and B agree: lane q takes features 4q .. 4q + 3 of the block from both, as slots
+// (q, q + 4) of the first step and (q, q + 4) of the second. B operands are stored [n][k]
+// (the state transposed), and row strides are 16 mod 32 floats, which keeps those loads free of
+// bank conflicts. The token dimension of the scores, which the second product reads as B
+// scalars from k or v stored [token][feature], is the exception: there the scores are stored
+// permuted (Phys) so that the four tokens of lane q lie 4 rows apart (two-way conflicts
+// instead of four).
 
 constexpr int kChunkThreads = 256;
 
@@ -312,14 +325,14 @@ struct ChunkSmem {
   static_assert(kBytes <= 227 * 1024, "chunk-pass shared memory exceeds the 227 KiB an SM offers a block");
 };
 
-template <int KP, bool kSplit>
+template <int KP, bool kFixed, bool kSplit>
 struct ChunkBlock {
   using Smem = ChunkSmem<KP>;
   static constexpr int kN = KP / 32;
-  float* rhs;    // [C][kSK] k of the chunk (CG), then v (readout's second half), Phys columns
-  float* in_h;   // [C][kSK] the operator input as the score product takes it: H(in), Phys columns
-  float* in_e;   // [C][kSK] ... and as the state product takes it: r2(e_t in_t), Phys columns
-  float* hbarT;  // [KP][kSK] the chunk-start state transposed (row j = column j), Phys columns
+  float* rhs;    // [C][kSK] k of the chunk (CG), then v (readout's second half)
+  float* in_h;   // [C][kSK] the operator input as the score product takes it: H(in)
+  float* in_e;   // [C][kSK] ... and as the state product takes it: r2(e_t in_t)
+  float* hbarT;  // [KP][kSK] the chunk-start state transposed (row j = column j)
   float* s;      // [C][kSC] masked scores, Phys token columns
   float* m;      // [C][kSM] M_tu = exp2(G_t - G_u) beta_u for u <= t < c, else 0
   float* gcum;   // [C]
@@ -327,7 +340,6 @@ struct ChunkBlock {
   float* e;      // [C] exp2(G_t)
   float* red;    // [4][C] row partial sums of the four column quarters
   int c, g, q, rp, cq;
-  bool fixed;
 
   __device__ int Mt(int i) const { return i == 0 ? rp : 3 - rp; }
   __device__ int Row(int i, int e2) const { return 16 * Mt(i) + g + 8 * e2; }
@@ -337,9 +349,10 @@ struct ChunkBlock {
   // CPU's ApplyChunkOperator, for the input `v` in this thread's layout. `between()` runs after
   // the scores are made, before the second product (the readout swaps k for v and H_kk for
   // H_kv there). Every thread takes part.
-  template <typename Between>
-  __device__ void Apply(const float (&v)[2][kN][4], Rounding score_rounding,
-                        Rounding state_rounding, const float* lambda, Between between,
+  // kScore / kState: the roundings of the scores and of e_t in_t (fixed mode only); lam: this
+  // thread's lambda_j for its columns, or null (readout).
+  template <Rounding kScore, Rounding kState, typename Between>
+  __device__ void Apply(const float (&v)[2][kN][4], const float (*lam)[2], Between between,
                         float (&out)[2][kN][4]) const {
     __syncthreads();  // earlier readers of in_h, in_e and s are done
 #pragma unroll
@@ -350,13 +363,14 @@ struct ChunkBlock {
         const float et = e[t];
 #pragma unroll
         for (int n = 0; n < kN; ++n) {
-#pragma unroll
-          for (int e1 = 0; e1 < 2; ++e1) {
-            const float x = v[i][n][2 * e2 + e1];
-            const int at = t * Smem::kSK + Phys(Col(n, e1));
-            in_h[at] = fixed ? Round(x, Rounding::kFp16) : x;
-            in_e[at] = fixed ? Round(et * x, state_rounding) : et * x;
-          }
+          const float x0 = v[i][n][2 * e2], x1 = v[i][n][2 * e2 + 1];
+          const int at = t * Smem::kSK + Col(n, 0);
+          *reinterpret_cast<float2*>(in_h + at) =
+              kFixed ? make_float2(RoundAs<Rounding::kFp16>(x0), RoundAs<Rounding::kFp16>(x1))
+                     : make_float2(x0, x1);
+          *reinterpret_cast<float2*>(in_e + at) =
+              kFixed ? make_float2(RoundAs<kState>(et * x0), RoundAs<kState>(et * x1))
+                     : make_float2(et * x0, et * x1);
         }
       }
     }
@@ -367,25 +381,28 @@ struct ChunkBlock {
     const int live0 = 2 * Mt(0) + 2;
     for (int idx = cq; idx < 10; idx += 4) {
       const int i = idx < live0 ? 0 : 1, nt = idx < live0 ? idx : idx - live0;
-      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      // Four partial accumulators: one chain of KP / 8 dependent mma would leave the tensor
+      // pipe waiting on its latency (two warps per scheduler cannot hide it).
+      float acc[4][4] = {};
       const float* a0p = in_h + Row(i, 0) * Smem::kSK + 4 * q;
       const float* a1p = in_h + Row(i, 1) * Smem::kSK + 4 * q;
       const float* bp = rhs + (8 * nt + g) * Smem::kSK + 4 * q;
-#pragma unroll 4
+#pragma unroll
       for (int blk = 0; blk < KP / 16; ++blk) {
         const float4 x0 = *reinterpret_cast<const float4*>(a0p + 16 * blk);
         const float4 x1 = *reinterpret_cast<const float4*>(a1p + 16 * blk);
         const float4 y = *reinterpret_cast<const float4*>(bp + 16 * blk);
         const float af0[4] = {x0.x, x1.x, x0.y, x1.y}, af1[4] = {x0.z, x1.z, x0.w, x1.w};
         const float bf0[2] = {y.x, y.y}, bf1[2] = {y.z, y.w};
-        Mma<kSplit>(acc, af0, bf0);
-        Mma<kSplit>(acc, af1, bf1);
+        Mma<kSplit>(acc[2 * (blk & 1)], af0, bf0);
+        Mma<kSplit>(acc[2 * (blk & 1) + 1], af1, bf1);
       }
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int t = Row(i, e >> 1), u = 8 * nt + 2 * q + (e & 1);
-        float val = m[t * Smem::kSM + u] * acc[e];
-        if (fixed) val = Round(val, score_rounding);
+        const float dot = (acc[0][e] + acc[1][e]) + (acc[2][e] + acc[3][e]);
+        float val = m[t * Smem::kSM + u] * dot;
+        if constexpr (kFixed) val = RoundAs<kScore>(val);
         s[t * Smem::kSC + Phys(u)] = val;
       }
     }
@@ -412,7 +429,7 @@ struct ChunkBlock {
         const float* bp = rhs + (16 * blk + q) * Smem::kSK;
 #pragma unroll
         for (int n = 0; n < kN; ++n) {
-          const int pj = Phys(cq * (KP / 4) + 8 * n + g);
+          const int pj = cq * (KP / 4) + 8 * n + g;
           const float bf0[2] = {bp[pj], bp[4 * Smem::kSK + pj]};
           const float bf1[2] = {bp[8 * Smem::kSK + pj], bp[12 * Smem::kSK + pj]};
           Mma<kSplit>(out[i][n], af0, bf0);
@@ -448,13 +465,13 @@ struct ChunkBlock {
         }
       }
     }
-    if (lambda != nullptr) {
+    if (lam != nullptr) {
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
 #pragma unroll
         for (int n = 0; n < kN; ++n) {
 #pragma unroll
-          for (int e = 0; e < 4; ++e) out[i][n][e] += lambda[Col(n, e)] * v[i][n][e];
+          for (int e = 0; e < 4; ++e) out[i][n][e] += lam[n][e & 1] * v[i][n][e];
         }
       }
     }
@@ -500,10 +517,10 @@ struct ChunkBlock {
   }
 };
 
-template <int KP, bool kSplit>
+template <int KP, bool kFixed, bool kSplit>
 __global__ void __launch_bounds__(kChunkThreads, 1) MesaPrefillChunkPass(MesaPrefillParams p) {
   using Smem = ChunkSmem<KP>;
-  using Block = ChunkBlock<KP, kSplit>;
+  using Block = ChunkBlock<KP, kFixed, kSplit>;
   constexpr int kN = Block::kN;
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
@@ -530,9 +547,9 @@ __global__ void __launch_bounds__(kChunkThreads, 1) MesaPrefillChunkPass(MesaPre
   b.q = lane & 3;
   b.rp = warp & 1;
   b.cq = warp >> 1;
-  b.fixed = p.cg.mode == CgMode::kFixed;
-  const bool fixed = b.fixed;
+  constexpr bool fixed = kFixed;
   const float eps = fixed ? kFlaCgEps : 0.0f;
+
   // The snapshot is stored transposed (MesaPrefillChunkIncrement): row j holds column j.
   const float* snapT = static_cast<const float*>(p.workspace) +
                        (static_cast<int64_t>(chunk) * H + h) * SnapshotFloats(K);
@@ -542,14 +559,14 @@ __global__ void __launch_bounds__(kChunkThreads, 1) MesaPrefillChunkPass(MesaPre
     StagedCopy<8>(C * KP, [&](int i) {
       const int t = i / KP, j = i % KP;
       return (t < c && j < K) ? src[(tc + t) * p.ld_in + col0 + j] : 0.0f;
-    }, [&](int i, float v) { b.rhs[(i / KP) * Smem::kSK + Phys(i % KP)] = v; });
+    }, [&](int i, float v) { b.rhs[(i / KP) * Smem::kSK + i % KP] = v; });
   };
   auto load_state = [&](const float* snap, Rounding rounding) {
     StagedCopy<8>(KP * KP, [&](int i) {
       const int j = i / KP, l = i % KP;
       return (l < K && j < K) ? snap[j * K + l] : 0.0f;
     }, [&](int i, float v) {
-      b.hbarT[(i / KP) * Smem::kSK + Phys(i % KP)] = fixed ? Round(v, rounding) : v;
+      b.hbarT[(i / KP) * Smem::kSK + i % KP] = fixed ? Round(v, rounding) : v;
     });
   };
   load_rhs(p.k);
@@ -564,6 +581,12 @@ __global__ void __launch_bounds__(kChunkThreads, 1) MesaPrefillChunkPass(MesaPre
   }
   __syncthreads();
   auto nothing = [] {};
+  float lam[kN][2];
+#pragma unroll
+  for (int n = 0; n < kN; ++n) {
+    lam[n][0] = lambda_s[b.Col(n, 0)];
+    lam[n][1] = lambda_s[b.Col(n, 1)];
+  }
 
   // The right-hand sides q in this thread's layout; rows past c and columns past K are zero.
   float x[2][kN][4], r[2][kN][4], pv[2][kN][4], w[2][kN][4];
@@ -596,16 +619,16 @@ __global__ void __launch_bounds__(kChunkThreads, 1) MesaPrefillChunkPass(MesaPre
         for (int e = 0; e < 4; ++e) {
           const int t = b.Row(i, e >> 1), j = b.Col(n, e);
           if (t >= c || j >= K) continue;
-          float diag = b.e[t] * b.hbarT[j * Smem::kSK + Phys(j)];
+          float diag = b.e[t] * b.hbarT[j * Smem::kSK + j];
           for (int u = 0; u <= t; ++u) {
-            const float kj = b.rhs[u * Smem::kSK + Phys(j)];
+            const float kj = b.rhs[u * Smem::kSK + j];
             diag += b.m[t * Smem::kSM + u] * kj * kj;
           }
           x[i][n][e] = r[i][n][e] / (diag + lambda_s[j]);
         }
       }
     }
-    b.Apply(x, Rounding::kFp16, Rounding::kTf32, lambda_s, nothing, w);
+    b.template Apply<Rounding::kFp16, Rounding::kTf32>(x, lam, nothing, w);
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
 #pragma unroll
@@ -644,7 +667,7 @@ __global__ void __launch_bounds__(kChunkThreads, 1) MesaPrefillChunkPass(MesaPre
       }
       if (!__syncthreads_or(any)) break;
     }
-    b.Apply(pv, Rounding::kFp16, Rounding::kTf32, lambda_s, nothing, w);
+    b.template Apply<Rounding::kFp16, Rounding::kTf32>(pv, lam, nothing, w);
     float pw[2][2], alpha[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
     b.RowDots(pv, w, pw);
 #pragma unroll
@@ -707,11 +730,22 @@ __global__ void __launch_bounds__(kChunkThreads, 1) MesaPrefillChunkPass(MesaPre
 
   // Readout o_t = H_kv,t^T x_t, chunk form; fla rounds the intra-chunk scores to v's dtype. Once
   // the scores x . k are made, v and H_kv replace k and H_kk in shared memory.
-  b.Apply(x, p.value_rounding, Rounding::kBf16, nullptr, [&] {
+  auto swap_in_v = [&] {
     __syncthreads();  // every warp's score product is done with k
     load_rhs(p.v);
     load_state(snapT + kk, Rounding::kBf16);
-  }, w);
+  };
+  switch (p.value_rounding) {
+    case Rounding::kBf16:
+      b.template Apply<Rounding::kBf16, Rounding::kBf16>(x, nullptr, swap_in_v, w);
+      break;
+    case Rounding::kFp16:
+      b.template Apply<Rounding::kFp16, Rounding::kBf16>(x, nullptr, swap_in_v, w);
+      break;
+    default:
+      b.template Apply<Rounding::kNone, Rounding::kBf16>(x, nullptr, swap_in_v, w);
+      break;
+  }
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
 #pragma unroll
@@ -727,13 +761,13 @@ __global__ void __launch_bounds__(kChunkThreads, 1) MesaPrefillChunkPass(MesaPre
 
 int64_t NumChunks(int64_t seq_len) { return (seq_len + C - 1) / C; }
 
-template <int KP, bool kSplit>
+template <int KP, bool kFixed, bool kSplit>
 absl::Status Launch(const MesaPrefillParams& p) {
   // The attribute calls are cheap after the first and keep the launch self-contained.
   MESA_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(MesaPrefillChunkIncrement<KP, kSplit>,
                                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                  static_cast<int>(IncSmem<KP>::kBytes)));
-  MESA_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(MesaPrefillChunkPass<KP, kSplit>,
+  MESA_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(MesaPrefillChunkPass<KP, kFixed, kSplit>,
                                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                  static_cast<int>(ChunkSmem<KP>::kBytes)));
   const int64_t chunks = NumChunks(p.seq_len);
@@ -746,7 +780,7 @@ absl::Status Launch(const MesaPrefillParams& p) {
   MesaPrefillStateScan<<<static_cast<unsigned>((elements + 255) / 256), 256, 0, p.stream>>>(
       p, gamma, static_cast<int>(chunks));
   MESA_CUDA_RETURN_IF_LAUNCH_FAILED("MesaPrefillStateScan");
-  MesaPrefillChunkPass<KP, kSplit><<<grid, kChunkThreads, ChunkSmem<KP>::kBytes, p.stream>>>(p);
+  MesaPrefillChunkPass<KP, kFixed, kSplit><<<grid, kChunkThreads, ChunkSmem<KP>::kBytes, p.stream>>>(p);
   MESA_CUDA_RETURN_IF_LAUNCH_FAILED("MesaPrefillChunkPass");
   return absl::OkStatus();
 }
@@ -754,8 +788,9 @@ absl::Status Launch(const MesaPrefillParams& p) {
 template <int KP>
 absl::Status LaunchFor(const MesaPrefillParams& p) {
   // Split products wherever the CPU multiplies values that are not exact tf32 numbers.
-  const bool split = p.cg.mode != CgMode::kFixed || p.value_rounding == Rounding::kNone;
-  return split ? Launch<KP, true>(p) : Launch<KP, false>(p);
+  if (p.cg.mode != CgMode::kFixed) return Launch<KP, false, true>(p);
+  if (p.value_rounding == Rounding::kNone) return Launch<KP, true, true>(p);
+  return Launch<KP, true, false>(p);
 }
 
 }  // namespace
