@@ -82,40 +82,55 @@ __device__ __forceinline__ float WindowAt(int pos, int W, const float* state, co
                      : RoundTo<T>(proj[static_cast<int64_t>(pos - (W - 1)) * ld_proj + col + c]);
 }
 
-// grid (H, T), blockDim = K rounded up to a warp. Tap order as kernels/cpu/short_conv.cc.
+// One warp per (token, head), 8 per block: lane l takes channels l, l + 32, ... of the head, so
+// the l2 norms are warp sums (no barriers; a block per (head, token) needed four). Tap order as
+// kernels/cpu/short_conv.cc.
+constexpr int kPrefillWarps = 8;
+
 template <typename T>
-__global__ void MixerInputsPrefillKernel(MixerInputsPrefillParams p) {
-  __shared__ float scratch[32];
-  const int h = blockIdx.x;
-  const int t = blockIdx.y;
+__global__ void __launch_bounds__(32 * kPrefillWarps) MixerInputsPrefillKernel(MixerInputsPrefillParams p) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kPrefillWarps + (threadIdx.x >> 5);
+  if (row >= static_cast<int64_t>(p.seq_len) * p.num_heads) return;
+  const int t = static_cast<int>(row / p.num_heads), h = static_cast<int>(row % p.num_heads);
   const int K = p.head_dim;
   const int W = p.conv_size;
-  const int j = threadIdx.x;
-  const bool owner = j < K;
   const int64_t dk = static_cast<int64_t>(p.num_heads) * K;
-  const int64_t c = static_cast<int64_t>(h) * K + j;
   const float* pr = p.proj + static_cast<int64_t>(t) * p.ld_proj;
-  const int64_t out_index = static_cast<int64_t>(t) * dk + c;
-  float qc = 0.0f, kc = 0.0f;
-  if (owner) {
+  float ss_q = 0.0f, ss_k = 0.0f;
+  constexpr int kMaxPerLane = 1024 / 32;  // head_dim <= 1024 (CheckPrefill)
+  float qv[kMaxPerLane], kv[kMaxPerLane];
+#pragma unroll 4
+  for (int i = 0; i < kMaxPerLane; ++i) {
+    const int j = lane + 32 * i;
+    if (j >= K) break;
+    const int64_t c = static_cast<int64_t>(h) * K + j;
     float aq = 0.0f, ak = 0.0f;
-    for (int i = 0; i < W; ++i) {
-      aq = fmaf(p.q_conv[c * W + i], WindowAt<T>(t + i, W, p.conv_q_state, p.proj, p.ld_proj, p.q_col, dk, c), aq);
-      ak = fmaf(p.k_conv[c * W + i], WindowAt<T>(t + i, W, p.conv_k_state, p.proj, p.ld_proj, p.k_col, dk, c), ak);
+    for (int w = 0; w < W; ++w) {
+      aq = fmaf(p.q_conv[c * W + w], WindowAt<T>(t + w, W, p.conv_q_state, p.proj, p.ld_proj, p.q_col, dk, c), aq);
+      ak = fmaf(p.k_conv[c * W + w], WindowAt<T>(t + w, W, p.conv_k_state, p.proj, p.ld_proj, p.k_col, dk, c), ak);
     }
-    qc = RoundTo<T>(Silu(aq));
-    kc = RoundTo<T>(Silu(ak));
+    qv[i] = RoundTo<T>(Silu(aq));
+    kv[i] = RoundTo<T>(Silu(ak));
+    ss_q = fmaf(qv[i], qv[i], ss_q);
+    ss_k = fmaf(kv[i], kv[i], ss_k);
+    const int64_t out_index = static_cast<int64_t>(t) * dk + c;
     p.v[out_index] = RoundTo<T>(pr[p.v_col + c]);
     if (p.g_col >= 0) static_cast<T*>(p.z)[out_index] = FromFloat<T>(pr[p.g_col + c]);
   }
   // L2NormHeads with fp16 rounding (fla's chunk path writes the normalised q and k as fp16).
-  const float ss_q = BlockSum(qc * qc, scratch);
-  const float ss_k = BlockSum(kc * kc, scratch);
-  if (owner) {
-    p.q[out_index] = RoundTo<__half>(qc * (1.0f / sqrtf(ss_q + 1e-6f)));
-    p.k[out_index] = RoundTo<__half>(kc * (1.0f / sqrtf(ss_k + 1e-6f)));
+  ss_q = WarpSum(ss_q);
+  ss_k = WarpSum(ss_k);
+  const float inv_q = 1.0f / sqrtf(ss_q + 1e-6f), inv_k = 1.0f / sqrtf(ss_k + 1e-6f);
+#pragma unroll 4
+  for (int i = 0; i < kMaxPerLane; ++i) {
+    const int j = lane + 32 * i;
+    if (j >= K) break;
+    const int64_t out_index = static_cast<int64_t>(t) * dk + static_cast<int64_t>(h) * K + j;
+    p.q[out_index] = RoundTo<__half>(qv[i] * inv_q);
+    p.k[out_index] = RoundTo<__half>(kv[i] * inv_k);
   }
-  if (j == 0) MesaGates<T>(p, pr, h, static_cast<int64_t>(t) * p.num_heads + h);
+  if (lane == 0) MesaGates<T>(p, pr, h, static_cast<int64_t>(t) * p.num_heads + h);
 }
 
 // One thread per channel: state[i] = window[T + i] for i < W-1, in increasing i (a read of
@@ -155,8 +170,9 @@ absl::Status MixerInputsPrefill(const MixerInputsPrefillParams& p) {
   if (p.seq_len == 0 || p.num_heads == 0) return absl::OkStatus();
   return DispatchActType(p.act, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const dim3 grid(p.num_heads, p.seq_len);
-    MixerInputsPrefillKernel<T><<<grid, RoundUpToWarp(p.head_dim), 0, p.stream>>>(p);
+    const int64_t rows = static_cast<int64_t>(p.seq_len) * p.num_heads;
+    const unsigned blocks = static_cast<unsigned>((rows + kPrefillWarps - 1) / kPrefillWarps);
+    MixerInputsPrefillKernel<T><<<blocks, 32 * kPrefillWarps, 0, p.stream>>>(p);
     MESA_CUDA_RETURN_IF_LAUNCH_FAILED("MixerInputsPrefillKernel");
     return absl::OkStatus();
   });

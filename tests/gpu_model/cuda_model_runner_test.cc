@@ -227,7 +227,8 @@ TEST(CudaModelRunnerNoDevice, CreationIsUnavailable) {
 class CudaRunnerTest : public GpuTest, public ::testing::WithParamInterface<ModelCase> {
  protected:
   std::unique_ptr<CudaModelRunner> MakeGpuRunner(const ModelCase& c, int32_t max_batch = 0,
-                                                 bool cuda_graphs = true) {
+                                                 bool cuda_graphs = true,
+                                                 int32_t max_prefill_tokens = 0) {
     auto weights = testing::LoadCaseWeights(c);
     EXPECT_TRUE(weights.ok()) << weights.status();
     if (!weights.ok()) return nullptr;
@@ -235,6 +236,7 @@ class CudaRunnerTest : public GpuTest, public ::testing::WithParamInterface<Mode
     options.num_slots = kSlots;
     options.max_decode_batch = max_batch;
     options.cuda_graphs = cuda_graphs;
+    if (max_prefill_tokens > 0) options.max_prefill_tokens = max_prefill_tokens;
     auto runner = CreateCudaModelRunner(std::move(*weights), options);
     EXPECT_TRUE(runner.ok()) << runner.status();
     return runner.ok() ? std::move(*runner) : nullptr;
@@ -290,12 +292,15 @@ TEST_P(CudaRunnerTest, DecodeInPiecesMatchesCpuRunner) {
 // partial), 1 token, and 70 then 30 tokens (a continued prefill from a non-empty state), every
 // row's logits and the CG counts; then three decode steps of the three sequences together,
 // which read the states the prefills left. Same tolerances as the decode comparison (the
-// chunk kernel's parity with the CPU's is tested op by op in tests/kernels).
+// chunk kernel's parity with the CPU's is tested op by op in tests/kernels). Once with the
+// default segment length and once with segments of 64 tokens (150 tokens: three segments).
 TEST_P(CudaRunnerTest, PrefillThenDecodeMatchesCpuRunner) {
   const ModelCase& c = GetParam();
   const Tolerance tol = ToleranceFor(c.dtype);
+  for (const int32_t segment : {0, 64})
   for (const CgControl& cg : {kFixed, kAdaptive}) {
-    auto gpu = MakeGpuRunner(c);
+    SCOPED_TRACE(::testing::Message() << "prefill segment " << segment);
+    auto gpu = MakeGpuRunner(c, 0, true, segment);
     auto cpu = MakeCpuRunner(c);
     ASSERT_TRUE(gpu && cpu);
     const int32_t vocab = gpu->config().vocab_size;
@@ -322,6 +327,7 @@ TEST_P(CudaRunnerTest, PrefillThenDecodeMatchesCpuRunner) {
       ASSERT_TRUE(cpu->Prefill({&req, 1}, {&b, 1}).ok());
       const double ratio = ErrorRatio(a.logits, b.logits);
       std::cout << "[ gpu prefill ] " << c.name << (cg.mode == CgMode::kFixed ? " fixed" : " adaptive")
+                << (segment > 0 ? ", segments of 64" : "")
                 << " slot " << call.slot << ", " << call.tokens.size() << " tokens: logits error ratio "
                 << ratio << "\n";
       EXPECT_LE(ratio, tol.logits_ratio) << "slot " << call.slot;

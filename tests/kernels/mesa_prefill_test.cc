@@ -207,7 +207,11 @@ INSTANTIATE_TEST_SUITE_P(
         PrefillCase{"t100_h2_k50_fp16_fixed", 100, 2, 50, ScalarType::kFp16, CgMode::kFixed, 0},
         PrefillCase{"t70_h2_k64_bf16_fixed_continued", 70, 2, 64, ScalarType::kBf16, CgMode::kFixed, 100},
         PrefillCase{"t150_h3_k64_bf16_adaptive", 150, 3, 64, ScalarType::kBf16, CgMode::kAdaptive, 0},
-        PrefillCase{"t128_h2_k128_fp16_adaptive_continued", 128, 2, 128, ScalarType::kFp16, CgMode::kAdaptive, 64}),
+        PrefillCase{"t128_h2_k128_fp16_adaptive_continued", 128, 2, 128, ScalarType::kFp16, CgMode::kAdaptive, 64},
+        // Many chunks (the per-chunk increments and the scan over them) and more blocks than SMs.
+        PrefillCase{"t1000_h9_k128_bf16_fixed", 1000, 9, 128, ScalarType::kBf16, CgMode::kFixed, 0},
+        PrefillCase{"t700_h5_k32_fp32_fixed_continued", 700, 5, 32, ScalarType::kFp32, CgMode::kFixed, 130},
+        PrefillCase{"t900_h9_k64_bf16_adaptive", 900, 9, 64, ScalarType::kBf16, CgMode::kAdaptive, 0}),
     [](const ::testing::TestParamInfo<PrefillCase>& info) { return info.param.name; });
 
 TEST(MesaPrefillArgs, BadShapesAreInvalidArgument) {

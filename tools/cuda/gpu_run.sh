@@ -7,7 +7,7 @@
 #   model  mesa_model_bench: whole-model decode steps, random 1.3B and the bundled model
 #   prefill  one layer's chunked prefill (mesa_kernel_bench, T = 2048 and 8192) and the whole
 #          random 1.3B's 2048-token prefill with segments of 512 and 2048 tokens; fla's chunk
-#          kernel at the same shape when fla's wheels are in .whl/
+#          kernel and fla + HF's whole-model prefill at the same shapes when fla's wheels are in .whl/
 # Logs come back in $OUT/gpu_run.tar.gz; summaries on stdout.
 set -u
 OUTDIR=${OUT:-/tmp/out}; mkdir -p "$OUTDIR"
@@ -54,6 +54,8 @@ for step in ${GPU_RUN:-tests bench}; do
         python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl &&
         PYTHONPATH=/tmp/site timeout 240 python3 tools/bench/fla_decode_bench.py --batches 1 --reps 20 2>&1 |
           grep -v Warning | tee -a $W/prefill.md
+        PYTHONPATH=/tmp/site timeout 240 python3 tools/bench/fla_model_bench.py --batches 1 --steps 3 2>&1 |
+          grep -v Warn | tee -a $W/prefill.md
       fi ;;
     model)
       timeout 200 /tmp/gpurun/mesa_model_bench --random-1.3b 2>&1 | tee -a $W/model_bench.md
