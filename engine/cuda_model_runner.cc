@@ -395,7 +395,9 @@ absl::Status CudaModelRunnerImpl::Init() {
                                                    " exceeds the decode kernel's limit ",
                                                    gpu::kMaxDecodeHeadDim));
   }
-  max_batch_ = options_.max_decode_batch > 0 ? options_.max_decode_batch : options_.num_slots;
+  const bool auto_slots = options_.num_slots == 0;
+  const int32_t slot_bound = auto_slots ? options_.max_auto_slots : options_.num_slots;
+  max_batch_ = options_.max_decode_batch > 0 ? options_.max_decode_batch : slot_bound;
   max_batch_ = std::min<int64_t>(max_batch_, 65535);  // the kernels' grid.y limit
   prefill_rows_ = std::max<int64_t>(gpu::kPrefillChunk, options_.max_prefill_tokens /
                                                             gpu::kPrefillChunk * gpu::kPrefillChunk);
@@ -411,10 +413,13 @@ absl::Status CudaModelRunnerImpl::Init() {
   plan_.weight_bytes = weight_arena.bytes();
   plan_.workspace_bytes = workspace_arena.bytes();
   plan_.state_bytes_per_slot = slot_floats_ * sizeof(float);
-  plan_.num_slots = options_.num_slots;
   plan_.reserve_bytes = options_.reserve_bytes;
   size_t free_bytes = 0, total_bytes = 0;
   MESA_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_bytes, &total_bytes));
+  if (auto_slots) {
+    MESA_ASSIGN_OR_RETURN(options_.num_slots, CudaSlotsThatFit(plan_, free_bytes, slot_bound));
+  }
+  plan_.num_slots = options_.num_slots;
   MESA_RETURN_IF_ERROR(CheckCudaMemoryPlan(plan_, free_bytes));
   positions_.assign(options_.num_slots, 0);  // after the check: num_slots may be absurd
 
@@ -814,11 +819,32 @@ absl::Status CheckCudaMemoryPlan(const CudaMemoryPlan& plan, size_t free_bytes) 
       " slots would fit (lower --slots)"));
 }
 
+absl::StatusOr<int32_t> CudaSlotsThatFit(const CudaMemoryPlan& plan, size_t free_bytes, int32_t cap) {
+  const size_t fixed = plan.weight_bytes + plan.workspace_bytes + plan.reserve_bytes;
+  const size_t fit = free_bytes > fixed && plan.state_bytes_per_slot > 0
+                         ? (free_bytes - fixed) / plan.state_bytes_per_slot
+                         : 0;
+  if (fit < 1) {
+    constexpr double kMiB = 1024.0 * 1024.0;
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "no CUDA state slot fits: weights ", plan.weight_bytes, " + workspaces ",
+        plan.workspace_bytes, " + reserve ", plan.reserve_bytes, " bytes leave ",
+        free_bytes > fixed ? free_bytes - fixed : 0, " of the ", free_bytes, " bytes (",
+        free_bytes / kMiB, " MiB) free on the device, and one slot needs ",
+        plan.state_bytes_per_slot));
+  }
+  return static_cast<int32_t>(std::min<size_t>(fit, static_cast<size_t>(cap)));
+}
+
 absl::StatusOr<std::unique_ptr<CudaModelRunner>> CreateCudaModelRunner(
     MesaWeights weights, const CudaRunnerOptions& options) {
-  if (options.num_slots < 1) {
+  if (options.num_slots < 0) {
     return absl::InvalidArgumentError(
-        absl::StrCat("num_slots must be at least 1, got ", options.num_slots));
+        absl::StrCat("num_slots must be at least 1 (or 0: as many as fit), got ", options.num_slots));
+  }
+  if (options.num_slots == 0 && options.max_auto_slots < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_auto_slots must be at least 1, got ", options.max_auto_slots));
   }
   if (options.max_decode_batch < 0) {
     return absl::InvalidArgumentError(absl::StrCat("max_decode_batch must not be negative, got ",

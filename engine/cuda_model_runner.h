@@ -22,7 +22,10 @@
 namespace mesa {
 
 struct CudaRunnerOptions {
+  // State slots; 0 = as many as fit the device's free memory after the weights, workspaces
+  // and reserve_bytes, at most max_auto_slots (the runner's num_slots() tells the result).
   int32_t num_slots = 4;
+  int32_t max_auto_slots = 256;
   // Rows of the largest decode step the workspaces are sized for (0: num_slots). A larger
   // batch is run in pieces of this size.
   int32_t max_decode_batch = 0;
@@ -58,6 +61,11 @@ struct CudaMemoryPlan {
 // Checks that `plan` fits `free_bytes` (from cudaMemGetInfo). Otherwise kResourceExhausted
 // naming the bytes needed, the bytes free and how many slots would fit. Device-free.
 absl::Status CheckCudaMemoryPlan(const CudaMemoryPlan& plan, size_t free_bytes);
+
+// The slots that fit `free_bytes` next to the plan's weights, workspaces and reserve (its
+// num_slots is ignored), at most `cap`; kResourceExhausted with the numbers when not even one
+// fits. Device-free.
+absl::StatusOr<int32_t> CudaSlotsThatFit(const CudaMemoryPlan& plan, size_t free_bytes, int32_t cap);
 
 // Bytes of recurrent and conv state one sequence needs (fp32; the CPU runner's slot layout).
 size_t CudaStateBytesPerSlot(const MesaConfig& config);

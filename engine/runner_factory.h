@@ -28,7 +28,7 @@ Device ResolveDevice(Device device);
 
 struct RunnerSpec {
   Device device = Device::kAuto;
-  int32_t num_slots = 1;
+  int32_t num_slots = 1;  // 0: the CUDA runner takes as many as fit its device (CPU: an error)
 };
 
 // Creates the runner on the resolved device. --device cuda in a build without the CUDA backend

@@ -74,18 +74,20 @@ absl::Status Start(Server& s) {
   // is created.
   const int64_t state_bytes = static_cast<int64_t>(CpuStateBytesPerSlot(model));
   int32_t slots = c.slots;
-  if (slots == 0) {
-    // The budget is host memory for the CPU backend; on a GPU the default budget (25 % of the
-    // host's available memory, at most 4 GiB) is a conservative start, and a pool that does not
-    // fit the device fails creation with the number of slots that would.
+  if (slots == 0 && !(device == Device::kCuda && c.state_memory_mb == 0)) {
+    // The budget is host memory for the CPU backend, or --state-memory-mb on either; a pool
+    // that does not fit the GPU fails creation with the number of slots that would.
     const int64_t budget = c.state_memory_mb > 0 ? c.state_memory_mb << 20 : DefaultStateBudgetBytes();
     MESA_ASSIGN_OR_RETURN(slots, SlotsForMemory(budget, state_bytes));
     slots = std::min(slots, 256);
   }
+  // On the GPU without --slots or --state-memory-mb, slots stays 0: the CUDA runner fills the
+  // device memory left after its weights and workspaces (at most 256 slots).
   RunnerSpec spec;
   spec.device = device;
   spec.num_slots = slots;
   MESA_ASSIGN_OR_RETURN(std::unique_ptr<ModelRunner> runner, CreateModelRunner(std::move(weights), spec));
+  slots = runner->num_slots();
   MESA_LOG(INFO) << "backend " << runner->backend_name() << " (--device " << c.device << "), "
                  << slots << " state slots of " << state_bytes << " bytes";
   // Test-only fault hook (fault tests start the real server with it).

@@ -127,7 +127,7 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::vector<std::string>& arg
   f.String("device", &c.device, "model backend: auto (CUDA when this build has it and a GPU is present), cpu or cuda");
   f.String("listen", &c.listen, "gRPC address");
   f.String("metrics-listen", &c.metrics_listen, "Prometheus /metrics address; empty = off");
-  f.Int("slots", &slots, "state slots (concurrent sequences); 0 = from --state-memory-mb");
+  f.Int("slots", &slots, "state slots (concurrent sequences); 0 = from --state-memory-mb, or on a GPU without it as many as fit the device (at most 256)");
   f.Int("state-memory-mb", &state_mb, "memory for states; 0 = 25% of available memory, at most 4096");
   f.Int("max-waiting", &max_waiting, "waiting-queue bound (RESOURCE_EXHAUSTED beyond it)");
   f.Int("max-prompt-tokens", &max_prompt, "longest prompt accepted");

@@ -205,6 +205,27 @@ TEST(CudaMemoryPlan, TooLargeNamesBytesAndSlots) {
   EXPECT_TRUE(absl::StrContains(CheckCudaMemoryPlan(plan, 900).message(), "0 slots would fit"));
 }
 
+// Device-free: --slots 0 on a GPU takes what fits next to weights, workspaces and reserve.
+TEST(CudaMemoryPlan, SlotsThatFitFillTheFreeMemoryUpToTheCap) {
+  CudaMemoryPlan plan;
+  plan.weight_bytes = 1000;
+  plan.workspace_bytes = 500;
+  plan.reserve_bytes = 100;
+  plan.state_bytes_per_slot = 100;
+  plan.num_slots = 123;  // ignored
+  auto fit = CudaSlotsThatFit(plan, 2450, 256);
+  ASSERT_TRUE(fit.ok()) << fit.status();
+  EXPECT_EQ(*fit, 8);  // (2450 - 1600) / 100
+  fit = CudaSlotsThatFit(plan, 1000000, 256);
+  ASSERT_TRUE(fit.ok()) << fit.status();
+  EXPECT_EQ(*fit, 256);
+  const absl::Status none = CudaSlotsThatFit(plan, 1650, 256).status();
+  EXPECT_EQ(none.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(absl::StrContains(none.message(), "leave 50 of the 1650 bytes")) << none;
+  EXPECT_TRUE(absl::StrContains(none.message(), "one slot needs 100")) << none;
+  EXPECT_EQ(CudaSlotsThatFit(plan, 900, 256).status().code(), absl::StatusCode::kResourceExhausted);
+}
+
 TEST(CudaMemoryPlan, SlotLayoutIsTheCpuRunners) {
   for (const ModelCase& c : testing::ModelCases()) {
     auto weights = testing::LoadCaseWeights(c);
@@ -436,6 +457,26 @@ TEST_F(CudaRunnerErrors, PoolThatDoesNotFitIsResourceExhausted) {
   EXPECT_TRUE(absl::StrContains(runner.status().message(), "are free on the device"))
       << runner.status();
   EXPECT_TRUE(absl::StrContains(runner.status().message(), "slots would fit")) << runner.status();
+}
+
+// num_slots 0: the pool fills the free device memory, at most max_auto_slots; every slot works.
+TEST_F(CudaRunnerErrors, AutoSlotsFillTheDeviceUpToTheCap) {
+  auto weights = testing::LoadCaseWeights(testing::ModelCases()[0]);
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  CudaRunnerOptions options;
+  options.num_slots = 0;
+  options.max_auto_slots = 40;  // these states are small: the cap decides
+  auto created = CreateCudaModelRunner(std::move(*weights), options);
+  ASSERT_TRUE(created.ok()) << created.status();
+  CudaModelRunner& gpu = **created;
+  EXPECT_EQ(gpu.num_slots(), 40);
+  EXPECT_EQ(gpu.memory_plan().num_slots, 40);
+  DecodeResult result;
+  std::vector<DecodeRow> last = {{39, 5, kFixed}};
+  ASSERT_TRUE(gpu.Decode(last, &result).ok());
+  EXPECT_EQ(gpu.SlotPosition(39), 1);
+  std::vector<DecodeRow> past = {{40, 5, kFixed}};
+  EXPECT_EQ(gpu.Decode(past, &result).code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(CudaRunnerErrors, BadRequestsAreRejectedBeforeDeviceWork) {
