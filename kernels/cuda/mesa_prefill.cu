@@ -317,10 +317,11 @@ __host__ __device__ constexpr int Phys(int l) {
 
 template <int KP>
 struct ChunkSmem {
-  static constexpr int kSK = KP + 16;  // [C][kSK] tokens x features; [KP][kSK] the state
-  static constexpr int kSC = C + 16;   // [C][kSC] scores (A operand: 16 mod 32)
-  static constexpr int kSM = C + 4;    // [C][kSM] M
-  static constexpr int kFloats = 3 * C * kSK + KP * kSK + C * kSC + C * kSM + 7 * C + KP;
+  static constexpr int kSK = KP + 16;     // [C][kSK] tokens x features; [KP][kSK] the state
+  static constexpr int kSI = 2 * KP + 4;  // [C/2][kSI] operator inputs, row pairs interleaved
+  static constexpr int kSS = 2 * C + 4;   // [C/2][kSS] scores, row pairs interleaved
+  static constexpr int kSM = C + 4;       // [C][kSM] M
+  static constexpr int kFloats = C * kSK + C * kSI + KP * kSK + C / 2 * kSS + C * kSM + 7 * C + KP;
   static constexpr size_t kBytes = kFloats * sizeof(float);
   static_assert(kBytes <= 227 * 1024, "chunk-pass shared memory exceeds the 227 KiB an SM offers a block");
 };
@@ -330,10 +331,10 @@ struct ChunkBlock {
   using Smem = ChunkSmem<KP>;
   static constexpr int kN = KP / 32;
   float* rhs;    // [C][kSK] k of the chunk (CG), then v (readout's second half)
-  float* in_h;   // [C][kSK] the operator input as the score product takes it: H(in)
-  float* in_e;   // [C][kSK] ... and as the state product takes it: r2(e_t in_t)
+  float* in_h;   // [C/2][kSI] the operator input as the score product takes it: H(in), RP layout
+  float* in_e;   // [C/2][kSI] ... and as the state product takes it: r2(e_t in_t), RP layout
   float* hbarT;  // [KP][kSK] the chunk-start state transposed (row j = column j)
-  float* s;      // [C][kSC] masked scores, Phys token columns
+  float* s;      // [C/2][kSS] masked scores, RP layout, Phys token columns
   float* m;      // [C][kSM] M_tu = exp2(G_t - G_u) beta_u for u <= t < c, else 0
   float* gcum;   // [C]
   float* beta;   // [C]
@@ -344,6 +345,12 @@ struct ChunkBlock {
   __device__ int Mt(int i) const { return i == 0 ? rp : 3 - rp; }
   __device__ int Row(int i, int e2) const { return 16 * Mt(i) + g + 8 * e2; }
   __device__ int Col(int n, int e) const { return cq * (KP / 4) + 8 * n + 2 * q + (e & 1); }
+  // Row-pair interleaved (RP) layout of a [C][F] matrix: rows g and g + 8 of each 16-row tile
+  // alternate feature by feature, row (16 mt + g + 8 h, f) at (8 mt + g) stride + 2 f + h. A
+  // float4 at 2 (16 blk + 4 q) + 4 k2 is then exactly the A fragment of lane (g, q) for k step
+  // k2 of the block (rows g, g + 8; slots q, q + 4 = features 4 q + 2 k2, +1), with no register
+  // moves; stride / 4 odd keeps the loads conflict-free.
+  __device__ int RpRow(int i, int stride) const { return (8 * Mt(i) + g) * stride; }
 
   // out = A(in): sum_s r1(M_ts (H(in_t) . k_s)) rhs_s + r2(e_t in_t) hbar (+ lambda . in_t), the
   // CPU's ApplyChunkOperator, for the input `v` in this thread's layout. `between()` runs after
@@ -357,21 +364,25 @@ struct ChunkBlock {
     __syncthreads();  // earlier readers of in_h, in_e and s are done
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
+      const float e0 = e[Row(i, 0)], e1 = e[Row(i, 1)];
 #pragma unroll
-      for (int e2 = 0; e2 < 2; ++e2) {
-        const int t = Row(i, e2);
-        const float et = e[t];
-#pragma unroll
-        for (int n = 0; n < kN; ++n) {
-          const float x0 = v[i][n][2 * e2], x1 = v[i][n][2 * e2 + 1];
-          const int at = t * Smem::kSK + Col(n, 0);
-          *reinterpret_cast<float2*>(in_h + at) =
-              kFixed ? make_float2(RoundAs<Rounding::kFp16>(x0), RoundAs<Rounding::kFp16>(x1))
-                     : make_float2(x0, x1);
-          *reinterpret_cast<float2*>(in_e + at) =
-              kFixed ? make_float2(RoundAs<kState>(et * x0), RoundAs<kState>(et * x1))
-                     : make_float2(et * x0, et * x1);
+      for (int n = 0; n < kN; ++n) {
+        // (row g, col c), (row g + 8, c), (g, c + 1), (g + 8, c + 1) are adjacent in RP.
+        const float x[4] = {v[i][n][0], v[i][n][2], v[i][n][1], v[i][n][3]};
+        const float ex[4] = {e0, e1, e0, e1};
+        float4 h4, e4;
+        if constexpr (kFixed) {
+          h4 = make_float4(RoundAs<Rounding::kFp16>(x[0]), RoundAs<Rounding::kFp16>(x[1]),
+                           RoundAs<Rounding::kFp16>(x[2]), RoundAs<Rounding::kFp16>(x[3]));
+          e4 = make_float4(RoundAs<kState>(ex[0] * x[0]), RoundAs<kState>(ex[1] * x[1]),
+                           RoundAs<kState>(ex[2] * x[2]), RoundAs<kState>(ex[3] * x[3]));
+        } else {
+          h4 = make_float4(x[0], x[1], x[2], x[3]);
+          e4 = make_float4(ex[0] * x[0], ex[1] * x[1], ex[2] * x[2], ex[3] * x[3]);
         }
+        const int at = RpRow(i, Smem::kSI) + 2 * Col(n, 0);
+        *reinterpret_cast<float4*>(in_h + at) = h4;
+        *reinterpret_cast<float4*>(in_e + at) = e4;
       }
     }
     __syncthreads();
@@ -384,15 +395,14 @@ struct ChunkBlock {
       // Four partial accumulators: one chain of KP / 8 dependent mma would leave the tensor
       // pipe waiting on its latency (two warps per scheduler cannot hide it).
       float acc[4][4] = {};
-      const float* a0p = in_h + Row(i, 0) * Smem::kSK + 4 * q;
-      const float* a1p = in_h + Row(i, 1) * Smem::kSK + 4 * q;
+      const float* ap = in_h + RpRow(i, Smem::kSI) + 8 * q;
       const float* bp = rhs + (8 * nt + g) * Smem::kSK + 4 * q;
 #pragma unroll
       for (int blk = 0; blk < KP / 16; ++blk) {
-        const float4 x0 = *reinterpret_cast<const float4*>(a0p + 16 * blk);
-        const float4 x1 = *reinterpret_cast<const float4*>(a1p + 16 * blk);
+        const float4 x0 = *reinterpret_cast<const float4*>(ap + 32 * blk);
+        const float4 x1 = *reinterpret_cast<const float4*>(ap + 32 * blk + 4);
         const float4 y = *reinterpret_cast<const float4*>(bp + 16 * blk);
-        const float af0[4] = {x0.x, x1.x, x0.y, x1.y}, af1[4] = {x0.z, x1.z, x0.w, x1.w};
+        const float af0[4] = {x0.x, x0.y, x0.z, x0.w}, af1[4] = {x1.x, x1.y, x1.z, x1.w};
         const float bf0[2] = {y.x, y.y}, bf1[2] = {y.z, y.w};
         Mma<kSplit>(acc[2 * (blk & 1)], af0, bf0);
         Mma<kSplit>(acc[2 * (blk & 1) + 1], af1, bf1);
@@ -403,7 +413,7 @@ struct ChunkBlock {
         const float dot = (acc[0][e] + acc[1][e]) + (acc[2][e] + acc[3][e]);
         float val = m[t * Smem::kSM + u] * dot;
         if constexpr (kFixed) val = RoundAs<kScore>(val);
-        s[t * Smem::kSC + Phys(u)] = val;
+        s[RpRow(i, Smem::kSS) + 2 * Phys(u) + (e >> 1)] = val;
       }
     }
     between();
@@ -419,12 +429,11 @@ struct ChunkBlock {
     }
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
-      const float* a0p = s + Row(i, 0) * Smem::kSC + 4 * q;
-      const float* a1p = s + Row(i, 1) * Smem::kSC + 4 * q;
+      const float* ap = s + RpRow(i, Smem::kSS) + 8 * q;
       for (int blk = 0; blk <= Mt(i); ++blk) {  // u < 16 Mt(i) + 16
-        const float4 x0 = *reinterpret_cast<const float4*>(a0p + 16 * blk);
-        const float4 x1 = *reinterpret_cast<const float4*>(a1p + 16 * blk);
-        const float af0[4] = {x0.x, x1.x, x0.y, x1.y}, af1[4] = {x0.z, x1.z, x0.w, x1.w};
+        const float4 x0 = *reinterpret_cast<const float4*>(ap + 32 * blk);
+        const float4 x1 = *reinterpret_cast<const float4*>(ap + 32 * blk + 4);
+        const float af0[4] = {x0.x, x0.y, x0.z, x0.w}, af1[4] = {x1.x, x1.y, x1.z, x1.w};
         // B (k=u, n=j) = rhs[u][j] for u = 16 blk + (q, q + 4) and (8 + q, 12 + q).
         const float* bp = rhs + (16 * blk + q) * Smem::kSK;
 #pragma unroll
@@ -442,15 +451,16 @@ struct ChunkBlock {
       float af[2][2][4];
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        const float4 x0 = *reinterpret_cast<const float4*>(in_e + Row(i, 0) * Smem::kSK + 16 * blk + 4 * q);
-        const float4 x1 = *reinterpret_cast<const float4*>(in_e + Row(i, 1) * Smem::kSK + 16 * blk + 4 * q);
+        const float* ap = in_e + RpRow(i, Smem::kSI) + 32 * blk + 8 * q;
+        const float4 x0 = *reinterpret_cast<const float4*>(ap);
+        const float4 x1 = *reinterpret_cast<const float4*>(ap + 4);
         af[i][0][0] = x0.x;
-        af[i][0][1] = x1.x;
-        af[i][0][2] = x0.y;
-        af[i][0][3] = x1.y;
-        af[i][1][0] = x0.z;
-        af[i][1][1] = x1.z;
-        af[i][1][2] = x0.w;
+        af[i][0][1] = x0.y;
+        af[i][0][2] = x0.z;
+        af[i][0][3] = x0.w;
+        af[i][1][0] = x1.x;
+        af[i][1][1] = x1.y;
+        af[i][1][2] = x1.z;
         af[i][1][3] = x1.w;
       }
 #pragma unroll
@@ -532,10 +542,10 @@ __global__ void __launch_bounds__(kChunkThreads, 1) MesaPrefillChunkPass(MesaPre
   Block b;
   b.rhs = smem;
   b.in_h = b.rhs + C * Smem::kSK;
-  b.in_e = b.in_h + C * Smem::kSK;
-  b.hbarT = b.in_e + C * Smem::kSK;
+  b.in_e = b.in_h + C / 2 * Smem::kSI;
+  b.hbarT = b.in_e + C / 2 * Smem::kSI;
   b.s = b.hbarT + KP * Smem::kSK;
-  b.m = b.s + C * Smem::kSC;
+  b.m = b.s + C / 2 * Smem::kSS;
   b.gcum = b.m + C * Smem::kSM;
   b.beta = b.gcum + C;
   b.e = b.beta + C;
