@@ -7,13 +7,14 @@
 //   product is exact and only the fp32 summation order differs from the CPU.
 // * Adaptive mode and fp32 models, where the CPU multiplies unrounded fp32 values: each operand
 //   is split into a tf32 head and a tf32 tail and three products are summed (hi*hi + hi*lo +
-//   lo*hi, "3xTF32"), about 22 significant bits, close to fp32.
+//   lo*hi, "3xTF32"), about 22 significant bits, close to fp32; two (hi*b + lo*b) where b is
+//   already exact (the fp16 keys, the values of a bf16 or fp16 model).
 //
 // Pass 1 (states): every chunk's state increment in parallel (tensor cores), then a scan over
 // the chunks per state element that leaves each chunk's start state in the workspace.
 // Pass 2 (chunk pass): one block per (chunk, head), all in parallel: the chunk's block CG with
-// x, r, p and Ap in registers (each warp owns 16 tokens x half the columns, in the mma
-// accumulator layout), the operator's inputs in shared memory, then the readout.
+// x, r, p and Ap in registers (each warp owns two 16-token tiles x a quarter of the columns, in
+// the mma accumulator layout), the operator's inputs in shared memory, then the readout.
 #include "kernels/cuda/mesa_prefill.h"
 
 #include <cstdint>
@@ -71,11 +72,22 @@ __device__ __forceinline__ void MmaTf32(float (&d)[4], const uint32_t (&a)[4], c
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-// d += a * b. kSplit: the 3xTF32 product of unrounded fp32 operands; otherwise the operands are
-// already exact tf32 values (see the file comment) and one product is exact.
-template <bool kSplit>
+// d += a * b. kSplit: the 3xTF32 product of unrounded fp32 operands, or 2 products when
+// kExactB says b already holds exact tf32 values (fp16 keys; bf16 or fp16 values); otherwise
+// both operands are exact tf32 values (see the file comment) and one product is exact.
+template <bool kSplit, bool kExactB = false>
 __device__ __forceinline__ void Mma(float (&d)[4], const float (&a)[4], const float (&b)[2]) {
-  if constexpr (kSplit) {
+  if constexpr (kSplit && kExactB) {
+    uint32_t ah[4], al[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      ah[i] = ToTf32(a[i]);
+      al[i] = ToTf32(a[i] - __uint_as_float(ah[i]));
+    }
+    const uint32_t bi[2] = {__float_as_uint(b[0]), __float_as_uint(b[1])};
+    MmaTf32(d, al, bi);
+    MmaTf32(d, ah, bi);
+  } else if constexpr (kSplit) {
     uint32_t ah[4], al[4], bh[2], bl[2];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
@@ -404,8 +416,8 @@ struct ChunkBlock {
         const float4 y = *reinterpret_cast<const float4*>(bp + 16 * blk);
         const float af0[4] = {x0.x, x0.y, x0.z, x0.w}, af1[4] = {x1.x, x1.y, x1.z, x1.w};
         const float bf0[2] = {y.x, y.y}, bf1[2] = {y.z, y.w};
-        Mma<kSplit>(acc[2 * (blk & 1)], af0, bf0);
-        Mma<kSplit>(acc[2 * (blk & 1) + 1], af1, bf1);
+        Mma<kSplit, true>(acc[2 * (blk & 1)], af0, bf0);  // k: fp16 values
+        Mma<kSplit, true>(acc[2 * (blk & 1) + 1], af1, bf1);
       }
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
@@ -441,8 +453,9 @@ struct ChunkBlock {
           const int pj = cq * (KP / 4) + 8 * n + g;
           const float bf0[2] = {bp[pj], bp[4 * Smem::kSK + pj]};
           const float bf1[2] = {bp[8 * Smem::kSK + pj], bp[12 * Smem::kSK + pj]};
-          Mma<kSplit>(out[i][n], af0, bf0);
-          Mma<kSplit>(out[i][n], af1, bf1);
+          // k (CG) or v of a bf16 / fp16 model (readout): exact tf32 values.
+          Mma<kSplit, kScore != Rounding::kNone>(out[i][n], af0, bf0);
+          Mma<kSplit, kScore != Rounding::kNone>(out[i][n], af1, bf1);
         }
       }
     }
