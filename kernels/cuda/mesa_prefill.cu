@@ -127,21 +127,39 @@ __device__ void ChunkCumDecay(const MesaPrefillParams& p, int64_t tc, int c, int
   __syncthreads();
 }
 
-// Copies n elements with load(i) -> store(i, v), kUnroll loads in flight per thread: one block
-// per SM cannot hide global-load latency with a loop that waits for every load in turn.
-template <int kUnroll, typename Load, typename Store>
-__device__ __forceinline__ void StagedCopy(int n, Load load, Store store) {
+// Copies the tile src[r][c] (r < valid_rows, c < cols, row stride src_ld; zero elsewhere) of
+// `rows` x KP to store(r, c, float4 of columns c..c+3), 16-byte loads where the rows allow it,
+// four 16-byte units in flight per thread.
+template <int KP, typename Store>
+__device__ __forceinline__ void CopyTile(const float* src, int64_t src_ld, int rows, int valid_rows,
+                                         int cols, Store store) {
+  const bool vec = cols % 4 == 0 && src_ld % 4 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0;
+  constexpr int kUnits = KP / 4;
+  constexpr int kUnroll = 4;
+  const int n = rows * kUnits;
   for (int base = threadIdx.x; base < n; base += kUnroll * blockDim.x) {
-    float v[kUnroll];
+    float4 v[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int i = base + u * blockDim.x;
-      v[u] = i < n ? load(i) : 0.0f;
+      const int r = i / kUnits, c = 4 * (i % kUnits);
+      v[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (i < n && r < valid_rows && c < cols) {
+        const float* at = src + r * src_ld + c;
+        if (vec) {
+          v[u] = *reinterpret_cast<const float4*>(at);
+        } else {
+          v[u].x = at[0];
+          v[u].y = c + 1 < cols ? at[1] : 0.0f;
+          v[u].z = c + 2 < cols ? at[2] : 0.0f;
+          v[u].w = c + 3 < cols ? at[3] : 0.0f;
+        }
+      }
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int i = base + u * blockDim.x;
-      if (i < n) store(i, v[u]);
+      if (i < n) store(i / kUnits, 4 * (i % kUnits), v[u]);
     }
   }
 }
@@ -190,14 +208,12 @@ __global__ void __launch_bounds__(kIncThreads) MesaPrefillChunkIncrement(MesaPre
 
   float* beta = gcum + C;
   if (threadIdx.x < C) beta[threadIdx.x] = threadIdx.x < c ? p.beta[(tc + threadIdx.x) * H + h] : 0.0f;
-  StagedCopy<8>(C * KP, [&](int i) {
-    const int t = i / KP, a = i % KP;
-    return (t < c && a < K) ? p.k[(tc + t) * p.ld_in + col0 + a] : 0.0f;
-  }, [&](int i, float v) { k_s[(i / KP) * Smem::kS + i % KP] = v; });
-  StagedCopy<8>(C * KP, [&](int i) {
-    const int t = i / KP, a = i % KP;
-    return (t < c && a < K) ? p.v[(tc + t) * p.ld_in + col0 + a] : 0.0f;
-  }, [&](int i, float v) { v_s[(i / KP) * Smem::kS + i % KP] = v; });
+  CopyTile<KP>(p.k + tc * p.ld_in + col0, p.ld_in, C, c, K, [&](int r, int col, float4 v) {
+    *reinterpret_cast<float4*>(k_s + r * Smem::kS + col) = v;
+  });
+  CopyTile<KP>(p.v + tc * p.ld_in + col0, p.ld_in, C, c, K, [&](int r, int col, float4 v) {
+    *reinterpret_cast<float4*>(v_s + r * Smem::kS + col) = v;
+  });
   ChunkCumDecay(p, tc, c, h, gcum);  // ends with a barrier
   const float g_last = gcum[c - 1];
   if (threadIdx.x == 0) gamma[static_cast<int64_t>(chunk) * H + h] = exp2f(g_last);
@@ -579,17 +595,15 @@ __global__ void __launch_bounds__(kChunkThreads, 1) MesaPrefillChunkPass(MesaPre
   const int64_t col0 = static_cast<int64_t>(h) * K;
 
   auto load_rhs = [&](const float* src) {
-    StagedCopy<8>(C * KP, [&](int i) {
-      const int t = i / KP, j = i % KP;
-      return (t < c && j < K) ? src[(tc + t) * p.ld_in + col0 + j] : 0.0f;
-    }, [&](int i, float v) { b.rhs[(i / KP) * Smem::kSK + i % KP] = v; });
+    CopyTile<KP>(src + tc * p.ld_in + col0, p.ld_in, C, c, K, [&](int r, int col, float4 v) {
+      *reinterpret_cast<float4*>(b.rhs + r * Smem::kSK + col) = v;
+    });
   };
   auto load_state = [&](const float* snap, Rounding rounding) {
-    StagedCopy<8>(KP * KP, [&](int i) {
-      const int j = i / KP, l = i % KP;
-      return (l < K && j < K) ? snap[j * K + l] : 0.0f;
-    }, [&](int i, float v) {
-      b.hbarT[(i / KP) * Smem::kSK + i % KP] = fixed ? Round(v, rounding) : v;
+    CopyTile<KP>(snap, K, KP, K, K, [&](int r, int col, float4 v) {
+      if (fixed) v = make_float4(Round(v.x, rounding), Round(v.y, rounding), Round(v.z, rounding),
+                                 Round(v.w, rounding));
+      *reinterpret_cast<float4*>(b.hbarT + r * Smem::kSK + col) = v;
     });
   };
   load_rhs(p.k);
