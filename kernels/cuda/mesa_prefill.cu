@@ -380,6 +380,29 @@ struct ChunkBlock {
   // moves; stride / 4 odd keeps the loads conflict-free.
   __device__ int RpRow(int i, int stride) const { return (8 * Mt(i) + g) * stride; }
 
+  // fn(i, n, e, t, j) for every element [i][n][e] of this thread's register tile: token
+  // t = Row(i, e / 2), column j = Col(n, e). Unrolled, so the tile stays in registers.
+  template <typename Fn>
+  __device__ __forceinline__ void ForEachElement(Fn&& fn) const {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+      for (int n = 0; n < kN; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) fn(i, n, e, Row(i, e >> 1), Col(n, e));
+      }
+    }
+  }
+  // fn(i, e2, t) for each of this thread's four rows [i][e2], token t = Row(i, e2).
+  template <typename Fn>
+  __device__ __forceinline__ void ForEachRow(Fn&& fn) const {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+      for (int e2 = 0; e2 < 2; ++e2) fn(i, e2, Row(i, e2));
+    }
+  }
+
   // out = A(in): sum_s r1(M_ts (H(in_t) . k_s)) rhs_s + r2(e_t in_t) hbar (+ lambda . in_t), the
   // CPU's ApplyChunkOperator, for the input `v` in this thread's layout. `between()` runs after
   // the scores are made, before the second product (the readout swaps k for v and H_kk for
@@ -627,142 +650,77 @@ __global__ void __launch_bounds__(kChunkThreads, 1) MesaPrefillChunkPass(MesaPre
 
   // The right-hand sides q in this thread's layout; rows past c and columns past K are zero.
   float x[2][kN][4], r[2][kN][4], pv[2][kN][4], w[2][kN][4];
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-#pragma unroll
-    for (int n = 0; n < kN; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int t = b.Row(i, e >> 1), j = b.Col(n, e);
-        r[i][n][e] = (t < c && j < K) ? p.q[(tc + t) * p.ld_in + col0 + j] : 0.0f;
-        x[i][n][e] = 0.0f;
-      }
-    }
-  }
+  b.ForEachElement([&](int i, int n, int e, int t, int j) {
+    r[i][n][e] = (t < c && j < K) ? p.q[(tc + t) * p.ld_in + col0 + j] : 0.0f;
+    x[i][n][e] = 0.0f;
+  });
   float qnorm[2][2], delta[2][2];
   b.RowDots(r, r, qnorm);
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    qnorm[i][0] = sqrtf(qnorm[i][0]);
-    qnorm[i][1] = sqrtf(qnorm[i][1]);
-  }
+  b.ForEachRow([&](int i, int e2, int) { qnorm[i][e2] = sqrtf(qnorm[i][e2]); });
   if (!fixed) {
     // Jacobi start x0 = q / diag(A_t), then r = q - A x0.
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-#pragma unroll
-      for (int n = 0; n < kN; ++n) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int t = b.Row(i, e >> 1), j = b.Col(n, e);
-          if (t >= c || j >= K) continue;
-          float diag = b.e[t] * b.hbarT[j * Smem::kSK + j];
-          for (int u = 0; u <= t; ++u) {
-            const float kj = b.rhs[u * Smem::kSK + j];
-            diag += b.m[t * Smem::kSM + u] * kj * kj;
-          }
-          x[i][n][e] = r[i][n][e] / (diag + lambda_s[j]);
-        }
+    b.ForEachElement([&](int i, int n, int e, int t, int j) {
+      if (t >= c || j >= K) return;
+      float diag = b.e[t] * b.hbarT[j * Smem::kSK + j];
+      for (int u = 0; u <= t; ++u) {
+        const float kj = b.rhs[u * Smem::kSK + j];
+        diag += b.m[t * Smem::kSM + u] * kj * kj;
       }
-    }
+      x[i][n][e] = r[i][n][e] / (diag + lambda_s[j]);
+    });
     b.template Apply<Rounding::kFp16, Rounding::kTf32>(x, lam, nothing, w);
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-#pragma unroll
-      for (int n = 0; n < kN; ++n) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) r[i][n][e] -= w[i][n][e];
-      }
-    }
+    b.ForEachElement([&](int i, int n, int e, int, int) { r[i][n][e] -= w[i][n][e]; });
   }
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-#pragma unroll
-    for (int n = 0; n < kN; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) pv[i][n][e] = r[i][n][e];
-    }
-  }
+  b.ForEachElement([&](int i, int n, int e, int, int) { pv[i][n][e] = r[i][n][e]; });
   b.RowDots(r, r, delta);
   bool active[2][2];
   int iters[2][2] = {{0, 0}, {0, 0}};
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    active[i][0] = b.Row(i, 0) < c;
-    active[i][1] = b.Row(i, 1) < c;
-  }
+  b.ForEachRow([&](int i, int e2, int t) { active[i][e2] = t < c; });
   for (int step = 0; step < p.cg.max_iters; ++step) {
     if (!fixed) {
       bool any = false;
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-#pragma unroll
-        for (int e2 = 0; e2 < 2; ++e2) {
-          if (active[i][e2] && sqrtf(delta[i][e2]) <= p.cg.tol * qnorm[i][e2]) active[i][e2] = false;
-          any = any || active[i][e2];
-        }
-      }
+      b.ForEachRow([&](int i, int e2, int) {
+        if (active[i][e2] && sqrtf(delta[i][e2]) <= p.cg.tol * qnorm[i][e2]) active[i][e2] = false;
+        any = any || active[i][e2];
+      });
       if (!__syncthreads_or(any)) break;
     }
     b.template Apply<Rounding::kFp16, Rounding::kTf32>(pv, lam, nothing, w);
     float pw[2][2], alpha[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
     b.RowDots(pv, w, pw);
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-#pragma unroll
-      for (int e2 = 0; e2 < 2; ++e2) {
-        if (!active[i][e2]) continue;
-        if (!fixed && !(pw[i][e2] > 0.0f)) {
-          active[i][e2] = false;
-        } else {
-          alpha[i][e2] = delta[i][e2] / (pw[i][e2] + eps);
-        }
+    b.ForEachRow([&](int i, int e2, int) {
+      if (!active[i][e2]) return;
+      if (!fixed && !(pw[i][e2] > 0.0f)) {
+        active[i][e2] = false;
+      } else {
+        alpha[i][e2] = delta[i][e2] / (pw[i][e2] + eps);
       }
-    }
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-#pragma unroll
-      for (int n = 0; n < kN; ++n) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          if (!active[i][e >> 1]) continue;
-          x[i][n][e] = fmaf(alpha[i][e >> 1], pv[i][n][e], x[i][n][e]);
-          r[i][n][e] = fmaf(-alpha[i][e >> 1], w[i][n][e], r[i][n][e]);
-        }
-      }
-    }
-    float dnew[2][2];
+    });
+    b.ForEachElement([&](int i, int n, int e, int, int) {
+      if (!active[i][e >> 1]) return;
+      x[i][n][e] = fmaf(alpha[i][e >> 1], pv[i][n][e], x[i][n][e]);
+      r[i][n][e] = fmaf(-alpha[i][e >> 1], w[i][n][e], r[i][n][e]);
+    });
+    float dnew[2][2], ratio[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
     b.RowDots(r, r, dnew);
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-#pragma unroll
-      for (int e2 = 0; e2 < 2; ++e2) {
-        if (!active[i][e2]) continue;
-        const float ratio = dnew[i][e2] / (delta[i][e2] + eps);
-#pragma unroll
-        for (int n = 0; n < kN; ++n) {
-          pv[i][n][2 * e2] = fmaf(ratio, pv[i][n][2 * e2], r[i][n][2 * e2]);
-          pv[i][n][2 * e2 + 1] = fmaf(ratio, pv[i][n][2 * e2 + 1], r[i][n][2 * e2 + 1]);
-        }
-        delta[i][e2] = dnew[i][e2];
-        ++iters[i][e2];
-      }
-    }
+    b.ForEachRow([&](int i, int e2, int) {
+      if (!active[i][e2]) return;
+      ratio[i][e2] = dnew[i][e2] / (delta[i][e2] + eps);
+      delta[i][e2] = dnew[i][e2];
+      ++iters[i][e2];
+    });
+    b.ForEachElement([&](int i, int n, int e, int, int) {
+      if (active[i][e >> 1]) pv[i][n][e] = fmaf(ratio[i][e >> 1], pv[i][n][e], r[i][n][e]);
+    });
   }
   if (b.cq == 0 && b.q == 0) {
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-#pragma unroll
-      for (int e2 = 0; e2 < 2; ++e2) {
-        const int t = b.Row(i, e2);
-        if (t >= c) continue;
-        if (p.cg_iters != nullptr) p.cg_iters[(tc + t) * H + h] = iters[i][e2];
-        if (p.cg_residual != nullptr) {
-          p.cg_residual[(tc + t) * H + h] =
-              qnorm[i][e2] > 0.0f ? sqrtf(delta[i][e2]) / qnorm[i][e2] : 0.0f;
-        }
+    b.ForEachRow([&](int i, int e2, int t) {
+      if (t >= c) return;
+      if (p.cg_iters != nullptr) p.cg_iters[(tc + t) * H + h] = iters[i][e2];
+      if (p.cg_residual != nullptr) {
+        p.cg_residual[(tc + t) * H + h] = qnorm[i][e2] > 0.0f ? sqrtf(delta[i][e2]) / qnorm[i][e2] : 0.0f;
       }
-    }
+    });
   }
 
   // Readout o_t = H_kv,t^T x_t, chunk form; fla rounds the intra-chunk scores to v's dtype. Once
@@ -783,17 +741,9 @@ __global__ void __launch_bounds__(kChunkThreads, 1) MesaPrefillChunkPass(MesaPre
       b.template Apply<Rounding::kNone, Rounding::kBf16>(x, nullptr, swap_in_v, w);
       break;
   }
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-#pragma unroll
-    for (int n = 0; n < kN; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int t = b.Row(i, e >> 1), j = b.Col(n, e);
-        if (t < c && j < K) p.out[(tc + t) * p.ld_out + col0 + j] = Round(w[i][n][e], p.value_rounding);
-      }
-    }
-  }
+  b.ForEachElement([&](int i, int n, int e, int t, int j) {
+    if (t < c && j < K) p.out[(tc + t) * p.ld_out + col0 + j] = Round(w[i][n][e], p.value_rounding);
+  });
 }
 
 int64_t NumChunks(int64_t seq_len) { return (seq_len + C - 1) / C; }
