@@ -1,0 +1,183 @@
+// Parity of the prefill mixer-input kernels (kernels/cuda/mixer_inputs.cu: MixerInputsPrefill
+// and ConvStatePrefillUpdate) with the CPU runner's prefill sequence for one segment
+// (engine/cpu_model_runner.cc PrefillSegment): rounding of the in_proj output (+ gate biases),
+// ShortConvSilu over the segment from the slot's conv state, L2NormHeads rounded to fp16 (fla's
+// chunk path), MesaGates, v as model-dtype values, and the conv state the segment leaves.
+//
+// Tolerances: v, z and the conv states are roundings and moves of the same inputs, bit-exact;
+// log_decay and beta rtol 1e-5 (expf / log1pf). q and k: SiLU's expf may differ by an ulp and
+// the l2 norm's sum of squares runs in another order, so the fp16 result may land on the other
+// side of a rounding boundary (2 fp16 ulps), and, rarely, the conv output rounded to the model
+// dtype before the norm flips first: one ulp of that dtype relative to the value (measured: 2
+// of 17,920 elements at bf16). The error ratio over all elements must stay below 1e-4.
+#include <cmath>
+#include <cstdint>
+#include <ostream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/mixer_inputs.h"
+#include "kernels/cpu/short_conv.h"
+#include "kernels/cuda/mixer_inputs.h"
+#include "tests/kernels/gpu_test_util.h"
+
+namespace mesa::gpu::testing {
+namespace {
+
+struct PrefillMixerCase {
+  std::string name;
+  int seq_len = 1, heads = 2, k = 64, conv = 4;
+  bool gate = false;
+  ScalarType act = ScalarType::kBf16;
+  bool history = false;  // a non-empty conv state (a continued prefill)
+};
+
+std::ostream& operator<<(std::ostream& os, const PrefillMixerCase& c) { return os << c.name; }
+
+class MixerInputsPrefillTest : public GpuTest, public ::testing::WithParamInterface<PrefillMixerCase> {};
+
+TEST_P(MixerInputsPrefillTest, MatchesCpuRunnerSequence) {
+  const PrefillMixerCase& c = GetParam();
+  const int T = c.seq_len, H = c.heads, K = c.k, W = c.conv;
+  const int64_t dk = static_cast<int64_t>(H) * K;
+  const Rounding r = RoundingFor(c.act);
+  // in_proj row layout as models/mesa_weights.h InProjLayout: q, k, v, [g], a, b.
+  const int64_t q_col = 0, k_col = dk, v_col = 2 * dk, g_col = c.gate ? 3 * dk : -1;
+  const int64_t a_col = c.gate ? 4 * dk : 3 * dk, b_col = a_col + H, ld = b_col + H;
+  std::mt19937 rng(131u + K + 7 * T + W);
+  const std::vector<float> proj = Normal(rng, static_cast<size_t>(T) * ld, 1.5f);
+  const std::vector<float> a_bias = Uniform(rng, H, 0.0f, 4.0f);
+  const std::vector<float> b_bias = Uniform(rng, H, -1.0f, 2.0f);
+  const std::vector<float> q_conv = Normal(rng, static_cast<size_t>(dk) * W, 0.6f);
+  const std::vector<float> k_conv = Normal(rng, static_cast<size_t>(dk) * W, 0.6f);
+  const size_t state_floats = static_cast<size_t>(W - 1) * dk;
+  const std::vector<float> q_state =
+      c.history ? Normal(rng, state_floats, 1.0f, r) : std::vector<float>(state_floats, 0.0f);
+  const std::vector<float> k_state =
+      c.history ? Normal(rng, state_floats, 1.0f, r) : std::vector<float>(state_floats, 0.0f);
+
+  // CPU: the runner's prefill segment.
+  std::vector<float> rounded = proj;
+  for (int t = 0; t < T; ++t) {
+    for (int64_t j = 0; j < ld; ++j) {
+      float bias = 0.0f;
+      if (j >= a_col && j < a_col + H) bias = a_bias[j - a_col];
+      if (j >= b_col) bias = b_bias[j - b_col];
+      rounded[t * ld + j] = ApplyRounding(rounded[t * ld + j] + bias, r);
+    }
+  }
+  const size_t n = static_cast<size_t>(T) * dk;
+  std::vector<float> want_q(n), want_k(n), want_v(n), want_z(n);
+  std::vector<float> want_q_state = q_state, want_k_state = k_state;
+  cpu::ShortConvSilu(want_q.data(), dk, rounded.data() + q_col, ld, T, dk, q_conv.data(), W,
+                     want_q_state.data(), r);
+  cpu::ShortConvSilu(want_k.data(), dk, rounded.data() + k_col, ld, T, dk, k_conv.data(), W,
+                     want_k_state.data(), r);
+  cpu::L2NormHeads(want_q.data(), T, H, K, dk, Rounding::kFp16);
+  cpu::L2NormHeads(want_k.data(), T, H, K, dk, Rounding::kFp16);
+  for (int t = 0; t < T; ++t) {
+    for (int64_t j = 0; j < dk; ++j) {
+      want_v[t * dk + j] = rounded[t * ld + v_col + j];
+      if (c.gate) want_z[t * dk + j] = rounded[t * ld + g_col + j];
+    }
+  }
+  std::vector<float> want_decay(static_cast<size_t>(T) * H), want_beta(want_decay.size());
+  cpu::MesaGates(want_decay.data(), want_beta.data(), rounded.data() + a_col,
+                 rounded.data() + b_col, T, H, ld);
+
+  // GPU: the mixer inputs read the old conv state, then the update replaces it.
+  std::vector<float> q_state_buf = q_state, k_state_buf = k_state;
+  q_state_buf.push_back(0.0f);  // non-empty when W = 1 (no history)
+  k_state_buf.push_back(0.0f);
+  MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_proj, Upload(proj));
+  MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_a_bias, Upload(a_bias));
+  MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_b_bias, Upload(b_bias));
+  MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_q_conv, Upload(q_conv));
+  MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_k_conv, Upload(k_conv));
+  MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_q_state, Upload(q_state_buf));
+  MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_k_state, Upload(k_state_buf));
+  const std::vector<float> nan_floats(n, NAN);
+  MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_q, Upload(nan_floats));
+  MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_k, Upload(nan_floats));
+  MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_v, Upload(nan_floats));
+  MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_z, Upload(nan_floats));  // large enough for any act
+  MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_decay, Upload(std::vector<float>(want_decay.size(), -7.0f)));
+  MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_beta, Upload(std::vector<float>(want_beta.size(), -7.0f)));
+
+  MixerInputsPrefillParams p;
+  p.seq_len = T;
+  p.num_heads = H;
+  p.head_dim = K;
+  p.conv_size = W;
+  p.proj = d_proj.as<float>();
+  p.ld_proj = ld;
+  p.q_col = q_col;
+  p.k_col = k_col;
+  p.v_col = v_col;
+  p.g_col = g_col;
+  p.a_col = a_col;
+  p.b_col = b_col;
+  p.a_bias = d_a_bias.as<float>();
+  p.b_bias = d_b_bias.as<float>();
+  p.q_conv = d_q_conv.as<float>();
+  p.k_conv = d_k_conv.as<float>();
+  p.conv_q_state = d_q_state.as<float>();
+  p.conv_k_state = d_k_state.as<float>();
+  p.q = d_q.as<float>();
+  p.k = d_k.as<float>();
+  p.v = d_v.as<float>();
+  p.z = c.gate ? d_z.data() : nullptr;
+  p.log_decay = d_decay.as<float>();
+  p.beta = d_beta.as<float>();
+  p.act = c.act;
+  MESA_ASSERT_OK(MixerInputsPrefill(p));
+  MESA_ASSERT_OK(ConvStatePrefillUpdate(p, d_q_state.as<float>(), d_k_state.as<float>()));
+  MESA_ASSERT_OK(Sync());
+
+  MESA_ASSERT_OK_AND_ASSIGN(std::vector<float> got_q, Download<float>(d_q, n));
+  MESA_ASSERT_OK_AND_ASSIGN(std::vector<float> got_k, Download<float>(d_k, n));
+  MESA_ASSERT_OK_AND_ASSIGN(std::vector<float> got_v, Download<float>(d_v, n));
+  // One ulp of the model dtype is at most 2^-7 (bf16) or 2^-10 (fp16) of the value.
+  const float act_rtol = c.act == ScalarType::kBf16 ? 0x1p-7f : c.act == ScalarType::kFp16 ? 0x1p-10f : 0.0f;
+  EXPECT_TRUE(AllClose(got_q, want_q, 0.0f, act_rtol, 2.0f, ScalarType::kFp16, "q"));
+  EXPECT_TRUE(AllClose(got_k, want_k, 0.0f, act_rtol, 2.0f, ScalarType::kFp16, "k"));
+  EXPECT_LE(ErrorRatio(got_q, want_q), 1e-4);
+  EXPECT_LE(ErrorRatio(got_k, want_k), 1e-4);
+  EXPECT_TRUE(AllClose(got_v, want_v, 0.0f, 0.0f, 0.0f, c.act, "v"));
+  if (c.gate) {
+    MESA_ASSERT_OK_AND_ASSIGN(std::vector<float> got_z, DownloadAct(d_z, n, c.act));
+    EXPECT_TRUE(AllClose(got_z, want_z, 0.0f, 0.0f, 0.0f, c.act, "z"));
+  }
+  MESA_ASSERT_OK_AND_ASSIGN(std::vector<float> got_decay, Download<float>(d_decay, want_decay.size()));
+  MESA_ASSERT_OK_AND_ASSIGN(std::vector<float> got_beta, Download<float>(d_beta, want_beta.size()));
+  EXPECT_TRUE(AllClose(got_decay, want_decay, 1e-7f, 1e-5f, 0.0f, ScalarType::kFp32, "log_decay"));
+  EXPECT_TRUE(AllClose(got_beta, want_beta, 1e-7f, 1e-5f, 0.0f, ScalarType::kFp32, "beta"));
+
+  MESA_ASSERT_OK_AND_ASSIGN(std::vector<float> got_q_state, Download<float>(d_q_state, state_floats));
+  MESA_ASSERT_OK_AND_ASSIGN(std::vector<float> got_k_state, Download<float>(d_k_state, state_floats));
+  EXPECT_TRUE(AllClose(got_q_state, want_q_state, 0.0f, 0.0f, 0.0f, ScalarType::kFp32, "q conv state"));
+  EXPECT_TRUE(AllClose(got_k_state, want_k_state, 0.0f, 0.0f, 0.0f, ScalarType::kFp32, "k conv state"));
+}
+
+std::vector<PrefillMixerCase> Cases() {
+  using S = ScalarType;
+  return {
+      {"t1_h2_k16_w4_bf16", 1, 2, 16, 4, false, S::kBf16, false},
+      {"t2_h3_k50_w4_fp16_gate_history", 2, 3, 50, 4, true, S::kFp16, true},  // T < W - 1
+      {"t70_h2_k128_w4_bf16_history", 70, 2, 128, 4, false, S::kBf16, true},
+      {"t33_h4_k64_w3_fp32_gate", 33, 4, 64, 3, true, S::kFp32, false},
+      {"t9_h2_k48_w2_bf16_history", 9, 2, 48, 2, false, S::kBf16, true},
+      {"t5_h1_k64_w1_bf16", 5, 1, 64, 1, false, S::kBf16, false},
+      {"t40_h3_k256_w4_bf16_gate", 40, 3, 256, 4, true, S::kBf16, true},  // 8 channels per lane
+  };
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, MixerInputsPrefillTest, ::testing::ValuesIn(Cases()),
+                         [](const ::testing::TestParamInfo<PrefillMixerCase>& info) {
+                           return info.param.name;
+                         });
+
+}  // namespace
+}  // namespace mesa::gpu::testing
