@@ -349,7 +349,7 @@ struct ChunkSmem {
   static constexpr int kSI = 2 * KP + 4;  // [C/2][kSI] operator inputs, row pairs interleaved
   static constexpr int kSS = 2 * C + 4;   // [C/2][kSS] scores, row pairs interleaved
   static constexpr int kSM = C + 4;       // [C][kSM] M
-  static constexpr int kFloats = C * kSK + C * kSI + KP * kSK + C / 2 * kSS + C * kSM + 7 * C + KP;
+  static constexpr int kFloats = C * kSK + C * kSI + KP * kSK + C / 2 * kSS + C * kSM + 11 * C + KP;
   static constexpr size_t kBytes = kFloats * sizeof(float);
   static_assert(kBytes <= 227 * 1024, "chunk-pass shared memory exceeds the 227 KiB an SM offers a block");
 };
@@ -367,7 +367,7 @@ struct ChunkBlock {
   float* gcum;   // [C]
   float* beta;   // [C]
   float* e;      // [C] exp2(G_t)
-  float* red;    // [4][C] row partial sums of the four column quarters
+  float* red;    // [2][4][C] row partial sums of the four column quarters, two buffers
   int c, g, q, rp, cq;
 
   __device__ int Mt(int i) const { return i == 0 ? rp : 3 - rp; }
@@ -406,13 +406,13 @@ struct ChunkBlock {
   // out = A(in): sum_s r1(M_ts (H(in_t) . k_s)) rhs_s + r2(e_t in_t) hbar (+ lambda . in_t), the
   // CPU's ApplyChunkOperator, for the input `v` in this thread's layout. `between()` runs after
   // the scores are made, before the second product (the readout swaps k for v and H_kk for
-  // H_kv there). Every thread takes part.
+  // H_kv there). Every thread takes part. No barrier before the input is written: every call
+  // follows a RowDots, whose barrier comes after all reads of the previous call's inputs.
   // kScore / kState: the roundings of the scores and of e_t in_t (fixed mode only); lam: this
   // thread's lambda_j for its columns, or null (readout).
   template <Rounding kScore, Rounding kState, typename Between>
   __device__ void Apply(const float (&v)[2][kN][4], const float (*lam)[2], Between between,
                         float (&out)[2][kN][4]) const {
-    __syncthreads();  // earlier readers of in_h, in_e and s are done
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const float e0 = e[Row(i, 0)], e1 = e[Row(i, 1)];
@@ -541,7 +541,12 @@ struct ChunkBlock {
 
   // Row dot products a_t . b_t for this thread's four rows [i][e2], identical in every thread
   // that holds the row (quad shuffles, then the four column quarters added in a fixed order).
-  __device__ void RowDots(const float (&a)[2][kN][4], const float (&b)[2][kN][4], float (&dot)[2][2]) const {
+  // Calls alternate between the two buffers (`buf`), so one barrier per call suffices: a
+  // buffer is written again only after every thread has passed the other call's barrier, which
+  // it reaches after reading this buffer.
+  __device__ void RowDots(const float (&a)[2][kN][4], const float (&b)[2][kN][4], int buf,
+                          float (&dot)[2][2]) const {
+    float* rb = red + 4 * C * buf;
     float part[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -559,12 +564,11 @@ struct ChunkBlock {
         part[i][e2] += __shfl_xor_sync(0xffffffffu, part[i][e2], 2);
       }
     }
-    __syncthreads();  // the previous RowDots' readers are done
     if (q == 0) {
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        red[cq * C + Row(i, 0)] = part[i][0];
-        red[cq * C + Row(i, 1)] = part[i][1];
+        rb[cq * C + Row(i, 0)] = part[i][0];
+        rb[cq * C + Row(i, 1)] = part[i][1];
       }
     }
     __syncthreads();
@@ -573,7 +577,7 @@ struct ChunkBlock {
 #pragma unroll
       for (int e2 = 0; e2 < 2; ++e2) {
         const int t = Row(i, e2);
-        dot[i][e2] = ((red[t] + red[C + t]) + red[2 * C + t]) + red[3 * C + t];
+        dot[i][e2] = ((rb[t] + rb[C + t]) + rb[2 * C + t]) + rb[3 * C + t];
       }
     }
   }
@@ -601,8 +605,8 @@ __global__ void __launch_bounds__(kChunkThreads, 1) MesaPrefillChunkPass(MesaPre
   b.gcum = b.m + C * Smem::kSM;
   b.beta = b.gcum + C;
   b.e = b.beta + C;
-  b.red = b.e + C;  // 4 C
-  float* lambda_s = b.red + 4 * C;  // [KP], zero past K
+  b.red = b.e + C;  // 8 C
+  float* lambda_s = b.red + 8 * C;  // [KP], zero past K
   b.c = c;
   const int lane = t0 & 31, warp = t0 >> 5;
   b.g = lane >> 2;
@@ -655,7 +659,7 @@ __global__ void __launch_bounds__(kChunkThreads, 1) MesaPrefillChunkPass(MesaPre
     x[i][n][e] = 0.0f;
   });
   float qnorm[2][2], delta[2][2];
-  b.RowDots(r, r, qnorm);
+  b.RowDots(r, r, 0, qnorm);
   b.ForEachRow([&](int i, int e2, int) { qnorm[i][e2] = sqrtf(qnorm[i][e2]); });
   if (!fixed) {
     // Jacobi start x0 = q / diag(A_t), then r = q - A x0.
@@ -672,7 +676,7 @@ __global__ void __launch_bounds__(kChunkThreads, 1) MesaPrefillChunkPass(MesaPre
     b.ForEachElement([&](int i, int n, int e, int, int) { r[i][n][e] -= w[i][n][e]; });
   }
   b.ForEachElement([&](int i, int n, int e, int, int) { pv[i][n][e] = r[i][n][e]; });
-  b.RowDots(r, r, delta);
+  b.RowDots(r, r, 1, delta);
   bool active[2][2];
   int iters[2][2] = {{0, 0}, {0, 0}};
   b.ForEachRow([&](int i, int e2, int t) { active[i][e2] = t < c; });
@@ -687,7 +691,7 @@ __global__ void __launch_bounds__(kChunkThreads, 1) MesaPrefillChunkPass(MesaPre
     }
     b.template Apply<Rounding::kFp16, Rounding::kTf32>(pv, lam, nothing, w);
     float pw[2][2], alpha[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
-    b.RowDots(pv, w, pw);
+    b.RowDots(pv, w, 0, pw);
     b.ForEachRow([&](int i, int e2, int) {
       if (!active[i][e2]) return;
       if (!fixed && !(pw[i][e2] > 0.0f)) {
@@ -702,7 +706,7 @@ __global__ void __launch_bounds__(kChunkThreads, 1) MesaPrefillChunkPass(MesaPre
       r[i][n][e] = fmaf(-alpha[i][e >> 1], w[i][n][e], r[i][n][e]);
     });
     float dnew[2][2], ratio[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
-    b.RowDots(r, r, dnew);
+    b.RowDots(r, r, 1, dnew);
     b.ForEachRow([&](int i, int e2, int) {
       if (!active[i][e2]) return;
       ratio[i][e2] = dnew[i][e2] / (delta[i][e2] + eps);
