@@ -164,7 +164,7 @@ __device__ __forceinline__ void CopyTile(const float* src, int64_t src_ld, int r
   }
 }
 
-// Chunk-start states in the workspace: [chunk][head] (H_kk, H_kv), fp32.
+// Chunk-start states in the workspace: [chunk][head] (H_kk, H_kv), fp32, each transposed.
 __host__ __device__ inline int64_t SnapshotFloats(int k) { return 2 * static_cast<int64_t>(k) * k; }
 
 // ---------------------------------------------------------------------------------------------
@@ -332,7 +332,8 @@ __global__ void MesaPrefillStateScan(MesaPrefillParams p, const float* gamma, in
 // long as A and B agree: lane q takes features 4q .. 4q + 3 of the block from both, as slots
 // (q, q + 4) of the first step and (q, q + 4) of the second. B operands are stored [n][k]
 // (the state transposed), and row strides are 16 mod 32 floats, which keeps those loads free of
-// bank conflicts. The token dimension of the scores, which the second product reads as B
+// bank conflicts; A operands in the row-pair interleaved layout (ChunkBlock::RpRow), where one
+// float4 is one A fragment. The token dimension of the scores, which the second product reads as B
 // scalars from k or v stored [token][feature], is the exception: there the scores are stored
 // permuted (Phys) so that the four tokens of lane q lie 4 rows apart (two-way conflicts
 // instead of four).
