@@ -109,6 +109,8 @@ absl::StatusOr<int32_t> SlotsForMemory(int64_t budget_bytes, int64_t bytes_per_s
   return static_cast<int32_t>(std::min<int64_t>(slots, 4096));
 }
 
+int32_t PrefillChunkFor(bool gpu) { return gpu ? 1024 : 256; }
+
 absl::StatusOr<ServeConfig> ParseServeConfig(const std::vector<std::string>& args,
                                              bool* help_requested, std::string* usage) {
   ServeConfig c;
@@ -117,7 +119,7 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::vector<std::string>& arg
   double cg_tol = kDefaultCgTol, cg_min_tol = c.limits.min_cg_tol, drain = c.drain_timeout_seconds;
   int64_t slots = 0, state_mb = 0, max_waiting = c.engine.max_waiting,
           max_prompt = c.limits.max_prompt_tokens, max_new = c.limits.max_new_tokens,
-          default_new = c.limits.default_max_new_tokens, chunk = c.engine.prefill_chunk,
+          default_new = c.limits.default_max_new_tokens, chunk = 0,
           stream_buffer = c.engine.stream_buffer, cg_iters = 0, cg_iters_limit = c.limits.max_cg_iters,
           threads = 0;
   FlagSet f("serve", "Serves the model over gRPC (mesa.v1.Generation, health, reflection) with\n"
@@ -133,7 +135,7 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::vector<std::string>& arg
   f.Int("max-prompt-tokens", &max_prompt, "longest prompt accepted");
   f.Int("max-new-tokens", &max_new, "largest max_new_tokens a request may ask for");
   f.Int("default-max-new-tokens", &default_new, "max_new_tokens when a request does not say");
-  f.Int("prefill-chunk", &chunk, "prompt tokens prefilled per request per engine step (multiple of 64)");
+  f.Int("prefill-chunk", &chunk, "prompt tokens prefilled per request per engine step (multiple of 64); 0 = 256 on the CPU, 1024 on a GPU");
   f.Int("stream-buffer", &stream_buffer, "undelivered messages per stream before its generation pauses");
   f.String("cg-mode", &cg_mode, "default CG mode: adaptive or fixed");
   f.Float("cg-tol", &cg_tol, "default adaptive tolerance (relative residual)");
@@ -172,7 +174,7 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::vector<std::string>& arg
   MESA_RETURN_IF_ERROR(CheckRange("max-prompt-tokens", max_prompt, 1, 1 << 24));
   MESA_RETURN_IF_ERROR(CheckRange("max-new-tokens", max_new, 1, 1 << 24));
   MESA_RETURN_IF_ERROR(CheckRange("default-max-new-tokens", default_new, 1, max_new));
-  MESA_RETURN_IF_ERROR(CheckRange("prefill-chunk", chunk, 64, 1 << 16));
+  MESA_RETURN_IF_ERROR(CheckRange("prefill-chunk", chunk, 0, 1 << 16));
   if (chunk % 64 != 0) {
     return absl::InvalidArgumentError(absl::StrCat("--prefill-chunk ", chunk, " is not a multiple of 64"));
   }

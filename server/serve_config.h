@@ -49,8 +49,16 @@ struct ServeConfig {
   std::string log_level = "info";
   CgSettings cg;                 // server defaults
   Limits limits;
+  // engine.prefill_chunk 0 (and its prefill_budget) = by device: PrefillChunkFor once the
+  // backend is known.
   EngineOptions engine;
 };
+
+// The prefill chunk `serve` uses when --prefill-chunk is 0: 256 tokens on the CPU, 1024 on a
+// GPU. On an H200 with a 1.3B model and 2048-token prompts at concurrency 4, 1024 against 256
+// halved the time to first token (85 against 166 ms p50) and raised throughput 1.6x, with a
+// longer worst inter-token gap (p99 45 against 22 ms); docs/benchmarks.md.
+int32_t PrefillChunkFor(bool gpu);
 
 // Parses the flags of `serve` (after the command name) and MESA_* variables; help_requested
 // is set on --help (the usage text goes to *usage).

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# On the GPU machine: how the engine's --prefill-chunk trades time to first token against the
+# inter-token latency of running streams, on a model big enough for the GPU to matter. Writes a
+# random 1.3B checkpoint in fla's layout (fla's default MesaNetConfig, tools/fla/make_goldens.py's
+# builder; needs fla's wheels in .whl/), then for each chunk size starts `mesaserve serve
+# --device cuda` on it and runs `mesaserve loadtest` with 2048-token prompts (random token ids;
+# the checkpoint has no tokenizer) at concurrency 4, and SIGTERMs the server.
+#   BUILD_DIR=build-cuda tools/serving/pack_server.sh   (here), then
+#   run(command="bash tools/serving/gpu_prefill_chunk_check.sh",
+#       carry=["build-server", ".whl/<fla wheels>"])
+# CHUNKS (default "256 1024 2048"), PROMPT (2048), NEW (32), CONC (4), REQS (16).
+set -u
+OUTDIR=${OUT:-/tmp/out}; mkdir -p "$OUTDIR"
+LOG="$OUTDIR/prefill_chunk.txt"
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
+PYTHONPATH=/tmp/site:tools/fla python3 - <<'PY' 2>&1 | grep -v Warn | tail -3
+import os
+import make_goldens as mg
+config, model = mg.build_model({}, 'cpu', 7, False)
+os.makedirs('/tmp/m13', exist_ok=True)
+mg.write_config(config, '/tmp/m13/config.json')
+mg.save_weights(mg.state_to_save(model, config), '/tmp/m13', 1)
+print('wrote /tmp/m13:', sum(p.numel() for p in model.parameters()) / 1e9, 'B parameters')
+PY
+tar xJf build-server/server.tar.xz -C /tmp
+CUDA_LIB=$(dirname "$(ls /usr/local/cuda/lib64/libcublasLt.so.13* 2>/dev/null | head -n1)")
+export LD_LIBRARY_PATH=/tmp/mserve/lib:${CUDA_LIB:-/usr/local/cuda/lib64}
+BIN=/tmp/mserve/mesaserve
+nvidia-smi --query-gpu=name --format=csv,noheader | tee "$LOG"
+for chunk in ${CHUNKS:-256 1024 2048}; do
+  "$BIN" serve --model /tmp/m13 --device cuda --slots 16 --prefill-chunk "$chunk" \
+    --listen 127.0.0.1:50091 --metrics-listen "" > /tmp/chunk_server.log 2>&1 &
+  SERVER=$!
+  for i in $(seq 120); do "$BIN" health --address 127.0.0.1:50091 >/dev/null 2>&1 && break; sleep 1; done
+  echo "== --prefill-chunk $chunk" | tee -a "$LOG"
+  "$BIN" loadtest --address 127.0.0.1:50091 --concurrency "${CONC:-4}" --requests "${REQS:-16}" \
+    --warmup "${CONC:-4}" --prompt-tokens "${PROMPT:-2048}" --max-new-tokens "${NEW:-32}" \
+    --temperature 1.0 2>&1 | grep -E "output tokens/s|TTFT|ITL|end-to-end|errors|CG " | tee -a "$LOG"
+  kill -TERM $SERVER; wait $SERVER; echo "server exit $?" | tee -a "$LOG"
+done
