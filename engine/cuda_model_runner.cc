@@ -803,12 +803,24 @@ size_t CudaStateBytesPerSlot(const MesaConfig& c) {
   return static_cast<size_t>(StateLayoutFor(c).stride) * c.num_hidden_layers * sizeof(float);
 }
 
+namespace {
+
+// Bytes the plan needs besides its slots, and how many slots fit next to them in free_bytes.
+size_t FixedBytes(const CudaMemoryPlan& plan) {
+  return plan.weight_bytes + plan.workspace_bytes + plan.reserve_bytes;
+}
+size_t SlotsFitting(const CudaMemoryPlan& plan, size_t free_bytes) {
+  const size_t fixed = FixedBytes(plan);
+  return free_bytes > fixed && plan.state_bytes_per_slot > 0
+             ? (free_bytes - fixed) / plan.state_bytes_per_slot
+             : 0;
+}
+
+}  // namespace
+
 absl::Status CheckCudaMemoryPlan(const CudaMemoryPlan& plan, size_t free_bytes) {
   if (plan.total_bytes() <= free_bytes) return absl::OkStatus();
-  const size_t fixed = plan.weight_bytes + plan.workspace_bytes + plan.reserve_bytes;
-  const size_t fit = free_bytes > fixed && plan.state_bytes_per_slot > 0
-                         ? (free_bytes - fixed) / plan.state_bytes_per_slot
-                         : 0;
+  const size_t fit = SlotsFitting(plan, free_bytes);
   constexpr double kMiB = 1024.0 * 1024.0;
   return absl::ResourceExhaustedError(absl::StrCat(
       "CUDA state pool does not fit: ", plan.num_slots, " slots need ", plan.total_bytes(),
@@ -820,10 +832,8 @@ absl::Status CheckCudaMemoryPlan(const CudaMemoryPlan& plan, size_t free_bytes) 
 }
 
 absl::StatusOr<int32_t> CudaSlotsThatFit(const CudaMemoryPlan& plan, size_t free_bytes, int32_t cap) {
-  const size_t fixed = plan.weight_bytes + plan.workspace_bytes + plan.reserve_bytes;
-  const size_t fit = free_bytes > fixed && plan.state_bytes_per_slot > 0
-                         ? (free_bytes - fixed) / plan.state_bytes_per_slot
-                         : 0;
+  const size_t fixed = FixedBytes(plan);
+  const size_t fit = SlotsFitting(plan, free_bytes);
   if (fit < 1) {
     constexpr double kMiB = 1024.0 * 1024.0;
     return absl::ResourceExhaustedError(absl::StrCat(
