@@ -204,8 +204,7 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::vector<std::string>& arg
   c.threads = static_cast<int32_t>(threads);
   c.drain_timeout_seconds = drain;
   c.engine.max_waiting = static_cast<int32_t>(max_waiting);
-  c.engine.prefill_chunk = static_cast<int32_t>(chunk);
-  c.engine.prefill_budget = static_cast<int32_t>(std::max<int64_t>(chunk, 2 * chunk));
+  c.engine.prefill_chunk = static_cast<int32_t>(chunk);  // 0: by device; serve.cc sets the budget
   c.engine.stream_buffer = static_cast<int32_t>(stream_buffer);
   c.limits.max_prompt_tokens = static_cast<int32_t>(max_prompt);
   c.limits.max_new_tokens = static_cast<int32_t>(max_new);

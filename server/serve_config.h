@@ -49,8 +49,8 @@ struct ServeConfig {
   std::string log_level = "info";
   CgSettings cg;                 // server defaults
   Limits limits;
-  // engine.prefill_chunk 0 (and its prefill_budget) = by device: PrefillChunkFor once the
-  // backend is known.
+  // engine.prefill_chunk 0 = by device (PrefillChunkFor once the backend is known);
+  // engine.prefill_budget is set by serve from the chunk (two chunks per step).
   EngineOptions engine;
 };
 
