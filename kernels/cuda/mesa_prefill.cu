@@ -35,21 +35,23 @@ __device__ __forceinline__ float RoundTf32(float f) {
   return __uint_as_float(bits);
 }
 
-__device__ __forceinline__ float Round(float v, Rounding r) {
-  switch (r) {
-    case Rounding::kNone: return v;
-    case Rounding::kBf16: return RoundTo<__nv_bfloat16>(v);
-    case Rounding::kFp16: return RoundTo<__half>(v);
-    case Rounding::kTf32: return RoundTf32(v);
-  }
-  return v;
-}
-
+// base/half.h's ApplyRounding on the device: RoundAs where the rounding is known at compile
+// time (the hot loops), Round where it is a run-time value.
 template <Rounding R>
 __device__ __forceinline__ float RoundAs(float v) {
   if constexpr (R == Rounding::kBf16) return RoundTo<__nv_bfloat16>(v);
   if constexpr (R == Rounding::kFp16) return RoundTo<__half>(v);
   if constexpr (R == Rounding::kTf32) return RoundTf32(v);
+  return v;
+}
+
+__device__ __forceinline__ float Round(float v, Rounding r) {
+  switch (r) {
+    case Rounding::kNone: return RoundAs<Rounding::kNone>(v);
+    case Rounding::kBf16: return RoundAs<Rounding::kBf16>(v);
+    case Rounding::kFp16: return RoundAs<Rounding::kFp16>(v);
+    case Rounding::kTf32: return RoundAs<Rounding::kTf32>(v);
+  }
   return v;
 }
 
@@ -189,7 +191,7 @@ template <int KP, bool kSplit>
 __global__ void __launch_bounds__(kIncThreads) MesaPrefillChunkIncrement(MesaPrefillParams p, float* gamma) {
   using Smem = IncSmem<KP>;
   // Warp w: rows [R (w % 4), +R) with R = max(16, KP / 4) and columns [KP/2 (w / 4), +KP/2) of
-  // the K x K increment (KP 16 and 32: the warps past the last row tile idle).
+  // the K x K increment (KP 32: the warps past the last row tile idle).
   constexpr int kRows = KP / 4 > 16 ? KP / 4 : 16;
   constexpr int kMT = kRows / 16;  // 16-row tiles per warp
   constexpr int kNT = KP / 16;     // 8-column tiles per warp
