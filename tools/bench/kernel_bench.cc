@@ -186,13 +186,38 @@ std::vector<uint16_t> RandomBf16(std::mt19937& rng, size_t n, bool unit_rows, in
   return bits;
 }
 
-template <typename T>
-DeviceBuffer UploadVec(const std::vector<T>& v) {
-  absl::StatusOr<DeviceBuffer> b = DeviceBuffer::Allocate(v.size() * sizeof(T));
+DeviceBuffer AllocateOrDie(size_t bytes) {
+  absl::StatusOr<DeviceBuffer> b = DeviceBuffer::Allocate(bytes);
   BENCH_CHECK(b.status());
-  BENCH_CHECK(b->CopyFromHost(v.data(), v.size() * sizeof(T)));
   return std::move(*b);
 }
+
+template <typename T>
+DeviceBuffer UploadVec(const std::vector<T>& v) {
+  DeviceBuffer b = AllocateOrDie(v.size() * sizeof(T));
+  BENCH_CHECK(b.CopyFromHost(v.data(), v.size() * sizeof(T)));
+  return b;
+}
+
+// Mean of the n int32 CG iteration counts in `iters` (device).
+double MeanIters(const DeviceBuffer& iters, size_t n) {
+  std::vector<int32_t> it(n);
+  BENCH_CHECK(iters.CopyToHost(it.data(), n * sizeof(int32_t)));
+  double mean = 0.0;
+  for (int32_t x : it) mean += x;
+  return mean / static_cast<double>(n);
+}
+
+struct CgCase {
+  const char* name;
+  CgControl cg;
+};
+// The decode table's CG settings; the prefill table takes the first four.
+const CgCase kCgCases[] = {{"fixed 0", {CgMode::kFixed, 0, 0.0f}},
+                           {"fixed 10", {CgMode::kFixed, 10, 0.0f}},
+                           {"fixed 30", {CgMode::kFixed, 30, 0.0f}},
+                           {"adaptive 1e-3", {CgMode::kAdaptive, 30, 1e-3f}},
+                           {"adaptive 1e-2", {CgMode::kAdaptive, 30, 1e-2f}}};
 
 void BenchDecode(const Args& a, double bandwidth) {
   const int H = a.heads, K = a.head_dim;
@@ -228,21 +253,9 @@ void BenchDecode(const Args& a, double bandwidth) {
     DeviceBuffer g = UploadVec(std::vector<float>(static_cast<size_t>(B) * H, std::log(0.98f)));
     DeviceBuffer beta = UploadVec(std::vector<float>(static_cast<size_t>(B) * H, 1.0f));
     DeviceBuffer lambda = UploadVec(std::vector<float>(static_cast<size_t>(H) * K, 0.25f));
-    absl::StatusOr<DeviceBuffer> out = DeviceBuffer::Allocate(static_cast<size_t>(B) * H * K * 2);
-    absl::StatusOr<DeviceBuffer> iters = DeviceBuffer::Allocate(static_cast<size_t>(B) * H * 4);
-    BENCH_CHECK(out.status());
-    BENCH_CHECK(iters.status());
-
-    struct Case {
-      const char* name;
-      CgControl cg;
-    };
-    const Case cases[] = {{"fixed 0", {CgMode::kFixed, 0, 0.0f}},
-                          {"fixed 10", {CgMode::kFixed, 10, 0.0f}},
-                          {"fixed 30", {CgMode::kFixed, 30, 0.0f}},
-                          {"adaptive 1e-3", {CgMode::kAdaptive, 30, 1e-3f}},
-                          {"adaptive 1e-2", {CgMode::kAdaptive, 30, 1e-2f}}};
-    for (const Case& c : cases) {
+    DeviceBuffer out = AllocateOrDie(static_cast<size_t>(B) * H * K * 2);
+    DeviceBuffer iters = AllocateOrDie(static_cast<size_t>(B) * H * 4);
+    for (const CgCase& c : kCgCases) {
       DeviceBuffer cg = UploadVec(std::vector<CgControl>(B, c.cg));
       MesaDecodeParams p;
       p.batch = B;
@@ -257,15 +270,11 @@ void BenchDecode(const Args& a, double bandwidth) {
       p.beta = beta.as<float>();
       p.lambda = lambda.as<float>();
       p.cg = cg.as<CgControl>();
-      p.out = out->data();
+      p.out = out.data();
       p.act = ScalarType::kBf16;
-      p.cg_iters = iters->as<int32_t>();
+      p.cg_iters = iters.as<int32_t>();
       const double us = MedianMicros(a.reps, [&] { BENCH_CHECK(MesaDecodeStep(p)); });
-      std::vector<int32_t> it(static_cast<size_t>(B) * H);
-      BENCH_CHECK(iters->CopyToHost(it.data(), it.size() * 4));
-      double mean = 0.0;
-      for (int32_t x : it) mean += x;
-      mean /= it.size();
+      const double mean = MeanIters(iters, static_cast<size_t>(B) * H);
       const double bytes = 2.0 * 2.0 * static_cast<double>(slot_floats) * 4.0 * B;  // 2 states, read+write
       const double floor_us = bytes / bandwidth * 1e6;
       std::printf("| %d | %s | %.1f | %.1f | %.0f | %.2f | %.1f |\n", B, c.name, us, mean,
@@ -299,27 +308,19 @@ void BenchPrefill(const Args& a) {
     DeviceBuffer g = UploadVec(std::vector<float>(static_cast<size_t>(T) * H, -0.05f));
     DeviceBuffer beta = UploadVec(std::vector<float>(static_cast<size_t>(T) * H, 0.9f));
     DeviceBuffer lambda = UploadVec(std::vector<float>(static_cast<size_t>(H) * K, 0.25f));
-    absl::StatusOr<DeviceBuffer> hkk = DeviceBuffer::Allocate(static_cast<size_t>(H) * K * K * 4);
-    absl::StatusOr<DeviceBuffer> hkv = DeviceBuffer::Allocate(static_cast<size_t>(H) * K * K * 4);
-    absl::StatusOr<DeviceBuffer> out = DeviceBuffer::Allocate(n * 4);
-    absl::StatusOr<DeviceBuffer> iters = DeviceBuffer::Allocate(static_cast<size_t>(T) * H * 4);
-    absl::StatusOr<DeviceBuffer> ws = DeviceBuffer::Allocate(MesaPrefillWorkspaceBytes(H, K, T));
-    for (const auto* b : {&hkk, &hkv, &out, &iters, &ws}) BENCH_CHECK(b->status());
-    struct Case {
-      const char* name;
-      CgControl cg;
-    };
-    const Case cases[] = {{"fixed 0", {CgMode::kFixed, 0, 0.0f}},
-                          {"fixed 10", {CgMode::kFixed, 10, 0.0f}},
-                          {"fixed 30", {CgMode::kFixed, 30, 0.0f}},
-                          {"adaptive 1e-3", {CgMode::kAdaptive, 30, 1e-3f}}};
-    for (const Case& c : cases) {
+    DeviceBuffer hkk = AllocateOrDie(static_cast<size_t>(H) * K * K * 4);
+    DeviceBuffer hkv = AllocateOrDie(static_cast<size_t>(H) * K * K * 4);
+    DeviceBuffer out = AllocateOrDie(n * 4);
+    DeviceBuffer iters = AllocateOrDie(static_cast<size_t>(T) * H * 4);
+    DeviceBuffer ws = AllocateOrDie(MesaPrefillWorkspaceBytes(H, K, T));
+    for (int ci = 0; ci < 4; ++ci) {
+      const CgCase& c = kCgCases[ci];
       MesaPrefillParams p;
       p.seq_len = T;
       p.num_heads = H;
       p.head_dim = K;
-      p.h_kk = hkk->as<float>();
-      p.h_kv = hkv->as<float>();
+      p.h_kk = hkk.as<float>();
+      p.h_kv = hkv.as<float>();
       p.q = q.as<float>();
       p.k = k.as<float>();
       p.v = v.as<float>();
@@ -329,21 +330,17 @@ void BenchPrefill(const Args& a) {
       p.lambda = lambda.as<float>();
       p.cg = c.cg;
       p.value_rounding = Rounding::kBf16;
-      p.out = out->as<float>();
+      p.out = out.as<float>();
       p.ld_out = static_cast<int64_t>(H) * K;
-      p.cg_iters = iters->as<int32_t>();
+      p.cg_iters = iters.as<int32_t>();
       p.max_seq_len = T;
-      p.workspace = ws->data();
+      p.workspace = ws.data();
       const double us = MedianMicros(a.reps, [&] {
-        BENCH_CHECK(hkk->Zero());
-        BENCH_CHECK(hkv->Zero());
+        BENCH_CHECK(hkk.Zero());
+        BENCH_CHECK(hkv.Zero());
         BENCH_CHECK(MesaPrefill(p));
       });
-      std::vector<int32_t> it(static_cast<size_t>(T) * H);
-      BENCH_CHECK(iters->CopyToHost(it.data(), it.size() * 4));
-      double mean = 0.0;
-      for (int32_t x : it) mean += x;
-      mean /= it.size();
+      const double mean = MeanIters(iters, static_cast<size_t>(T) * H);
       const double chunks = std::ceil(T / 64.0) * H;
       const double flops = chunks * 2.0 * 64 * K * (2.0 * 64 + K) * (mean + 1.0);
       std::printf("| %d | %s | %.1f | %.2f | %.0f | %.0f |\n", T, c.name, us, mean, T / (us * 1e-6),
