@@ -22,6 +22,7 @@
 #include "kernels/cpu/short_conv.h"
 #include "kernels/cuda/mixer_inputs.h"
 #include "tests/kernels/gpu_test_util.h"
+#include "tests/kernels/mixer_inputs_case.h"
 
 namespace mesa::gpu::testing {
 namespace {
@@ -41,11 +42,9 @@ class MixerInputsPrefillTest : public GpuTest, public ::testing::WithParamInterf
 TEST_P(MixerInputsPrefillTest, MatchesCpuRunnerSequence) {
   const PrefillMixerCase& c = GetParam();
   const int T = c.seq_len, H = c.heads, K = c.k, W = c.conv;
-  const int64_t dk = static_cast<int64_t>(H) * K;
   const Rounding r = RoundingFor(c.act);
-  // in_proj row layout as models/mesa_weights.h InProjLayout: q, k, v, [g], a, b.
-  const int64_t q_col = 0, k_col = dk, v_col = 2 * dk, g_col = c.gate ? 3 * dk : -1;
-  const int64_t a_col = c.gate ? 4 * dk : 3 * dk, b_col = a_col + H, ld = b_col + H;
+  const ProjColumns cols = ProjColumnsFor(H, K, c.gate);
+  const int64_t dk = cols.dk, ld = cols.ld;
   std::mt19937 rng(131u + K + 7 * T + W);
   const std::vector<float> proj = Normal(rng, static_cast<size_t>(T) * ld, 1.5f);
   const std::vector<float> a_bias = Uniform(rng, H, 0.0f, 4.0f);
@@ -59,33 +58,25 @@ TEST_P(MixerInputsPrefillTest, MatchesCpuRunnerSequence) {
       c.history ? Normal(rng, state_floats, 1.0f, r) : std::vector<float>(state_floats, 0.0f);
 
   // CPU: the runner's prefill segment.
-  std::vector<float> rounded = proj;
-  for (int t = 0; t < T; ++t) {
-    for (int64_t j = 0; j < ld; ++j) {
-      float bias = 0.0f;
-      if (j >= a_col && j < a_col + H) bias = a_bias[j - a_col];
-      if (j >= b_col) bias = b_bias[j - b_col];
-      rounded[t * ld + j] = ApplyRounding(rounded[t * ld + j] + bias, r);
-    }
-  }
+  const std::vector<float> rounded = RoundedProjections(proj, T, cols, H, a_bias, b_bias, r);
   const size_t n = static_cast<size_t>(T) * dk;
   std::vector<float> want_q(n), want_k(n), want_v(n), want_z(n);
   std::vector<float> want_q_state = q_state, want_k_state = k_state;
-  cpu::ShortConvSilu(want_q.data(), dk, rounded.data() + q_col, ld, T, dk, q_conv.data(), W,
+  cpu::ShortConvSilu(want_q.data(), dk, rounded.data() + cols.q, ld, T, dk, q_conv.data(), W,
                      want_q_state.data(), r);
-  cpu::ShortConvSilu(want_k.data(), dk, rounded.data() + k_col, ld, T, dk, k_conv.data(), W,
+  cpu::ShortConvSilu(want_k.data(), dk, rounded.data() + cols.k, ld, T, dk, k_conv.data(), W,
                      want_k_state.data(), r);
   cpu::L2NormHeads(want_q.data(), T, H, K, dk, Rounding::kFp16);
   cpu::L2NormHeads(want_k.data(), T, H, K, dk, Rounding::kFp16);
   for (int t = 0; t < T; ++t) {
     for (int64_t j = 0; j < dk; ++j) {
-      want_v[t * dk + j] = rounded[t * ld + v_col + j];
-      if (c.gate) want_z[t * dk + j] = rounded[t * ld + g_col + j];
+      want_v[t * dk + j] = rounded[t * ld + cols.v + j];
+      if (c.gate) want_z[t * dk + j] = rounded[t * ld + cols.g + j];
     }
   }
   std::vector<float> want_decay(static_cast<size_t>(T) * H), want_beta(want_decay.size());
-  cpu::MesaGates(want_decay.data(), want_beta.data(), rounded.data() + a_col,
-                 rounded.data() + b_col, T, H, ld);
+  cpu::MesaGates(want_decay.data(), want_beta.data(), rounded.data() + cols.a,
+                 rounded.data() + cols.b, T, H, ld);
 
   // GPU: the mixer inputs read the old conv state, then the update replaces it.
   std::vector<float> q_state_buf = q_state, k_state_buf = k_state;
@@ -111,18 +102,7 @@ TEST_P(MixerInputsPrefillTest, MatchesCpuRunnerSequence) {
   p.num_heads = H;
   p.head_dim = K;
   p.conv_size = W;
-  p.proj = d_proj.as<float>();
-  p.ld_proj = ld;
-  p.q_col = q_col;
-  p.k_col = k_col;
-  p.v_col = v_col;
-  p.g_col = g_col;
-  p.a_col = a_col;
-  p.b_col = b_col;
-  p.a_bias = d_a_bias.as<float>();
-  p.b_bias = d_b_bias.as<float>();
-  p.q_conv = d_q_conv.as<float>();
-  p.k_conv = d_k_conv.as<float>();
+  SetProjectionFields(&p, cols, d_proj, d_a_bias, d_b_bias, d_q_conv, d_k_conv);
   p.conv_q_state = d_q_state.as<float>();
   p.conv_k_state = d_k_state.as<float>();
   p.q = d_q.as<float>();

@@ -22,6 +22,7 @@
 #include "kernels/cpu/short_conv.h"
 #include "kernels/cuda/mixer_inputs.h"
 #include "tests/kernels/gpu_test_util.h"
+#include "tests/kernels/mixer_inputs_case.h"
 
 namespace mesa::gpu::testing {
 namespace {
@@ -41,11 +42,9 @@ class MixerInputsTest : public GpuTest, public ::testing::WithParamInterface<Mix
 TEST_P(MixerInputsTest, MatchesCpuRunnerSequence) {
   const MixerCase& c = GetParam();
   const int B = c.batch, H = c.heads, K = c.k, W = c.conv;
-  const int64_t dk = static_cast<int64_t>(H) * K;
   const Rounding r = RoundingFor(c.act);
-  // in_proj row layout as models/mesa_weights.h InProjLayout: q, k, v, [g], a, b.
-  const int64_t q_col = 0, k_col = dk, v_col = 2 * dk, g_col = c.gate ? 3 * dk : -1;
-  const int64_t a_col = c.gate ? 4 * dk : 3 * dk, b_col = a_col + H, ld = b_col + H;
+  const ProjColumns cols = ProjColumnsFor(H, K, c.gate);
+  const int64_t dk = cols.dk, ld = cols.ld;
   std::mt19937 rng(77u + K + B);
   // Raw GEMM output (unrounded), biases, conv weights, conv states (past rounded inputs).
   const std::vector<float> proj = Normal(rng, static_cast<size_t>(B) * ld, 1.5f);
@@ -63,34 +62,26 @@ TEST_P(MixerInputsTest, MatchesCpuRunnerSequence) {
   }
 
   // CPU: the runner's Decode, row by row (engine/cpu_model_runner.cc).
-  std::vector<float> rounded = proj;
-  for (int b = 0; b < B; ++b) {
-    for (int64_t j = 0; j < ld; ++j) {
-      float bias = 0.0f;
-      if (j >= a_col && j < a_col + H) bias = a_bias[j - a_col];
-      if (j >= b_col) bias = b_bias[j - b_col];
-      rounded[b * ld + j] = ApplyRounding(rounded[b * ld + j] + bias, r);
-    }
-  }
+  const std::vector<float> rounded = RoundedProjections(proj, B, cols, H, a_bias, b_bias, r);
   std::vector<float> want_q(B * dk), want_k(B * dk), want_v(B * dk), want_z(B * dk);
   std::vector<std::vector<float>> want_q_state = q_state, want_k_state = k_state;
   for (int b = 0; b < B; ++b) {
     std::vector<float> zeros(state_floats, 0.0f);
-    cpu::ShortConvSilu(&want_q[b * dk], dk, &rounded[b * ld + q_col], ld, 1, dk, q_conv.data(), W,
+    cpu::ShortConvSilu(&want_q[b * dk], dk, &rounded[b * ld + cols.q], ld, 1, dk, q_conv.data(), W,
                        pad[b] ? zeros.data() : want_q_state[b].data(), r);
     zeros.assign(state_floats, 0.0f);
-    cpu::ShortConvSilu(&want_k[b * dk], dk, &rounded[b * ld + k_col], ld, 1, dk, k_conv.data(), W,
+    cpu::ShortConvSilu(&want_k[b * dk], dk, &rounded[b * ld + cols.k], ld, 1, dk, k_conv.data(), W,
                        pad[b] ? zeros.data() : want_k_state[b].data(), r);
     for (int64_t j = 0; j < dk; ++j) {
-      want_v[b * dk + j] = rounded[b * ld + v_col + j];
-      if (c.gate) want_z[b * dk + j] = rounded[b * ld + g_col + j];
+      want_v[b * dk + j] = rounded[b * ld + cols.v + j];
+      if (c.gate) want_z[b * dk + j] = rounded[b * ld + cols.g + j];
     }
   }
   cpu::L2NormHeads(want_q.data(), B, H, K, dk, r);
   cpu::L2NormHeads(want_k.data(), B, H, K, dk, r);
   std::vector<float> want_decay(B * H), want_beta(B * H);
-  cpu::MesaGates(want_decay.data(), want_beta.data(), rounded.data() + a_col,
-                 rounded.data() + b_col, B, H, ld);
+  cpu::MesaGates(want_decay.data(), want_beta.data(), rounded.data() + cols.a,
+                 rounded.data() + cols.b, B, H, ld);
 
   // GPU.
   MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_proj, Upload(proj));
@@ -130,18 +121,7 @@ TEST_P(MixerInputsTest, MatchesCpuRunnerSequence) {
   p.num_heads = H;
   p.head_dim = K;
   p.conv_size = W;
-  p.proj = d_proj.as<float>();
-  p.ld_proj = ld;
-  p.q_col = q_col;
-  p.k_col = k_col;
-  p.v_col = v_col;
-  p.g_col = g_col;
-  p.a_col = a_col;
-  p.b_col = b_col;
-  p.a_bias = d_a_bias.as<float>();
-  p.b_bias = d_b_bias.as<float>();
-  p.q_conv = d_q_conv.as<float>();
-  p.k_conv = d_k_conv.as<float>();
+  SetProjectionFields(&p, cols, d_proj, d_a_bias, d_b_bias, d_q_conv, d_k_conv);
   p.conv_q_state = d_q_rows.as<float* const>();
   p.conv_k_state = d_k_rows.as<float* const>();
   p.q = d_q.data();
