@@ -11,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "engine/prefill_packing.h"
 #include "engine/runner_checks.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/device_buffer.h"
@@ -337,13 +338,14 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
     mi.act = c_.dtype;
     mi.stream = stream_;
   }
-  // Copies the CG statistics of `rows` rows, staged on the host as [layer, row, head], into
-  // rows row0.. of `stats`.
-  void CopyStats(int64_t rows, int64_t row0, CgStats* stats) const;
-  // One prefill segment of one sequence (at most prefill_rows_ tokens, cut at chunk
-  // boundaries so the math is that of one call); logits rows start at `row0`.
-  absl::Status PrefillSegment(const PrefillRequest& req, absl::Span<const int32_t> tokens,
-                              bool last_segment, int64_t row0, PrefillResult* result);
+  // Copies the CG statistics of `count` rows from row `src_row` of a step of `rows` rows,
+  // staged on the host as [layer, row, head], into rows dst_row.. of `stats`.
+  void CopyStats(int64_t rows, int64_t src_row, int64_t count, int64_t dst_row,
+                 CgStats* stats) const;
+  // One prefill launch: pieces of up to gpu::kMaxPackedSeqs requests packed back to back in
+  // the rows (engine/prefill_packing.h), every layer over all of them at once.
+  absl::Status PrefillPackStep(absl::Span<const PrefillRequest> requests, const PrefillPack& pack,
+                               absl::Span<PrefillResult> results);
   // The device work of one step between the argument upload and the result download: the
   // embedding, every layer, the final norm, lm_head and the rounding of the logits.
   absl::Status StepKernels(int64_t b, const StepArgsLayout& args);
@@ -487,58 +489,57 @@ absl::Status CudaModelRunnerImpl::Prefill(absl::Span<const PrefillRequest> reque
   MESA_RETURN_IF_ERROR(Enter());
   MESA_RETURN_IF_ERROR(
       CheckPrefillRequests(requests, results.size(), options_.num_slots, c_.vocab_size));
-  for (size_t r = 0; r < requests.size(); ++r) {
-    const PrefillRequest& req = requests[r];
-    PrefillResult* result = &results[r];
-    const int64_t n = static_cast<int64_t>(req.tokens.size());
-    SizePrefillResult(req, c_, result);
-    for (int64_t done = 0; done < n;) {
-      const int64_t len = std::min(n - done, prefill_rows_);
-      MESA_RETURN_IF_ERROR(NoteFailure(
-          PrefillSegment(req, req.tokens.subspan(done, len), done + len == n, done, result)));
-      positions_[req.slot] += len;
-      done += len;
-    }
+  for (size_t r = 0; r < requests.size(); ++r) SizePrefillResult(requests[r], c_, &results[r]);
+  for (const PrefillPack& pack :
+       PackPrefill(requests, prefill_rows_, gpu::kMaxPackedSeqs, gpu::kPrefillChunk)) {
+    MESA_RETURN_IF_ERROR(NoteFailure(PrefillPackStep(requests, pack, results)));
+    for (const PrefillPiece& piece : pack) positions_[requests[piece.request].slot] += piece.len;
   }
   return absl::OkStatus();
 }
 
-absl::Status CudaModelRunnerImpl::PrefillSegment(const PrefillRequest& req,
-                                                 absl::Span<const int32_t> tokens,
-                                                 bool last_segment, int64_t row0,
-                                                 PrefillResult* result) {
-  const int64_t n = static_cast<int64_t>(tokens.size());
+absl::Status CudaModelRunnerImpl::PrefillPackStep(absl::Span<const PrefillRequest> requests,
+                                                  const PrefillPack& pack,
+                                                  absl::Span<PrefillResult> results) {
   const int64_t L = c_.num_hidden_layers, H = c_.num_heads, d = c_.hidden_size;
   const int64_t dk = c_.key_dim(), vocab = c_.vocab_size;
   const ScalarType act = c_.dtype;
-  // The staging buffer is free between steps (each step ends with a synchronisation).
-  std::memcpy(host_.data(), tokens.data(), n * sizeof(int32_t));
+  // The pieces' rows back to back; the staging buffer is free between steps (each step ends
+  // with a synchronisation).
+  std::vector<int64_t> row0(pack.size());
+  int64_t n = 0;
+  for (size_t i = 0; i < pack.size(); ++i) {
+    const PrefillPiece& piece = pack[i];
+    row0[i] = n;
+    std::memcpy(host_.data() + n * sizeof(int32_t),
+                requests[piece.request].tokens.data() + piece.offset, piece.len * sizeof(int32_t));
+    n += piece.len;
+  }
   MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(Ws(ws_.prefill_tokens), host_.data(),
                                             n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
   MESA_RETURN_IF_ERROR(gpu::Embed(Ws(ws_.x), Wt(wo_.embeddings), Ws<int32_t>(ws_.prefill_tokens),
                                   n, d, vocab, act, stream_));
   for (int layer = 0; layer < L; ++layer) {
     const LayerWeightOffsets& lo = wo_.layers[layer];
-    float* state = SlotState(req.slot) + layer * layer_.stride;
     MESA_RETURN_IF_ERROR(LayerHead(layer, n));
     gpu::MixerInputsPrefillParams mi;
+    gpu::MesaPrefillParams p;
+    for (const PrefillPiece& piece : pack) {
+      const PrefillRequest& req = requests[piece.request];
+      float* state = SlotState(req.slot) + layer * layer_.stride;
+      const auto len = static_cast<int32_t>(piece.len);
+      mi.AddSequence(len, state + layer_.conv_q, state + layer_.conv_k);
+      p.AddSequence(len, state + layer_.h_kk, state + layer_.h_kv, req.cg);
+    }
     SetMixerInputs(lo, mi);
-    mi.seq_len = static_cast<int32_t>(n);
-    mi.conv_q_state = state + layer_.conv_q;
-    mi.conv_k_state = state + layer_.conv_k;
     mi.q = Ws<float>(ws_.q);
     mi.k = Ws<float>(ws_.k);
     mi.v = Ws<float>(ws_.v);
     MESA_RETURN_IF_ERROR(gpu::MixerInputsPrefill(mi));
-    MESA_RETURN_IF_ERROR(
-        gpu::ConvStatePrefillUpdate(mi, state + layer_.conv_q, state + layer_.conv_k));
+    MESA_RETURN_IF_ERROR(gpu::ConvStatePrefillUpdate(mi));
 
-    gpu::MesaPrefillParams p;
-    p.seq_len = static_cast<int32_t>(n);
     p.num_heads = c_.num_heads;
     p.head_dim = c_.head_dim;
-    p.h_kk = state + layer_.h_kk;
-    p.h_kv = state + layer_.h_kv;
     p.q = Ws<float>(ws_.q);
     p.k = Ws<float>(ws_.k);
     p.v = Ws<float>(ws_.v);
@@ -546,13 +547,12 @@ absl::Status CudaModelRunnerImpl::PrefillSegment(const PrefillRequest& req,
     p.log_decay = Ws<float>(ws_.log_decay);
     p.beta = Ws<float>(ws_.beta);
     p.lambda = Wt<float>(lo.lambda);
-    p.cg = req.cg;
     p.value_rounding = RoundingFor(act);
     p.out = Ws<float>(ws_.mix_f);
     p.ld_out = dk;
     p.cg_iters = Ws<int32_t>(ws_.iters) + layer * n * H;
     p.cg_residual = Ws<float>(ws_.residual) + layer * n * H;
-    p.max_seq_len = static_cast<int32_t>(ws_.prefill_max_tokens);
+    p.workspace_rows = static_cast<int32_t>(ws_.prefill_max_tokens);
     p.workspace = Ws(ws_.prefill);
     p.stream = stream_;
     MESA_RETURN_IF_ERROR(gpu::MesaPrefill(p));
@@ -560,22 +560,36 @@ absl::Status CudaModelRunnerImpl::PrefillSegment(const PrefillRequest& req,
     MESA_RETURN_IF_ERROR(LayerTail(layer, n));
   }
 
-  // Logits: every row, or the last row of the last segment.
-  const int64_t first = req.all_logits ? 0 : n - 1;
-  const int64_t rows = req.all_logits ? n : (last_segment ? 1 : 0);
+  // Logits: every row of a piece that asks for all, else the last row of a request's last
+  // piece; the final norm gathers those rows to the front of u, one GEMM makes them all.
   const size_t act_bytes = act == ScalarType::kFp32 ? 4 : 2;
-  if (rows > 0) {
-    void* x_rows = Ws<char>(ws_.x) + first * d * act_bytes;
-    MESA_RETURN_IF_ERROR(gpu::RmsNorm(Ws(ws_.u), x_rows, Wt<float>(wo_.final_norm), rows, d,
-                                      c_.norm_eps, act, stream_));
-    MESA_RETURN_IF_ERROR(Gemm(Ws(ws_.logits), Ws(ws_.u), rows, w_.output_matrix(), wo_.output));
-    MESA_RETURN_IF_ERROR(gpu::RoundInPlace(Ws<float>(ws_.logits), rows * vocab, act, stream_));
+  std::vector<int64_t> logit_row(pack.size(), -1);
+  int64_t logit_rows = 0;
+  bool want_stats = false;
+  for (size_t i = 0; i < pack.size(); ++i) {
+    const PrefillPiece& piece = pack[i];
+    const PrefillRequest& req = requests[piece.request];
+    want_stats = want_stats || req.want_stats;
+    const int64_t rows = req.all_logits ? piece.len : (piece.last ? 1 : 0);
+    if (rows == 0) continue;
+    const int64_t first = row0[i] + (req.all_logits ? 0 : piece.len - 1);
+    MESA_RETURN_IF_ERROR(gpu::RmsNorm(Ws<char>(ws_.u) + logit_rows * d * act_bytes,
+                                      Ws<char>(ws_.x) + first * d * act_bytes,
+                                      Wt<float>(wo_.final_norm), rows, d, c_.norm_eps, act,
+                                      stream_));
+    logit_row[i] = logit_rows;
+    logit_rows += rows;
+  }
+  if (logit_rows > 0) {
+    MESA_RETURN_IF_ERROR(
+        Gemm(Ws(ws_.logits), Ws(ws_.u), logit_rows, w_.output_matrix(), wo_.output));
+    MESA_RETURN_IF_ERROR(gpu::RoundInPlace(Ws<float>(ws_.logits), logit_rows * vocab, act, stream_));
     MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + host_logits_, Ws(ws_.logits),
-                                              rows * vocab * sizeof(float),
+                                              logit_rows * vocab * sizeof(float),
                                               cudaMemcpyDeviceToHost, stream_));
   }
   const size_t stat_count = static_cast<size_t>(L * n * H);
-  if (req.want_stats) {
+  if (want_stats) {
     MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + host_iters_, Ws(ws_.iters),
                                               stat_count * sizeof(int32_t),
                                               cudaMemcpyDeviceToHost, stream_));
@@ -584,26 +598,34 @@ absl::Status CudaModelRunnerImpl::PrefillSegment(const PrefillRequest& req,
                                               stream_));
   }
   MESA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-  if (rows > 0) {
-    const auto* logits = reinterpret_cast<const float*>(host_.data() + host_logits_);
-    float* dst = result->logits.data() + (req.all_logits ? row0 * vocab : 0);
-    std::memcpy(dst, logits, rows * vocab * sizeof(float));
+  const auto* logits = reinterpret_cast<const float*>(host_.data() + host_logits_);
+  for (size_t i = 0; i < pack.size(); ++i) {
+    const PrefillPiece& piece = pack[i];
+    const PrefillRequest& req = requests[piece.request];
+    PrefillResult* result = &results[piece.request];
+    if (logit_row[i] >= 0) {
+      const int64_t rows = req.all_logits ? piece.len : 1;
+      float* dst = result->logits.data() + (req.all_logits ? piece.offset * vocab : 0);
+      std::memcpy(dst, logits + logit_row[i] * vocab, rows * vocab * sizeof(float));
+    }
+    if (req.want_stats) CopyStats(n, row0[i], piece.len, piece.offset, &result->stats);
   }
-  if (req.want_stats) CopyStats(n, row0, &result->stats);
   return absl::OkStatus();
 }
 
-void CudaModelRunnerImpl::CopyStats(int64_t rows, int64_t row0, CgStats* stats) const {
+void CudaModelRunnerImpl::CopyStats(int64_t rows, int64_t src_row, int64_t count, int64_t dst_row,
+                                    CgStats* stats) const {
   const int64_t L = c_.num_hidden_layers, H = c_.num_heads;
   const auto* iters = reinterpret_cast<const int32_t*>(host_.data() + host_iters_);
   const auto* residual = reinterpret_cast<const float*>(host_.data() + host_residual_);
   for (int64_t l = 0; l < L; ++l) {
-    for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t r = 0; r < count; ++r) {
       for (int64_t h = 0; h < H; ++h) {
-        const int64_t idx = stats->index(static_cast<int32_t>(row0 + r), static_cast<int32_t>(l),
+        const int64_t idx = stats->index(static_cast<int32_t>(dst_row + r), static_cast<int32_t>(l),
                                          static_cast<int32_t>(h));
-        stats->iters[idx] = iters[(l * rows + r) * H + h];
-        stats->residual[idx] = residual[(l * rows + r) * H + h];
+        const int64_t src = (l * rows + src_row + r) * H + h;
+        stats->iters[idx] = iters[src];
+        stats->residual[idx] = residual[src];
       }
     }
   }
@@ -717,7 +739,7 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows, 
       std::memcpy(&result->logits[(row0 + i) * vocab], &logits[i * vocab], vocab * sizeof(float));
     }
   }
-  if (!result->stats.iters.empty()) CopyStats(b, row0, &result->stats);
+  if (!result->stats.iters.empty()) CopyStats(b, 0, b, row0, &result->stats);
   return absl::OkStatus();
 }
 

@@ -29,17 +29,22 @@ inline absl::Status CheckTokenInVocab(int32_t token, int32_t vocab_size) {
   return absl::OkStatus();
 }
 
-// Prefill: one result per request, every slot in the pool, no empty prompt, every token in
-// the vocabulary. All checked before any work, so a bad request changes nothing.
+// Prefill: one result per request, every slot in the pool and in one request only (a runner may
+// run the requests side by side), no empty prompt, every token in the vocabulary. All checked
+// before any work, so a bad request changes nothing.
 inline absl::Status CheckPrefillRequests(absl::Span<const PrefillRequest> requests,
                                          size_t num_results, int32_t num_slots,
                                          int32_t vocab_size) {
   if (requests.size() != num_results) {
     return absl::InvalidArgumentError("Prefill: requests and results differ in length");
   }
+  std::set<SlotId> seen;
   for (const PrefillRequest& req : requests) {
     absl::Status s = CheckSlotInPool(req.slot, num_slots);
     if (!s.ok()) return s;
+    if (!seen.insert(req.slot).second) {
+      return absl::InvalidArgumentError(absl::StrCat("Prefill: slot ", req.slot, " appears twice"));
+    }
     if (req.tokens.empty()) return absl::InvalidArgumentError("Prefill: empty token list");
     for (int32_t t : req.tokens) {
       s = CheckTokenInVocab(t, vocab_size);

@@ -169,6 +169,22 @@ __device__ __forceinline__ void CopyTile(const float* src, int64_t src_ld, int r
 // Chunk-start states in the workspace: [chunk][head] (H_kk, H_kv), fp32, each transposed.
 __host__ __device__ inline int64_t SnapshotFloats(int k) { return 2 * static_cast<int64_t>(k) * k; }
 
+// Global chunk n of a packed call: its sequence s, its first row tc and its c <= C tokens.
+struct ChunkAt {
+  int s;
+  int64_t tc;
+  int c;
+};
+
+__device__ __forceinline__ ChunkAt LocateChunk(const MesaPrefillParams& p, int n) {
+  ChunkAt at;
+  at.s = p.seqs.SeqOfChunk(n);
+  at.tc = p.seqs.start[at.s] + static_cast<int64_t>(n - p.seqs.chunk_start[at.s]) * C;
+  const int64_t left = p.seqs.start[at.s + 1] - at.tc;
+  at.c = static_cast<int>(left < C ? left : C);
+  return at;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Pass 1a: every chunk's own state increment, all chunks and heads in parallel. Block (chunk n,
 // head h) computes D_n = U^T R with U_t = h(k_t exp2(G_last - G_t) beta_t) and R = k (H_kk) or
@@ -203,9 +219,10 @@ __global__ void __launch_bounds__(kIncThreads) MesaPrefillChunkIncrement(MesaPre
   const int chunk = blockIdx.x, h = blockIdx.y, H = p.num_heads, K = p.head_dim;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
   const int64_t kk = static_cast<int64_t>(K) * K;
-  const int64_t tc = static_cast<int64_t>(chunk) * C;
-  const int c = static_cast<int>(p.seq_len - tc < C ? p.seq_len - tc : C);
-  const bool fixed = p.cg.mode == CgMode::kFixed;
+  const ChunkAt at = LocateChunk(p, chunk);
+  const int64_t tc = at.tc;
+  const int c = at.c;
+  const bool fixed = p.cg[at.s].mode == CgMode::kFixed;
   const int64_t col0 = static_cast<int64_t>(h) * K;
 
   float* beta = gcum + C;
@@ -284,20 +301,26 @@ __global__ void __launch_bounds__(kIncThreads) MesaPrefillChunkIncrement(MesaPre
   }
 }
 
-// Pass 1b: one thread per state element (both states, all heads): snap_n = S_n in place of
-// D_n, S_{n+1} = gamma_n S_n + D_n; the final S goes back to h_kk / h_kv. The workspace holds
-// both transposed (the chunk pass reads the state as a B operand, column by column).
-__global__ void MesaPrefillStateScan(MesaPrefillParams p, const float* gamma, int chunks) {
+// Pass 1b: one thread per state element (both states, all heads) and sequence (grid.y): over
+// the sequence's chunks, snap_n = S_n in place of D_n, S_{n+1} = gamma_n S_n + D_n; the final S
+// goes back to the sequence's h_kk / h_kv. The workspace holds both transposed (the chunk pass
+// reads the state as a B operand, column by column).
+__global__ void MesaPrefillStateScan(MesaPrefillParams p, const float* gamma) {
   const int64_t kk = static_cast<int64_t>(p.head_dim) * p.head_dim;
   const int64_t per_head = 2 * kk;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= per_head * p.num_heads) return;
+  const int seq = blockIdx.y;
   const int h = static_cast<int>(i / per_head);
   const int64_t e = i % per_head;
   const int64_t rem = e % kk;  // = b K + a for state element (a, b)
-  float* state = (e < kk ? p.h_kk : p.h_kv) + h * kk + (rem % p.head_dim) * p.head_dim + rem / p.head_dim;
-  float* d = static_cast<float*>(p.workspace) + h * per_head + e;
+  float* state = (e < kk ? p.h_kk[seq] : p.h_kv[seq]) + h * kk + (rem % p.head_dim) * p.head_dim +
+                 rem / p.head_dim;
   const int64_t stride = per_head * p.num_heads;
+  const int first = p.seqs.chunk_start[seq];
+  const int chunks = p.seqs.chunk_start[seq + 1] - first;
+  float* d = static_cast<float*>(p.workspace) + first * stride + h * per_head + e;
+  gamma += static_cast<int64_t>(first) * p.num_heads;
   float s = *state;
   // Eight chunks' increments are loaded before any snapshot is stored: a store to d may alias a
   // later load as far as the compiler knows, which would otherwise serialise every load.
@@ -595,8 +618,10 @@ __global__ void __launch_bounds__(kChunkThreads, 1) MesaPrefillChunkPass(MesaPre
   float* smem = reinterpret_cast<float*>(smem4);
   const int chunk = blockIdx.x, h = blockIdx.y, H = p.num_heads, K = p.head_dim, t0 = threadIdx.x;
   const int64_t kk = static_cast<int64_t>(K) * K;
-  const int64_t tc = static_cast<int64_t>(chunk) * C;
-  const int c = static_cast<int>(p.seq_len - tc < C ? p.seq_len - tc : C);
+  const ChunkAt at = LocateChunk(p, chunk);
+  const int64_t tc = at.tc;
+  const int c = at.c;
+  const CgControl cg = p.cg[at.s];
 
   Block b;
   b.rhs = smem;
@@ -683,11 +708,11 @@ __global__ void __launch_bounds__(kChunkThreads, 1) MesaPrefillChunkPass(MesaPre
   bool active[2][2];
   int iters[2][2] = {{0, 0}, {0, 0}};
   b.ForEachRow([&](int i, int e2, int t) { active[i][e2] = t < c; });
-  for (int step = 0; step < p.cg.max_iters; ++step) {
+  for (int step = 0; step < cg.max_iters; ++step) {
     if (!fixed) {
       bool any = false;
       b.ForEachRow([&](int i, int e2, int) {
-        if (active[i][e2] && sqrtf(delta[i][e2]) <= p.cg.tol * qnorm[i][e2]) active[i][e2] = false;
+        if (active[i][e2] && sqrtf(delta[i][e2]) <= cg.tol * qnorm[i][e2]) active[i][e2] = false;
         any = any || active[i][e2];
       });
       if (!__syncthreads_or(any)) break;
@@ -753,7 +778,6 @@ __global__ void __launch_bounds__(kChunkThreads, 1) MesaPrefillChunkPass(MesaPre
   });
 }
 
-int64_t NumChunks(int64_t seq_len) { return (seq_len + C - 1) / C; }
 
 template <int KP, bool kFixed, bool kSplit>
 absl::Status Launch(const MesaPrefillParams& p) {
@@ -764,15 +788,16 @@ absl::Status Launch(const MesaPrefillParams& p) {
   MESA_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(MesaPrefillChunkPass<KP, kFixed, kSplit>,
                                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                  static_cast<int>(ChunkSmem<KP>::kBytes)));
-  const int64_t chunks = NumChunks(p.seq_len);
+  const int64_t chunks = p.seqs.chunks();
   float* gamma = static_cast<float*>(p.workspace) +
-                 NumChunks(p.max_seq_len) * p.num_heads * SnapshotFloats(p.head_dim);
+                 MesaPrefillWorkspaceChunks(p.workspace_rows) * p.num_heads * SnapshotFloats(p.head_dim);
   const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(p.num_heads));
   MesaPrefillChunkIncrement<KP, kSplit><<<grid, kIncThreads, IncSmem<KP>::kBytes, p.stream>>>(p, gamma);
   MESA_CUDA_RETURN_IF_LAUNCH_FAILED("MesaPrefillChunkIncrement");
   const int64_t elements = 2 * static_cast<int64_t>(p.head_dim) * p.head_dim * p.num_heads;
-  MesaPrefillStateScan<<<static_cast<unsigned>((elements + 255) / 256), 256, 0, p.stream>>>(
-      p, gamma, static_cast<int>(chunks));
+  const dim3 scan_grid(static_cast<unsigned>((elements + 255) / 256),
+                       static_cast<unsigned>(p.seqs.count));
+  MesaPrefillStateScan<<<scan_grid, 256, 0, p.stream>>>(p, gamma);
   MESA_CUDA_RETURN_IF_LAUNCH_FAILED("MesaPrefillStateScan");
   MesaPrefillChunkPass<KP, kFixed, kSplit><<<grid, kChunkThreads, ChunkSmem<KP>::kBytes, p.stream>>>(p);
   MESA_CUDA_RETURN_IF_LAUNCH_FAILED("MesaPrefillChunkPass");
@@ -782,16 +807,19 @@ absl::Status Launch(const MesaPrefillParams& p) {
 template <int KP>
 absl::Status LaunchFor(const MesaPrefillParams& p) {
   // Split products wherever the CPU multiplies values that are not exact tf32 numbers.
-  if (p.cg.mode != CgMode::kFixed) return Launch<KP, false, true>(p);
+  if (p.cg[0].mode != CgMode::kFixed) return Launch<KP, false, true>(p);
   if (p.value_rounding == Rounding::kNone) return Launch<KP, true, true>(p);
   return Launch<KP, true, false>(p);
 }
 
 }  // namespace
 
-size_t MesaPrefillWorkspaceBytes(int32_t num_heads, int32_t head_dim, int32_t max_seq_len) {
+int64_t MesaPrefillWorkspaceChunks(int32_t rows) { return (static_cast<int64_t>(rows) + C - 1) / C; }
+
+size_t MesaPrefillWorkspaceBytes(int32_t num_heads, int32_t head_dim, int32_t rows) {
   // The snapshots, then gamma_n per (chunk, head).
-  return static_cast<size_t>(NumChunks(max_seq_len) * num_heads * (SnapshotFloats(head_dim) + 1)) *
+  return static_cast<size_t>(MesaPrefillWorkspaceChunks(rows) * num_heads *
+                             (SnapshotFloats(head_dim) + 1)) *
          sizeof(float);
 }
 
@@ -800,15 +828,32 @@ absl::Status MesaPrefill(const MesaPrefillParams& p) {
     return absl::InvalidArgumentError(
         absl::StrCat("MesaPrefill: head_dim ", p.head_dim, " is outside [1, 128]"));
   }
-  if (p.seq_len < 0 || p.num_heads < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("MesaPrefill: seq_len ", p.seq_len,
-                                                   " and num_heads ", p.num_heads,
-                                                   " must not be negative"));
+  if (p.num_heads < 0 || p.seqs.count < 0 || p.seqs.count > kMaxPackedSeqs) {
+    return absl::InvalidArgumentError(absl::StrCat("MesaPrefill: num_heads ", p.num_heads,
+                                                   " is negative or the sequence count ",
+                                                   p.seqs.count, " is outside [0, ",
+                                                   kMaxPackedSeqs, "]"));
   }
-  if (p.seq_len == 0 || p.num_heads == 0) return absl::OkStatus();
-  if (p.h_kk == nullptr || p.h_kv == nullptr || p.q == nullptr || p.k == nullptr ||
-      p.v == nullptr || p.log_decay == nullptr || p.beta == nullptr || p.lambda == nullptr ||
-      p.out == nullptr || p.workspace == nullptr) {
+  if (p.seqs.count == 0 || p.num_heads == 0) return absl::OkStatus();
+  for (int s = 0; s < p.seqs.count; ++s) {
+    if (p.seqs.length(s) < 1) {
+      return absl::InvalidArgumentError(absl::StrCat("MesaPrefill: sequence ", s, " has ",
+                                                     p.seqs.length(s), " tokens (at least 1)"));
+    }
+    if (p.h_kk[s] == nullptr || p.h_kv[s] == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("MesaPrefill: sequence ", s, " has a null state pointer"));
+    }
+    if ((p.cg[s].mode == CgMode::kFixed) != (p.cg[0].mode == CgMode::kFixed)) {
+      // (CgModeName lives in the CPU kernel library, which this one does not link.)
+      auto name = [](CgMode m) { return m == CgMode::kFixed ? "fixed" : "adaptive"; };
+      return absl::InvalidArgumentError(absl::StrCat(
+          "MesaPrefill: sequence ", s, " runs CG in ", name(p.cg[s].mode), " mode, sequence 0 in ",
+          name(p.cg[0].mode), "; one call takes one mode"));
+    }
+  }
+  if (p.q == nullptr || p.k == nullptr || p.v == nullptr || p.log_decay == nullptr ||
+      p.beta == nullptr || p.lambda == nullptr || p.out == nullptr || p.workspace == nullptr) {
     return absl::InvalidArgumentError("MesaPrefill: a required pointer is null");
   }
   if (p.ld_in < static_cast<int64_t>(p.num_heads) * p.head_dim ||
@@ -816,10 +861,11 @@ absl::Status MesaPrefill(const MesaPrefillParams& p) {
     return absl::InvalidArgumentError(absl::StrCat("MesaPrefill: ld_in ", p.ld_in, " / ld_out ",
                                                    p.ld_out, " shorter than H*K"));
   }
-  if (p.seq_len > p.max_seq_len) {
-    return absl::InvalidArgumentError(absl::StrCat("MesaPrefill: seq_len ", p.seq_len,
-                                                   " exceeds the workspace's max_seq_len ",
-                                                   p.max_seq_len));
+  if (p.seqs.chunks() > MesaPrefillWorkspaceChunks(p.workspace_rows)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "MesaPrefill: the call's ", p.seqs.count, " sequences have ", p.seqs.chunks(),
+        " chunks of ", C, " tokens, the workspace (sized for ", p.workspace_rows, " rows) holds ",
+        MesaPrefillWorkspaceChunks(p.workspace_rows)));
   }
   if (p.head_dim <= 32) return LaunchFor<32>(p);
   if (p.head_dim <= 64) return LaunchFor<64>(p);

@@ -84,15 +84,21 @@ __device__ __forceinline__ float WindowAt(int pos, int W, const float* state, co
 
 // One warp per (token, head), 8 per block: lane l takes channels l, l + 32, ... of the head, so
 // the l2 norms are warp sums (no barriers; a block per (head, token) needed four). Tap order as
-// kernels/cpu/short_conv.cc.
+// kernels/cpu/short_conv.cc. The conv window of row t is its sequence's: the old conv state,
+// then the sequence's own rows.
 constexpr int kPrefillWarps = 8;
 
 template <typename T>
 __global__ void __launch_bounds__(32 * kPrefillWarps) MixerInputsPrefillKernel(MixerInputsPrefillParams p) {
   const int lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kPrefillWarps + (threadIdx.x >> 5);
-  if (row >= static_cast<int64_t>(p.seq_len) * p.num_heads) return;
+  if (row >= static_cast<int64_t>(p.seqs.rows()) * p.num_heads) return;
   const int t = static_cast<int>(row / p.num_heads), h = static_cast<int>(row % p.num_heads);
+  const int seq = p.seqs.SeqOfRow(t);
+  const int local = t - p.seqs.start[seq];  // position in the sequence's window (after W-1)
+  const float* seq_proj = p.proj + static_cast<int64_t>(p.seqs.start[seq]) * p.ld_proj;
+  const float* q_state = p.conv_q_state[seq];
+  const float* k_state = p.conv_k_state[seq];
   const int K = p.head_dim;
   const int W = p.conv_size;
   const int64_t dk = static_cast<int64_t>(p.num_heads) * K;
@@ -107,8 +113,8 @@ __global__ void __launch_bounds__(32 * kPrefillWarps) MixerInputsPrefillKernel(M
     const int64_t c = static_cast<int64_t>(h) * K + j;
     float aq = 0.0f, ak = 0.0f;
     for (int w = 0; w < W; ++w) {
-      aq = fmaf(p.q_conv[c * W + w], WindowAt<T>(t + w, W, p.conv_q_state, p.proj, p.ld_proj, p.q_col, dk, c), aq);
-      ak = fmaf(p.k_conv[c * W + w], WindowAt<T>(t + w, W, p.conv_k_state, p.proj, p.ld_proj, p.k_col, dk, c), ak);
+      aq = fmaf(p.q_conv[c * W + w], WindowAt<T>(local + w, W, q_state, seq_proj, p.ld_proj, p.q_col, dk, c), aq);
+      ak = fmaf(p.k_conv[c * W + w], WindowAt<T>(local + w, W, k_state, seq_proj, p.ld_proj, p.k_col, dk, c), ak);
     }
     qv[i] = RoundTo<T>(Silu(aq));
     kv[i] = RoundTo<T>(Silu(ak));
@@ -133,29 +139,43 @@ __global__ void __launch_bounds__(32 * kPrefillWarps) MixerInputsPrefillKernel(M
   if (lane == 0) MesaGates<T>(p, pr, h, static_cast<int64_t>(t) * p.num_heads + h);
 }
 
-// One thread per channel: state[i] = window[T + i] for i < W-1, in increasing i (a read of
-// the old state is always ahead of the writes).
+// One thread per channel and sequence (grid.y): state[i] = window[len + i] for i < W-1, in
+// increasing i (a read of the old state is always ahead of the writes).
 template <typename T>
-__global__ void ConvStatePrefillKernel(MixerInputsPrefillParams p, float* q_state, float* k_state) {
+__global__ void ConvStatePrefillKernel(MixerInputsPrefillParams p) {
   const int64_t dk = static_cast<int64_t>(p.num_heads) * p.head_dim;
   const int W = p.conv_size;
+  const int seq = blockIdx.y;
+  float* q_state = p.conv_q_state[seq];
+  float* k_state = p.conv_k_state[seq];
+  const float* seq_proj = p.proj + static_cast<int64_t>(p.seqs.start[seq]) * p.ld_proj;
   for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < dk;
        c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     for (int i = 0; i + 1 < W; ++i) {
-      const int pos = p.seq_len + i;
-      q_state[i * dk + c] = WindowAt<T>(pos, W, q_state, p.proj, p.ld_proj, p.q_col, dk, c);
-      k_state[i * dk + c] = WindowAt<T>(pos, W, k_state, p.proj, p.ld_proj, p.k_col, dk, c);
+      const int pos = p.seqs.length(seq) + i;
+      q_state[i * dk + c] = WindowAt<T>(pos, W, q_state, seq_proj, p.ld_proj, p.q_col, dk, c);
+      k_state[i * dk + c] = WindowAt<T>(pos, W, k_state, seq_proj, p.ld_proj, p.k_col, dk, c);
     }
   }
 }
 
 absl::Status CheckPrefill(const MixerInputsPrefillParams& p) {
   if (p.head_dim < 1 || p.head_dim > 1024 || p.conv_size < 1 || p.conv_size > kMaxConv ||
-      p.seq_len < 0 || p.seq_len > 65535 || p.num_heads < 0) {
+      p.seqs.count < 0 || p.seqs.count > kMaxPackedSeqs || p.num_heads < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "MixerInputsPrefill: head_dim ", p.head_dim, " (1..1024), conv_size ", p.conv_size,
-        " (1..", kMaxConv, "), seq_len ", p.seq_len, " (<= 65535) or num_heads ", p.num_heads,
-        " out of range"));
+        " (1..", kMaxConv, "), sequences ", p.seqs.count, " (0..", kMaxPackedSeqs,
+        ") or num_heads ", p.num_heads, " out of range"));
+  }
+  for (int s = 0; s < p.seqs.count; ++s) {
+    if (p.seqs.length(s) < 1) {
+      return absl::InvalidArgumentError(absl::StrCat("MixerInputsPrefill: sequence ", s, " has ",
+                                                     p.seqs.length(s), " tokens (at least 1)"));
+    }
+    if (p.conv_size > 1 && (p.conv_q_state[s] == nullptr || p.conv_k_state[s] == nullptr)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("MixerInputsPrefill: sequence ", s, " has a null conv state"));
+    }
   }
   if (p.g_col >= 0 && p.z == nullptr) {
     return absl::InvalidArgumentError("MixerInputsPrefill: g_col is set but z is null");
@@ -167,10 +187,10 @@ absl::Status CheckPrefill(const MixerInputsPrefillParams& p) {
 
 absl::Status MixerInputsPrefill(const MixerInputsPrefillParams& p) {
   MESA_RETURN_IF_ERROR(CheckPrefill(p));
-  if (p.seq_len == 0 || p.num_heads == 0) return absl::OkStatus();
+  if (p.seqs.count == 0 || p.num_heads == 0) return absl::OkStatus();
   return DispatchActType(p.act, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const int64_t rows = static_cast<int64_t>(p.seq_len) * p.num_heads;
+    const int64_t rows = static_cast<int64_t>(p.seqs.rows()) * p.num_heads;
     const unsigned blocks = static_cast<unsigned>((rows + kPrefillWarps - 1) / kPrefillWarps);
     MixerInputsPrefillKernel<T><<<blocks, 32 * kPrefillWarps, 0, p.stream>>>(p);
     MESA_CUDA_RETURN_IF_LAUNCH_FAILED("MixerInputsPrefillKernel");
@@ -178,15 +198,14 @@ absl::Status MixerInputsPrefill(const MixerInputsPrefillParams& p) {
   });
 }
 
-absl::Status ConvStatePrefillUpdate(const MixerInputsPrefillParams& p, float* conv_q_state,
-                                    float* conv_k_state) {
+absl::Status ConvStatePrefillUpdate(const MixerInputsPrefillParams& p) {
   MESA_RETURN_IF_ERROR(CheckPrefill(p));
-  if (p.seq_len == 0 || p.num_heads == 0 || p.conv_size == 1) return absl::OkStatus();
+  if (p.seqs.count == 0 || p.num_heads == 0 || p.conv_size == 1) return absl::OkStatus();
   return DispatchActType(p.act, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const int64_t dk = static_cast<int64_t>(p.num_heads) * p.head_dim;
-    const int blocks = static_cast<int>((dk + 255) / 256);
-    ConvStatePrefillKernel<T><<<blocks, 256, 0, p.stream>>>(p, conv_q_state, conv_k_state);
+    const dim3 grid(static_cast<unsigned>((dk + 255) / 256), static_cast<unsigned>(p.seqs.count));
+    ConvStatePrefillKernel<T><<<grid, 256, 0, p.stream>>>(p);
     MESA_CUDA_RETURN_IF_LAUNCH_FAILED("ConvStatePrefillKernel");
     return absl::OkStatus();
   });

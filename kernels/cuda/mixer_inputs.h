@@ -15,6 +15,7 @@
 
 #include "absl/status/status.h"
 #include "base/half.h"
+#include "kernels/cuda/packed_sequences.h"
 
 namespace mesa::gpu {
 
@@ -48,13 +49,15 @@ struct MixerInputsDecodeParams {
 
 absl::Status MixerInputsDecode(const MixerInputsDecodeParams& p);
 
-// The same steps for the `seq_len` tokens of one prefill call of one sequence, as the CPU
-// runner's PrefillSegment: the conv reads the slot's conv state for the first W-1 taps, q and k
-// are l2-normalised and rounded to fp16 (fla's chunk path), and the outputs the chunk kernel
-// reads (q, k, v) are fp32 arrays of those values. The conv state is NOT updated here (every
-// token reads the old one): ConvStatePrefillUpdate does that afterwards.
+// The same steps for the tokens of one prefill call of up to kMaxPackedSeqs sequences packed
+// back to back in the rows (as MesaPrefill takes them), per sequence as the CPU runner's
+// PrefillSegment: the conv reads the sequence's conv state for the first W-1 taps (it never
+// reaches into the rows of another sequence), q and k are l2-normalised and rounded to fp16
+// (fla's chunk path), and the outputs the chunk kernel reads (q, k, v) are fp32 arrays of those
+// values. The conv states are NOT updated here (every token reads the old one):
+// ConvStatePrefillUpdate does that afterwards.
 struct MixerInputsPrefillParams {
-  int32_t seq_len = 0;    // T
+  PackedSeqs seqs;        // added with AddSequence; T = seqs.rows()
   int32_t num_heads = 0;  // H
   int32_t head_dim = 0;   // K, <= 1024
   int32_t conv_size = 0;  // W, 1..16
@@ -65,8 +68,8 @@ struct MixerInputsPrefillParams {
   const float* b_bias = nullptr;
   const float* q_conv = nullptr;
   const float* k_conv = nullptr;
-  const float* conv_q_state = nullptr;  // [W-1, H*K] of the slot (read only)
-  const float* conv_k_state = nullptr;
+  float* conv_q_state[kMaxPackedSeqs] = {};  // [W-1, H*K] of sequence s's slot
+  float* conv_k_state[kMaxPackedSeqs] = {};
   float* q = nullptr;  // fp32 [T, H*K] out (fp16 values)
   float* k = nullptr;  // fp32 [T, H*K] out (fp16 values)
   float* v = nullptr;  // fp32 [T, H*K] out (model-dtype values)
@@ -75,13 +78,23 @@ struct MixerInputsPrefillParams {
   float* beta = nullptr;       // [T, H] out
   ScalarType act = ScalarType::kBf16;
   cudaStream_t stream = nullptr;
+
+  // Appends a sequence of `len` >= 1 tokens (the next len rows) and its conv states; returns
+  // its index, or -1 when kMaxPackedSeqs are already there.
+  int32_t AddSequence(int32_t len, float* q_state, float* k_state) {
+    const int32_t s = seqs.Add(len);
+    if (s >= 0) {
+      conv_q_state[s] = q_state;
+      conv_k_state[s] = k_state;
+    }
+    return s;
+  }
 };
 
 absl::Status MixerInputsPrefill(const MixerInputsPrefillParams& p);
 
-// After MixerInputsPrefill: the slot's conv states become the last W-1 conv inputs of the
-// window (old state followed by this call's rounded projections), as ShortConvSilu leaves them.
-absl::Status ConvStatePrefillUpdate(const MixerInputsPrefillParams& p, float* conv_q_state,
-                                    float* conv_k_state);
+// After MixerInputsPrefill: each sequence's conv states become the last W-1 conv inputs of its
+// window (old state followed by its rows' rounded projections), as ShortConvSilu leaves them.
+absl::Status ConvStatePrefillUpdate(const MixerInputsPrefillParams& p);
 
 }  // namespace mesa::gpu

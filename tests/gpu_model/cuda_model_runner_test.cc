@@ -310,17 +310,20 @@ TEST_P(CudaRunnerTest, DecodeInPiecesMatchesCpuRunner) {
 }
 
 // Prefill on the GPU against the CPU runner: prompts of 150 tokens (three chunks, the last
-// partial), 1 token, and 70 then 30 tokens (a continued prefill from a non-empty state), every
-// row's logits and the CG counts; then three decode steps of the three sequences together,
-// which read the states the prefills left. Same tolerances as the decode comparison (the
-// chunk kernel's parity with the CPU's is tested op by op in tests/kernels). Once with the
-// default segment length and once with segments of 64 tokens (150 tokens: three segments).
+// partial), 1 token, and 70 then 30 tokens (a continued prefill from a non-empty state), the
+// logits (every row's, or the last row's for the 70) and the CG counts; then three decode steps
+// of the three sequences together, which read the states the prefills left. Same tolerances as
+// the decode comparison (the chunk kernel's parity with the CPU's is tested op by op in
+// tests/kernels). With the default segment length and with segments of 64 tokens (150 tokens:
+// three segments), each request in a call of its own and the first three in one call (one
+// launch per layer for all three sequences, engine/prefill_packing.h).
 TEST_P(CudaRunnerTest, PrefillThenDecodeMatchesCpuRunner) {
   const ModelCase& c = GetParam();
   const Tolerance tol = ToleranceFor(c.dtype);
+  for (const bool together : {false, true})
   for (const int32_t segment : {0, 64})
   for (const CgControl& cg : {kFixed, kAdaptive}) {
-    SCOPED_TRACE(::testing::Message() << "prefill segment " << segment);
+    SCOPED_TRACE(::testing::Message() << "prefill segment " << segment << (together ? ", packed" : ""));
     auto gpu = MakeGpuRunner(c, 0, true, segment);
     auto cpu = MakeCpuRunner(c);
     ASSERT_TRUE(gpu && cpu);
@@ -333,40 +336,54 @@ TEST_P(CudaRunnerTest, PrefillThenDecodeMatchesCpuRunner) {
     struct Call {
       SlotId slot;
       std::vector<int32_t> tokens;
+      bool all_logits;
     };
-    const std::vector<Call> calls = {{0, tokens(150, 1)}, {1, tokens(1, 2)}, {2, tokens(70, 3)},
-                                     {2, tokens(30, 4)}};
-    for (const Call& call : calls) {
-      PrefillRequest req;
-      req.slot = call.slot;
-      req.tokens = call.tokens;
-      req.cg = cg;
-      req.all_logits = true;
-      req.want_stats = true;
-      PrefillResult a, b;
-      ASSERT_TRUE(gpu->Prefill({&req, 1}, {&a, 1}).ok());
-      ASSERT_TRUE(cpu->Prefill({&req, 1}, {&b, 1}).ok());
-      const double ratio = ErrorRatio(a.logits, b.logits);
-      std::cout << "[ gpu prefill ] " << c.name << (cg.mode == CgMode::kFixed ? " fixed" : " adaptive")
-                << (segment > 0 ? ", segments of 64" : "")
-                << " slot " << call.slot << ", " << call.tokens.size() << " tokens: logits error ratio "
-                << ratio << "\n";
-      EXPECT_LE(ratio, tol.logits_ratio) << "slot " << call.slot;
-      ASSERT_EQ(a.stats.iters.size(), b.stats.iters.size());
-      size_t differ = 0;
-      int worst = 0;
-      for (size_t i = 0; i < a.stats.iters.size(); ++i) {
-        const int d = std::abs(a.stats.iters[i] - b.stats.iters[i]);
-        differ += d != 0;
-        worst = std::max(worst, d);
+    const std::vector<Call> calls = {{0, tokens(150, 1), true}, {1, tokens(1, 2), true},
+                                     {2, tokens(70, 3), false}, {2, tokens(30, 4), true}};
+    const std::vector<std::vector<size_t>> groups =
+        together ? std::vector<std::vector<size_t>>{{0, 1, 2}, {3}}
+                 : std::vector<std::vector<size_t>>{{0}, {1}, {2}, {3}};
+    for (const std::vector<size_t>& group : groups) {
+      std::vector<PrefillRequest> reqs;
+      for (size_t i : group) {
+        PrefillRequest req;
+        req.slot = calls[i].slot;
+        req.tokens = calls[i].tokens;
+        req.cg = cg;
+        req.all_logits = calls[i].all_logits;
+        req.want_stats = true;
+        reqs.push_back(req);
       }
-      if (cg.mode == CgMode::kFixed) {
-        EXPECT_EQ(differ, 0u);
-      } else {
-        EXPECT_LE(differ, static_cast<size_t>(tol.iter_mismatch_frac * a.stats.iters.size()));
-        EXPECT_LE(worst, tol.iter_max_diff);
+      std::vector<PrefillResult> a(reqs.size()), b(reqs.size());
+      ASSERT_TRUE(gpu->Prefill(reqs, absl::MakeSpan(a)).ok());
+      ASSERT_TRUE(cpu->Prefill(reqs, absl::MakeSpan(b)).ok());
+      for (size_t r = 0; r < reqs.size(); ++r) {
+        const Call& call = calls[group[r]];
+        ASSERT_EQ(a[r].logits.size(), b[r].logits.size());
+        ASSERT_EQ(a[r].logits.size(),
+                  (call.all_logits ? call.tokens.size() : 1) * static_cast<size_t>(vocab));
+        const double ratio = ErrorRatio(a[r].logits, b[r].logits);
+        std::cout << "[ gpu prefill ] " << c.name << (cg.mode == CgMode::kFixed ? " fixed" : " adaptive")
+                  << (segment > 0 ? ", segments of 64" : "") << (together ? ", packed" : "")
+                  << " slot " << call.slot << ", " << call.tokens.size()
+                  << " tokens: logits error ratio " << ratio << "\n";
+        EXPECT_LE(ratio, tol.logits_ratio) << "slot " << call.slot;
+        ASSERT_EQ(a[r].stats.iters.size(), b[r].stats.iters.size());
+        size_t differ = 0;
+        int worst = 0;
+        for (size_t i = 0; i < a[r].stats.iters.size(); ++i) {
+          const int d = std::abs(a[r].stats.iters[i] - b[r].stats.iters[i]);
+          differ += d != 0;
+          worst = std::max(worst, d);
+        }
+        if (cg.mode == CgMode::kFixed) {
+          EXPECT_EQ(differ, 0u);
+        } else {
+          EXPECT_LE(differ, static_cast<size_t>(tol.iter_mismatch_frac * a[r].stats.iters.size()));
+          EXPECT_LE(worst, tol.iter_max_diff);
+        }
+        EXPECT_EQ(gpu->SlotPosition(call.slot), cpu->SlotPosition(call.slot));
       }
-      EXPECT_EQ(gpu->SlotPosition(call.slot), cpu->SlotPosition(call.slot));
     }
     for (int step = 0; step < 3; ++step) {
       std::vector<DecodeRow> rows;

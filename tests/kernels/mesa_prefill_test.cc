@@ -30,6 +30,7 @@
 #include "kernels/cpu/mesa_prefill.h"
 #include "kernels/cuda/mesa_prefill.h"
 #include "tests/kernels/gpu_test_util.h"
+#include "tests/kernels/prefill_inputs.h"
 
 namespace mesa::gpu::testing {
 namespace {
@@ -45,66 +46,6 @@ struct PrefillCase {
 };
 
 std::ostream& operator<<(std::ostream& os, const PrefillCase& c) { return os << c.name; }
-
-struct HostPrefill {
-  std::vector<float> q, k, v, log_decay, beta, lambda;
-};
-
-// Realistic inputs: unit-norm q and k rows (fp16 values, as fla's l2-norm pass writes them),
-// v in the model dtype, decays sigmoid(a) in [0.88, 0.998], beta in (0, 1), lambda >= 0.25.
-HostPrefill MakeInputs(std::mt19937& rng, int T, int H, int K, ScalarType act) {
-  HostPrefill in;
-  std::normal_distribution<float> n01(0.0f, 1.0f);
-  std::uniform_real_distribution<float> u01(0.0f, 1.0f);
-  auto unit_rows = [&](std::vector<float>& x) {
-    x.resize(static_cast<size_t>(T) * H * K);
-    for (float& v : x) v = n01(rng);
-    for (int r = 0; r < T * H; ++r) {
-      double s = 0.0;
-      for (int j = 0; j < K; ++j) s += x[r * K + j] * x[r * K + j];
-      for (int j = 0; j < K; ++j) x[r * K + j] = RoundFp16(x[r * K + j] / static_cast<float>(std::sqrt(s)));
-    }
-  };
-  unit_rows(in.q);
-  unit_rows(in.k);
-  in.v.resize(static_cast<size_t>(T) * H * K);
-  for (float& v : in.v) v = ApplyRounding(n01(rng), RoundingFor(act));
-  in.log_decay.resize(static_cast<size_t>(T) * H);
-  in.beta.resize(in.log_decay.size());
-  for (size_t i = 0; i < in.log_decay.size(); ++i) {
-    const float a = 2.0f + 4.2f * u01(rng);
-    in.log_decay[i] = -std::log1p(std::exp(-a));  // logsigmoid(a)
-    in.beta[i] = 1.0f / (1.0f + std::exp(-n01(rng)));
-  }
-  in.lambda.resize(static_cast<size_t>(H) * K);
-  for (float& l : in.lambda) l = 0.25f + std::log1p(std::exp(0.5f * n01(rng)));
-  return in;
-}
-
-cpu::MesaPrefillParams CpuParams(const HostPrefill& in, int T, int H, int K, const CgControl& cg,
-                                 ScalarType act, float* hkk, float* hkv, float* out, int32_t* iters,
-                                 float* residual) {
-  cpu::MesaPrefillParams p;
-  p.seq_len = T;
-  p.num_heads = H;
-  p.head_dim = K;
-  p.h_kk = hkk;
-  p.h_kv = hkv;
-  p.q = in.q.data();
-  p.k = in.k.data();
-  p.v = in.v.data();
-  p.ld_in = static_cast<int64_t>(H) * K;
-  p.log_decay = in.log_decay.data();
-  p.beta = in.beta.data();
-  p.lambda = in.lambda.data();
-  p.cg = cg;
-  p.value_rounding = RoundingFor(act);
-  p.out = out;
-  p.ld_out = static_cast<int64_t>(H) * K;
-  p.cg_iters = iters;
-  p.cg_residual = residual;
-  return p;
-}
 
 class MesaPrefillTest : public GpuTest, public ::testing::WithParamInterface<PrefillCase> {};
 
@@ -146,11 +87,9 @@ TEST_P(MesaPrefillTest, MatchesCpuReference) {
   MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_res, Upload(std::vector<float>(want_res.size(), NAN)));
   MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_ws, DeviceBuffer::Allocate(MesaPrefillWorkspaceBytes(H, K, T)));
   MesaPrefillParams p;
-  p.seq_len = T;
+  ASSERT_EQ(p.AddSequence(T, d_kk.as<float>(), d_kv.as<float>(), cg), 0);
   p.num_heads = H;
   p.head_dim = K;
-  p.h_kk = d_kk.as<float>();
-  p.h_kv = d_kv.as<float>();
   p.q = d_q.as<float>();
   p.k = d_k.as<float>();
   p.v = d_v.as<float>();
@@ -158,13 +97,12 @@ TEST_P(MesaPrefillTest, MatchesCpuReference) {
   p.log_decay = d_g.as<float>();
   p.beta = d_beta.as<float>();
   p.lambda = d_lambda.as<float>();
-  p.cg = cg;
   p.value_rounding = RoundingFor(c.act);
   p.out = d_out.as<float>();
   p.ld_out = static_cast<int64_t>(H) * K;
   p.cg_iters = d_iters.as<int32_t>();
   p.cg_residual = d_res.as<float>();
-  p.max_seq_len = T;
+  p.workspace_rows = T;
   p.workspace = d_ws.data();
   MESA_ASSERT_OK(MesaPrefill(p));
   MESA_ASSERT_OK(Sync());
@@ -216,23 +154,50 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST(MesaPrefillArgs, BadShapesAreInvalidArgument) {
   MesaPrefillParams p;
-  p.seq_len = 4;
+  float dummy = 0.0f;
+  CgControl cg;
+  cg.mode = CgMode::kFixed;
+  ASSERT_EQ(p.AddSequence(4, &dummy, &dummy, cg), 0);
   p.num_heads = 1;
   p.head_dim = 129;
   EXPECT_EQ(MesaPrefill(p).code(), absl::StatusCode::kInvalidArgument);
   p.head_dim = 64;  // shapes fine, pointers null
   EXPECT_EQ(MesaPrefill(p).code(), absl::StatusCode::kInvalidArgument);
-  float dummy = 0.0f;
-  p.h_kk = p.h_kv = p.out = &dummy;
+  p.out = &dummy;
   p.q = p.k = p.v = p.log_decay = p.beta = p.lambda = &dummy;
   p.workspace = &dummy;
   p.ld_in = p.ld_out = 64;
-  p.max_seq_len = 2;  // shorter than seq_len: the workspace would overflow
-  const absl::Status too_long = MesaPrefill(p);
-  EXPECT_EQ(too_long.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(std::string(too_long.message()).find("max_seq_len 2"), std::string::npos) << too_long;
-  p.seq_len = 0;  // nothing to do
-  EXPECT_TRUE(MesaPrefill(p).ok());
+  // Three sequences of 4, 64 and 65 tokens are 4 chunks; a workspace for 128 rows holds 2.
+  ASSERT_EQ(p.AddSequence(64, &dummy, &dummy, cg), 1);
+  ASSERT_EQ(p.AddSequence(65, &dummy, &dummy, cg), 2);
+  p.workspace_rows = 128;
+  const absl::Status too_many = MesaPrefill(p);
+  EXPECT_EQ(too_many.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(too_many.message()).find("have 4 chunks"), std::string::npos) << too_many;
+  EXPECT_NE(std::string(too_many.message()).find("holds 2"), std::string::npos) << too_many;
+  // One call takes one CG mode.
+  p.workspace_rows = 4 * kPrefillChunk;
+  p.cg[1].mode = CgMode::kAdaptive;
+  const absl::Status mixed = MesaPrefill(p);
+  EXPECT_EQ(mixed.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(mixed.message()).find("sequence 1 runs CG in adaptive mode"),
+            std::string::npos) << mixed;
+  p.cg[1].mode = CgMode::kFixed;
+  p.h_kv[2] = nullptr;
+  EXPECT_EQ(MesaPrefill(p).code(), absl::StatusCode::kInvalidArgument);
+  // An empty sequence is refused, and the table has a fixed capacity.
+  MesaPrefillParams q = p;
+  q.h_kv[2] = &dummy;
+  ASSERT_EQ(q.AddSequence(0, &dummy, &dummy, cg), 3);
+  const absl::Status empty = MesaPrefill(q);
+  EXPECT_NE(std::string(empty.message()).find("sequence 3 has 0 tokens"), std::string::npos) << empty;
+  MesaPrefillParams full;
+  for (int s = 0; s < kMaxPackedSeqs; ++s) ASSERT_EQ(full.AddSequence(1, &dummy, &dummy, cg), s);
+  EXPECT_EQ(full.AddSequence(1, &dummy, &dummy, cg), -1);
+  MesaPrefillParams none;  // no sequence: nothing to do
+  none.num_heads = 1;
+  none.head_dim = 64;
+  EXPECT_TRUE(MesaPrefill(none).ok());
 }
 
 }  // namespace

@@ -2,7 +2,10 @@
 // and ConvStatePrefillUpdate) with the CPU runner's prefill sequence for one segment
 // (engine/cpu_model_runner.cc PrefillSegment): rounding of the in_proj output (+ gate biases),
 // ShortConvSilu over the segment from the slot's conv state, L2NormHeads rounded to fp16 (fla's
-// chunk path), MesaGates, v as model-dtype values, and the conv state the segment leaves.
+// chunk path), MesaGates, v as model-dtype values, and the conv state the segment leaves. The
+// packed cases put several sequences in one call, each with its own conv state, as the CUDA
+// runner does: a sequence's conv must never read another's rows (short sequences, T < W - 1,
+// catch that).
 //
 // Tolerances: v, z and the conv states are roundings and moves of the same inputs, bit-exact;
 // log_decay and beta rtol 1e-5 (expf / log1pf). q and k: SiLU's expf may differ by an ulp and
@@ -29,7 +32,8 @@ namespace {
 
 struct PrefillMixerCase {
   std::string name;
-  int seq_len = 1, heads = 2, k = 64, conv = 4;
+  std::vector<int> lens;  // the packed sequences' lengths
+  int heads = 2, k = 64, conv = 4;
   bool gate = false;
   ScalarType act = ScalarType::kBf16;
   bool history = false;  // a non-empty conv state (a continued prefill)
@@ -41,7 +45,10 @@ class MixerInputsPrefillTest : public GpuTest, public ::testing::WithParamInterf
 
 TEST_P(MixerInputsPrefillTest, MatchesCpuRunnerSequence) {
   const PrefillMixerCase& c = GetParam();
-  const int T = c.seq_len, H = c.heads, K = c.k, W = c.conv;
+  const int S = static_cast<int>(c.lens.size());
+  int T = 0;
+  for (int len : c.lens) T += len;
+  const int H = c.heads, K = c.k, W = c.conv;
   const Rounding r = RoundingFor(c.act);
   const ProjColumns cols = ProjColumnsFor(H, K, c.gate);
   const int64_t dk = cols.dk, ld = cols.ld;
@@ -51,21 +58,24 @@ TEST_P(MixerInputsPrefillTest, MatchesCpuRunnerSequence) {
   const std::vector<float> b_bias = Uniform(rng, H, -1.0f, 2.0f);
   const std::vector<float> q_conv = Normal(rng, static_cast<size_t>(dk) * W, 0.6f);
   const std::vector<float> k_conv = Normal(rng, static_cast<size_t>(dk) * W, 0.6f);
+  // Sequence s's conv states at [s * state_floats, +state_floats).
   const size_t state_floats = static_cast<size_t>(W - 1) * dk;
   const std::vector<float> q_state =
-      c.history ? Normal(rng, state_floats, 1.0f, r) : std::vector<float>(state_floats, 0.0f);
+      c.history ? Normal(rng, S * state_floats, 1.0f, r) : std::vector<float>(S * state_floats, 0.0f);
   const std::vector<float> k_state =
-      c.history ? Normal(rng, state_floats, 1.0f, r) : std::vector<float>(state_floats, 0.0f);
+      c.history ? Normal(rng, S * state_floats, 1.0f, r) : std::vector<float>(S * state_floats, 0.0f);
 
-  // CPU: the runner's prefill segment.
+  // CPU: the runner's prefill segment, one sequence after the other.
   const std::vector<float> rounded = RoundedProjections(proj, T, cols, H, a_bias, b_bias, r);
   const size_t n = static_cast<size_t>(T) * dk;
   std::vector<float> want_q(n), want_k(n), want_v(n), want_z(n);
   std::vector<float> want_q_state = q_state, want_k_state = k_state;
-  cpu::ShortConvSilu(want_q.data(), dk, rounded.data() + cols.q, ld, T, dk, q_conv.data(), W,
-                     want_q_state.data(), r);
-  cpu::ShortConvSilu(want_k.data(), dk, rounded.data() + cols.k, ld, T, dk, k_conv.data(), W,
-                     want_k_state.data(), r);
+  for (int s = 0, t0 = 0; s < S; t0 += c.lens[s], ++s) {
+    cpu::ShortConvSilu(want_q.data() + t0 * dk, dk, rounded.data() + t0 * ld + cols.q, ld,
+                       c.lens[s], dk, q_conv.data(), W, want_q_state.data() + s * state_floats, r);
+    cpu::ShortConvSilu(want_k.data() + t0 * dk, dk, rounded.data() + t0 * ld + cols.k, ld,
+                       c.lens[s], dk, k_conv.data(), W, want_k_state.data() + s * state_floats, r);
+  }
   cpu::L2NormHeads(want_q.data(), T, H, K, dk, Rounding::kFp16);
   cpu::L2NormHeads(want_k.data(), T, H, K, dk, Rounding::kFp16);
   for (int t = 0; t < T; ++t) {
@@ -98,13 +108,15 @@ TEST_P(MixerInputsPrefillTest, MatchesCpuRunnerSequence) {
   MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_beta, Upload(std::vector<float>(want_beta.size(), -7.0f)));
 
   MixerInputsPrefillParams p;
-  p.seq_len = T;
+  for (int s = 0; s < S; ++s) {
+    ASSERT_EQ(p.AddSequence(c.lens[s], d_q_state.as<float>() + s * state_floats,
+                            d_k_state.as<float>() + s * state_floats),
+              s);
+  }
   p.num_heads = H;
   p.head_dim = K;
   p.conv_size = W;
   SetProjectionFields(&p, cols, d_proj, d_a_bias, d_b_bias, d_q_conv, d_k_conv);
-  p.conv_q_state = d_q_state.as<float>();
-  p.conv_k_state = d_k_state.as<float>();
   p.q = d_q.as<float>();
   p.k = d_k.as<float>();
   p.v = d_v.as<float>();
@@ -113,7 +125,7 @@ TEST_P(MixerInputsPrefillTest, MatchesCpuRunnerSequence) {
   p.beta = d_beta.as<float>();
   p.act = c.act;
   MESA_ASSERT_OK(MixerInputsPrefill(p));
-  MESA_ASSERT_OK(ConvStatePrefillUpdate(p, d_q_state.as<float>(), d_k_state.as<float>()));
+  MESA_ASSERT_OK(ConvStatePrefillUpdate(p));
   MESA_ASSERT_OK(Sync());
 
   MESA_ASSERT_OK_AND_ASSIGN(std::vector<float> got_q, Download<float>(d_q, n));
@@ -135,8 +147,8 @@ TEST_P(MixerInputsPrefillTest, MatchesCpuRunnerSequence) {
   EXPECT_TRUE(AllClose(got_decay, want_decay, 1e-7f, 1e-5f, 0.0f, ScalarType::kFp32, "log_decay"));
   EXPECT_TRUE(AllClose(got_beta, want_beta, 1e-7f, 1e-5f, 0.0f, ScalarType::kFp32, "beta"));
 
-  MESA_ASSERT_OK_AND_ASSIGN(std::vector<float> got_q_state, Download<float>(d_q_state, state_floats));
-  MESA_ASSERT_OK_AND_ASSIGN(std::vector<float> got_k_state, Download<float>(d_k_state, state_floats));
+  MESA_ASSERT_OK_AND_ASSIGN(std::vector<float> got_q_state, Download<float>(d_q_state, S * state_floats));
+  MESA_ASSERT_OK_AND_ASSIGN(std::vector<float> got_k_state, Download<float>(d_k_state, S * state_floats));
   EXPECT_TRUE(AllClose(got_q_state, want_q_state, 0.0f, 0.0f, 0.0f, ScalarType::kFp32, "q conv state"));
   EXPECT_TRUE(AllClose(got_k_state, want_k_state, 0.0f, 0.0f, 0.0f, ScalarType::kFp32, "k conv state"));
 }
@@ -144,13 +156,16 @@ TEST_P(MixerInputsPrefillTest, MatchesCpuRunnerSequence) {
 std::vector<PrefillMixerCase> Cases() {
   using S = ScalarType;
   return {
-      {"t1_h2_k16_w4_bf16", 1, 2, 16, 4, false, S::kBf16, false},
-      {"t2_h3_k50_w4_fp16_gate_history", 2, 3, 50, 4, true, S::kFp16, true},  // T < W - 1
-      {"t70_h2_k128_w4_bf16_history", 70, 2, 128, 4, false, S::kBf16, true},
-      {"t33_h4_k64_w3_fp32_gate", 33, 4, 64, 3, true, S::kFp32, false},
-      {"t9_h2_k48_w2_bf16_history", 9, 2, 48, 2, false, S::kBf16, true},
-      {"t5_h1_k64_w1_bf16", 5, 1, 64, 1, false, S::kBf16, false},
-      {"t40_h3_k256_w4_bf16_gate", 40, 3, 256, 4, true, S::kBf16, true},  // 8 channels per lane
+      {"t1_h2_k16_w4_bf16", {1}, 2, 16, 4, false, S::kBf16, false},
+      {"t2_h3_k50_w4_fp16_gate_history", {2}, 3, 50, 4, true, S::kFp16, true},  // T < W - 1
+      {"t70_h2_k128_w4_bf16_history", {70}, 2, 128, 4, false, S::kBf16, true},
+      {"t33_h4_k64_w3_fp32_gate", {33}, 4, 64, 3, true, S::kFp32, false},
+      {"t9_h2_k48_w2_bf16_history", {9}, 2, 48, 2, false, S::kBf16, true},
+      {"t5_h1_k64_w1_bf16", {5}, 1, 64, 1, false, S::kBf16, false},
+      {"t40_h3_k256_w4_bf16_gate", {40}, 3, 256, 4, true, S::kBf16, true},  // 8 channels per lane
+      // Packed: every sequence's window starts from its own state.
+      {"packed_1_70_2_33_h2_k64_w4_bf16_gate_history", {1, 70, 2, 33}, 2, 64, 4, true, S::kBf16, true},
+      {"packed_5_3_1_h3_k48_w4_fp16", {5, 3, 1}, 3, 48, 4, false, S::kFp16, false},
   };
 }
 

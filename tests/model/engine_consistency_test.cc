@@ -201,6 +201,20 @@ TEST(EngineConsistencyTest, BadSlotsAndTokensAreErrorsNotCrashes) {
   empty.slot = 0;
   PrefillResult pr;
   EXPECT_EQ(runner->Prefill({&empty, 1}, {&pr, 1}).code(), absl::StatusCode::kInvalidArgument);
+  // One slot in two requests of one call: refused before any work (a runner may run the
+  // requests of a call side by side).
+  const std::vector<int32_t> tokens = RandomTokens(5, config.vocab_size, 3);
+  PrefillRequest same[2];
+  for (PrefillRequest& r : same) {
+    r.slot = 1;
+    r.tokens = tokens;
+    r.cg = kFixed;
+  }
+  PrefillResult results[2];
+  s = runner->Prefill(same, results);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("Prefill: slot 1 appears twice"), std::string::npos) << s;
+  EXPECT_EQ(runner->SlotPosition(1), 0);
 }
 
 }  // namespace

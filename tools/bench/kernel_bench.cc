@@ -5,6 +5,8 @@
 //
 //   mesa_kernel_bench [--heads 16] [--head-dim 128] [--batches 1,8,64,256] [--reps 50]
 //                     [--prefill 2048,8192] (prompt lengths; 0 = no prefill timing)
+//                     [--prefill-seqs 1,16] (the tokens split into that many sequences, packed in
+//                                            one launch, and also timed as one launch each)
 //
 // Each case: 5 warm-up launches, then `reps` launches each timed with CUDA events; the median
 // is printed. The states are realistic SPD systems (a decayed sum of l2-normalised rank-1
@@ -57,6 +59,7 @@ struct Args {
   int head_dim = 128;
   std::vector<int> batches = {1, 8, 64, 256};
   std::vector<int> prefill = {2048, 8192};
+  std::vector<int> prefill_seqs = {1};
   int reps = 50;
 };
 
@@ -98,9 +101,19 @@ Args ParseArgs(int argc, char** argv) {
     } else if (flag == "--prefill" && value != nullptr) {
       a.prefill = ParseList(flag, value, true);
       ++i;
+    } else if (flag == "--prefill-seqs" && value != nullptr) {
+      a.prefill_seqs = ParseList(flag, value, false);
+      for (int s : a.prefill_seqs) {
+        if (s > kMaxPackedSeqs) {
+          std::fprintf(stderr, "--prefill-seqs: %d exceeds the %d sequences one launch takes\n", s,
+                       kMaxPackedSeqs);
+          std::exit(2);
+        }
+      }
+      ++i;
     } else {
       std::fprintf(stderr,
-                   "usage: mesa_kernel_bench [--heads N] [--head-dim K] [--batches 1,8,64,256] [--reps N] [--prefill 2048,8192]\n");
+                   "usage: mesa_kernel_bench [--heads N] [--head-dim K] [--batches 1,8,64,256] [--reps N] [--prefill 2048,8192] [--prefill-seqs 1,16]\n");
       std::exit(2);
     }
   }
@@ -284,16 +297,19 @@ void BenchDecode(const Args& a, double bandwidth) {
 }
 
 
-// One layer's chunked prefill at B = 1 from an empty state: q, k unit rows rounded to fp16 (as
-// the mixer-input kernel leaves them), v bf16 values, decay exp(-0.05), beta 0.9, lambda 0.25.
+// One layer's chunked prefill from empty states: q, k unit rows rounded to fp16 (as the
+// mixer-input kernel leaves them), v bf16 values, decay exp(-0.05), beta 0.9, lambda 0.25. T
+// tokens as S sequences of T / S (the last takes the remainder), all in one launch, and for
+// S > 1 also one launch per sequence (what a runner without packing does).
 // GFLOP/s counts the chunk products a CG step makes (scores, scores x k, state product: 2 C K
 // (2 C + K) per chunk and head) times the mean CG steps, plus the readout's.
 void BenchPrefill(const Args& a) {
   if (a.prefill.empty()) return;
   const int H = a.heads, K = a.head_dim;
-  std::printf("\n## Chunked prefill, one layer, B = 1: %d heads x head_dim %d, bf16 values, fp32 states\n\n", H, K);
-  std::printf("| T | CG | median us | mean CG steps | tokens/s | product GFLOP/s |\n");
-  std::printf("|---:|---|---:|---:|---:|---:|\n");
+  const size_t state_floats = static_cast<size_t>(H) * K * K;
+  std::printf("\n## Chunked prefill, one layer: %d heads x head_dim %d, bf16 values, fp32 states\n\n", H, K);
+  std::printf("| T | sequences | CG | median us (one launch) | mean CG steps | tokens/s | product GFLOP/s | one launch per sequence, us |\n");
+  std::printf("|---:|---:|---|---:|---:|---:|---:|---:|\n");
   for (int T : a.prefill) {
     std::mt19937 rng(29 + T);
     const size_t n = static_cast<size_t>(T) * H * K;
@@ -308,43 +324,65 @@ void BenchPrefill(const Args& a) {
     DeviceBuffer g = UploadVec(std::vector<float>(static_cast<size_t>(T) * H, -0.05f));
     DeviceBuffer beta = UploadVec(std::vector<float>(static_cast<size_t>(T) * H, 0.9f));
     DeviceBuffer lambda = UploadVec(std::vector<float>(static_cast<size_t>(H) * K, 0.25f));
-    DeviceBuffer hkk = AllocateOrDie(static_cast<size_t>(H) * K * K * 4);
-    DeviceBuffer hkv = AllocateOrDie(static_cast<size_t>(H) * K * K * 4);
     DeviceBuffer out = AllocateOrDie(n * 4);
     DeviceBuffer iters = AllocateOrDie(static_cast<size_t>(T) * H * 4);
-    DeviceBuffer ws = AllocateOrDie(MesaPrefillWorkspaceBytes(H, K, T));
-    for (int ci = 0; ci < 4; ++ci) {
-      const CgCase& c = kCgCases[ci];
-      MesaPrefillParams p;
-      p.seq_len = T;
-      p.num_heads = H;
-      p.head_dim = K;
-      p.h_kk = hkk.as<float>();
-      p.h_kv = hkv.as<float>();
-      p.q = q.as<float>();
-      p.k = k.as<float>();
-      p.v = v.as<float>();
-      p.ld_in = static_cast<int64_t>(H) * K;
-      p.log_decay = g.as<float>();
-      p.beta = beta.as<float>();
-      p.lambda = lambda.as<float>();
-      p.cg = c.cg;
-      p.value_rounding = Rounding::kBf16;
-      p.out = out.as<float>();
-      p.ld_out = static_cast<int64_t>(H) * K;
-      p.cg_iters = iters.as<int32_t>();
-      p.max_seq_len = T;
-      p.workspace = ws.data();
-      const double us = MedianMicros(a.reps, [&] {
-        BENCH_CHECK(hkk.Zero());
-        BENCH_CHECK(hkv.Zero());
-        BENCH_CHECK(MesaPrefill(p));
-      });
-      const double mean = MeanIters(iters, static_cast<size_t>(T) * H);
-      const double chunks = std::ceil(T / 64.0) * H;
-      const double flops = chunks * 2.0 * 64 * K * (2.0 * 64 + K) * (mean + 1.0);
-      std::printf("| %d | %s | %.1f | %.2f | %.0f | %.0f |\n", T, c.name, us, mean, T / (us * 1e-6),
-                  flops / (us * 1e-6) / 1e9);
+    for (int S : a.prefill_seqs) {
+      if (S > T) continue;
+      std::vector<int> lens(S, T / S);
+      lens.back() += T % S;
+      int chunks = 0;
+      for (int len : lens) chunks += (len + kPrefillChunk - 1) / kPrefillChunk;
+      DeviceBuffer states = AllocateOrDie(2 * S * state_floats * 4);
+      DeviceBuffer ws = AllocateOrDie(MesaPrefillWorkspaceBytes(H, K, chunks * kPrefillChunk));
+      for (int ci = 0; ci < 4; ++ci) {
+        const CgCase& c = kCgCases[ci];
+        // Sequences [s0, s1) in one launch, their rows from row r0 on.
+        auto params = [&](int s0, int s1, int r0) {
+          MesaPrefillParams p;
+          for (int s = s0; s < s1; ++s) {
+            float* kk = states.as<float>() + 2 * s * state_floats;
+            p.AddSequence(lens[s], kk, kk + state_floats, c.cg);
+          }
+          const int64_t ld = static_cast<int64_t>(H) * K;
+          p.num_heads = H;
+          p.head_dim = K;
+          p.q = q.as<float>() + r0 * ld;
+          p.k = k.as<float>() + r0 * ld;
+          p.v = v.as<float>() + r0 * ld;
+          p.ld_in = ld;
+          p.log_decay = g.as<float>() + r0 * H;
+          p.beta = beta.as<float>() + r0 * H;
+          p.lambda = lambda.as<float>();
+          p.value_rounding = Rounding::kBf16;
+          p.out = out.as<float>() + r0 * ld;
+          p.ld_out = ld;
+          p.cg_iters = iters.as<int32_t>() + r0 * H;
+          p.workspace_rows = chunks * kPrefillChunk;
+          p.workspace = ws.data();
+          return p;
+        };
+        const MesaPrefillParams packed = params(0, S, 0);
+        const double us = MedianMicros(a.reps, [&] {
+          BENCH_CHECK(states.Zero());
+          BENCH_CHECK(MesaPrefill(packed));
+        });
+        const double mean = MeanIters(iters, static_cast<size_t>(T) * H);
+        std::string separate = "-";
+        if (S > 1) {
+          std::vector<MesaPrefillParams> each;
+          for (int s = 0, r0 = 0; s < S; r0 += lens[s], ++s) each.push_back(params(s, s + 1, r0));
+          const double sep_us = MedianMicros(a.reps, [&] {
+            BENCH_CHECK(states.Zero());
+            for (const MesaPrefillParams& p : each) BENCH_CHECK(MesaPrefill(p));
+          });
+          char buf[32];
+          std::snprintf(buf, sizeof(buf), "%.1f", sep_us);
+          separate = buf;
+        }
+        const double flops = static_cast<double>(chunks) * H * 2.0 * 64 * K * (2.0 * 64 + K) * (mean + 1.0);
+        std::printf("| %d | %d | %s | %.1f | %.2f | %.0f | %.0f | %s |\n", T, S, c.name, us, mean,
+                    T / (us * 1e-6), flops / (us * 1e-6) / 1e9, separate.c_str());
+      }
     }
   }
 }

@@ -7,9 +7,11 @@
 //   mesa_model_bench --model DIR            a checkpoint in fla's layout (e.g. the bundled one)
 //   mesa_model_bench --random-1.3b          fla's MesaNet defaults with random bf16 weights
 //   [--batches 1,8,64,256] [--steps 20] [--eager] [--prefill 2048]
-//   [--prefill-segment N]
+//   [--prefill-segment N] [--prefill-seqs S]
 //   (--eager: no CUDA graphs; --prefill T: also time one T-token prefill at B = 1, 0 = skip;
-//   --prefill-segment: the runner's longest prefill segment, CudaRunnerOptions::max_prefill_tokens)
+//   --prefill-segment: the runner's longest prefill segment, CudaRunnerOptions::max_prefill_tokens;
+//   --prefill-seqs S: the T tokens as S prompts of T / S in S slots, in one Prefill call (packed
+//   launches), and also as one call per prompt)
 //
 // A step is one ModelRunner::Decode call as the engine makes it: the per-row tables go up,
 // every layer runs, the [B, vocab] fp32 logits and the CG statistics come back, the stream is
@@ -46,6 +48,7 @@ struct Args {
   bool eager = false;  // no CUDA graphs
   int prefill = 2048;  // prompt length of the prefill timing (0: none)
   int prefill_segment = 0;  // 0: the runner's default
+  int prefill_seqs = 1;
   std::vector<int> batches = {1, 8, 64, 256};
   int steps = 20;
 };
@@ -67,6 +70,9 @@ Args ParseArgs(int argc, char** argv) {
     } else if (flag == "--prefill-segment" && value != nullptr &&
                absl::SimpleAtoi(value, &a.prefill_segment) && a.prefill_segment > 0) {
       ++i;
+    } else if (flag == "--prefill-seqs" && value != nullptr &&
+               absl::SimpleAtoi(value, &a.prefill_seqs) && a.prefill_seqs > 0) {
+      ++i;
     } else if (flag == "--steps" && value != nullptr && absl::SimpleAtoi(value, &a.steps) && a.steps > 0) {
       ++i;
     } else if (flag == "--batches" && value != nullptr) {
@@ -78,7 +84,7 @@ Args ParseArgs(int argc, char** argv) {
       }
       ++i;
     } else {
-      Die("usage: mesa_model_bench (--model DIR | --random-1.3b) [--batches 1,8,64,256] [--steps N] [--eager] [--prefill T] [--prefill-segment N]");
+      Die("usage: mesa_model_bench (--model DIR | --random-1.3b) [--batches 1,8,64,256] [--steps N] [--eager] [--prefill T] [--prefill-segment N] [--prefill-seqs S]");
     }
   }
   if (a.model.empty() == !a.random_13b) Die("give exactly one of --model DIR and --random-1.3b");
@@ -177,7 +183,7 @@ int main(int argc, char** argv) {
                                                 (config.tie_word_embeddings ? weights->embeddings.bytes() : 0));
   const int max_b = *std::max_element(args.batches.begin(), args.batches.end());
   CudaRunnerOptions options;
-  options.num_slots = max_b;
+  options.num_slots = std::max(max_b, args.prefill_seqs);
   options.cuda_graphs = !args.eager;
   if (args.prefill_segment > 0) options.max_prefill_tokens = args.prefill_segment;
   auto runner = CreateCudaModelRunner(std::move(*weights), options);
@@ -190,26 +196,52 @@ int main(int argc, char** argv) {
               args.eager ? "eager launches" : "CUDA graphs",
               bw / 1e9, read_bytes / 1e9, state_bytes / 1e6);
   if (args.prefill > 0) {
-    std::vector<int32_t> prompt(args.prefill);
-    for (int i = 0; i < args.prefill; ++i) prompt[i] = (31 * i + 7) % config.vocab_size;
-    for (const CgControl& cg : {CgControl{CgMode::kFixed, 30, 0.0f}, CgControl{CgMode::kAdaptive, 30, 1e-3f}}) {
+    // S prompts (the last takes the remainder), slot s for prompt s.
+    const int S = std::min(args.prefill_seqs, args.prefill);
+    std::vector<std::vector<int32_t>> prompts(S);
+    for (int i = 0; i < args.prefill; ++i) {
+      prompts[std::min(i / (args.prefill / S), S - 1)].push_back((31 * i + 7) % config.vocab_size);
+    }
+    // Median of 3 of all prompts from fresh slots, in one call or in one call per prompt.
+    auto time_prefill = [&](const CgControl& cg, bool one_call) {
       std::vector<double> t;
       for (int rep = 0; rep < 3; ++rep) {
-        if (!(*runner)->ResetSlot(0).ok()) Die("ResetSlot failed");
-        PrefillRequest req;
-        req.slot = 0;
-        req.tokens = prompt;
-        req.cg = cg;
-        PrefillResult res;
+        std::vector<PrefillRequest> reqs(S);
+        for (int s = 0; s < S; ++s) {
+          if (!(*runner)->ResetSlot(s).ok()) Die("ResetSlot failed");
+          reqs[s].slot = s;
+          reqs[s].tokens = prompts[s];
+          reqs[s].cg = cg;
+        }
+        std::vector<PrefillResult> res(S);
         const auto t0 = std::chrono::steady_clock::now();
-        const absl::Status st = (*runner)->Prefill({&req, 1}, {&res, 1});
-        if (!st.ok()) Die(st.ToString());
+        if (one_call) {
+          const absl::Status st = (*runner)->Prefill(reqs, absl::MakeSpan(res));
+          if (!st.ok()) Die(st.ToString());
+        } else {
+          for (int s = 0; s < S; ++s) {
+            const absl::Status st = (*runner)->Prefill({&reqs[s], 1}, {&res[s], 1});
+            if (!st.ok()) Die(st.ToString());
+          }
+        }
         t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       }
       std::sort(t.begin(), t.end());
-      std::printf("prefill of %d tokens, B = 1, segments of %d, CG %s: %.1f ms (median of 3; %.0f tokens/s)\n",
-                  args.prefill, options.max_prefill_tokens,
-                  cg.mode == CgMode::kFixed ? "fixed 30" : "adaptive 1e-3", 1e3 * t[1], args.prefill / t[1]);
+      return t[1];
+    };
+    for (const CgControl& cg : {CgControl{CgMode::kFixed, 30, 0.0f}, CgControl{CgMode::kAdaptive, 30, 1e-3f}}) {
+      const char* name = cg.mode == CgMode::kFixed ? "fixed 30" : "adaptive 1e-3";
+      const double t = time_prefill(cg, true);
+      if (S == 1) {
+        std::printf("prefill of %d tokens, B = 1, segments of %d, CG %s: %.1f ms (median of 3; %.0f tokens/s)\n",
+                    args.prefill, options.max_prefill_tokens, name, 1e3 * t, args.prefill / t);
+      } else {
+        const double each = time_prefill(cg, false);
+        std::printf("prefill of %d prompts of %d tokens, segments of %d, CG %s: one call %.1f ms "
+                    "(%.0f tokens/s), one call per prompt %.1f ms (median of 3)\n",
+                    S, args.prefill / S, options.max_prefill_tokens, name, 1e3 * t,
+                    args.prefill / t, 1e3 * each);
+      }
     }
     std::printf("\n");
   }

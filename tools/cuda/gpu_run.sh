@@ -8,6 +8,8 @@
 #   prefill  one layer's chunked prefill (mesa_kernel_bench, T = 2048 and 8192) and the whole
 #          random 1.3B's 2048-token prefill with segments of 512 and 2048 tokens; fla's chunk
 #          kernel and fla + HF's whole-model prefill at the same shapes when fla's wheels are in .whl/
+#   packed several prompts in one prefill launch against one launch each: one layer (2048 tokens
+#          as 1, 4, 16, 32 sequences) and the whole random 1.3B (2048 tokens as 8, 16, 32 prompts)
 # Logs come back in $OUT/gpu_run.tar.gz; summaries on stdout.
 set -u
 OUTDIR=${OUT:-/tmp/out}; mkdir -p "$OUTDIR"
@@ -57,6 +59,13 @@ for step in ${GPU_RUN:-tests bench}; do
         PYTHONPATH=/tmp/site timeout 240 python3 tools/bench/fla_model_bench.py --batches 1 --steps 3 2>&1 |
           grep -v Warn | tee -a $W/prefill.md
       fi ;;
+    packed)
+      timeout 150 /tmp/gpurun/mesa_kernel_bench --batches 1 --reps 20 --prefill 2048 --prefill-seqs 1,4,16,32 2>&1 |
+        tee -a $W/packed.md
+      for seqs in 8 16 32; do
+        timeout 150 /tmp/gpurun/mesa_model_bench --random-1.3b --batches 1 --steps 2 --prefill 2048 --prefill-seqs $seqs 2>&1 |
+          grep -E "^#|prefill" | tee -a $W/packed.md
+      done ;;
     model)
       timeout 200 /tmp/gpurun/mesa_model_bench --random-1.3b 2>&1 | tee -a $W/model_bench.md
       timeout 200 /tmp/gpurun/mesa_model_bench --random-1.3b --eager --batches 1,8 2>&1 | tee -a $W/model_bench.md
