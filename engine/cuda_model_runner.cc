@@ -21,6 +21,7 @@
 #include "kernels/cuda/mesa_prefill.h"
 #include "kernels/cuda/mixer_inputs.h"
 #include "kernels/cuda/norm.h"
+#include "kernels/cuda/sampling.h"
 
 namespace mesa {
 namespace {
@@ -164,7 +165,7 @@ WeightOffsets LayOutWeights(const MesaWeights& w, ArenaLayout& arena) {
 // `rows` rows. Activations "act" are in the model dtype, GEMM outputs fp32.
 struct Workspace {
   size_t x, u, proj, q, k, v, z, mix, log_decay, beta, gemm_out, mlp, swiglu, logits, iters,
-      residual, args;
+      residual, args, chosen;
   size_t args_bytes;
   // Prefill only: the chunk kernel's fp32 output, its workspace, and the call's token ids.
   size_t mix_f, prefill, prefill_tokens;
@@ -172,15 +173,17 @@ struct Workspace {
 };
 
 // The per-step arguments uploaded in one copy, for a step of b rows: the state pointer tables
-// [L][4][b] (h_kk, h_kv, conv_q, conv_k), the CG controls [b] and the token ids [b].
+// [L][4][b] (h_kk, h_kv, conv_q, conv_k), the CG controls [b], the token ids [b] and the token
+// choices [b] the runner makes itself.
 struct StepArgsLayout {
-  size_t tables = 0, cg = 0, tokens = 0, bytes = 0;
+  size_t tables = 0, cg = 0, tokens = 0, choices = 0, bytes = 0;
   static StepArgsLayout For(int64_t layers, int64_t b) {
     StepArgsLayout a;
     a.tables = 0;
     a.cg = AlignUp(static_cast<size_t>(layers) * 4 * b * sizeof(float*));
     a.tokens = AlignUp(a.cg + b * sizeof(CgControl));
-    a.bytes = a.tokens + b * sizeof(int32_t);
+    a.choices = AlignUp(a.tokens + b * sizeof(int32_t));
+    a.bytes = a.choices + b * sizeof(gpu::RowChoice);
     return a;
   }
 };
@@ -210,6 +213,7 @@ Workspace LayOutWorkspace(const MesaConfig& c, int64_t rows, ArenaLayout& arena)
   ws.residual = arena.Add(L * rows * H * sizeof(float));
   ws.args_bytes = StepArgsLayout::For(L, rows).bytes;
   ws.args = arena.Add(ws.args_bytes);
+  ws.chosen = arena.Add(rows * sizeof(int32_t));
   ws.mix_f = arena.Add(rows * dk * sizeof(float));
   ws.prefill = arena.Add(gpu::MesaPrefillWorkspaceBytes(static_cast<int32_t>(H), c.head_dim,
                                                          static_cast<int32_t>(rows)));
@@ -255,7 +259,12 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   }
   absl::Status Prefill(absl::Span<const PrefillRequest> requests,
                        absl::Span<PrefillResult> results) override;
-  absl::Status Decode(absl::Span<const DecodeRow> rows, DecodeResult* result) override;
+  absl::Status Decode(absl::Span<const DecodeRow> rows, DecodeResult* result) override {
+    return DecodeAndChoose(rows, {}, result);
+  }
+  absl::Status DecodeAndChoose(absl::Span<const DecodeRow> rows,
+                               absl::Span<const PlainChoice> choices,
+                               DecodeResult* result) override;
   absl::Status ReadSlotState(SlotId slot, absl::Span<float> out) override;
 
  private:
@@ -305,8 +314,10 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
     return gpu::Gemm(cublas_, p);
   }
 
-  // One decode step of at most max_batch_ rows; stats rows start at `row0` of `result`.
-  absl::Status DecodeChunk(absl::Span<const DecodeRow> rows, int64_t row0, DecodeResult* result);
+  // One decode step of at most max_batch_ rows (choices: one per row, or none); result rows
+  // start at `row0`.
+  absl::Status DecodeChunk(absl::Span<const DecodeRow> rows, absl::Span<const PlainChoice> choices,
+                           int64_t row0, DecodeResult* result);
   absl::Status Layer(int layer, int64_t b, const StepArgsLayout& args);
   // The part of a layer before the token mixer on `b` rows: u = attn_norm(x), proj = u W_in^T
   // (fp32; the mixer-input kernels add the gate biases and round).
@@ -377,7 +388,7 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   DeviceBuffer states_;
   // Host staging: [args | logits | iters | residual], page-locked.
   PinnedBuffer host_;
-  size_t host_logits_ = 0, host_iters_ = 0, host_residual_ = 0;
+  size_t host_logits_ = 0, host_iters_ = 0, host_residual_ = 0, host_chosen_ = 0;
   struct StepGraph {
     int eager_steps = 0;
     cudaGraphExec_t exec = nullptr;
@@ -441,14 +452,15 @@ absl::Status CudaModelRunnerImpl::Init() {
   host_logits_ = AlignUp(ws_.args_bytes);
   host_iters_ = AlignUp(host_logits_ + ws_rows_ * c_.vocab_size * sizeof(float));
   host_residual_ = AlignUp(host_iters_ + L * ws_rows_ * H * sizeof(int32_t));
-  MESA_RETURN_IF_ERROR(host_.Allocate(host_residual_ + L * ws_rows_ * H * sizeof(float)));
+  host_chosen_ = AlignUp(host_residual_ + L * ws_rows_ * H * sizeof(float));
+  MESA_RETURN_IF_ERROR(host_.Allocate(host_chosen_ + ws_rows_ * sizeof(int32_t)));
 
   // Warm-up: all-pad steps (no state is read or written) at the largest batch and at 1, so that
   // lazy kernel loading and cuBLAS's per-shape setup happen here rather than on a request.
   for (int64_t b : {max_batch_, int64_t{1}}) {
     std::vector<DecodeRow> pads(b);
     DecodeResult ignored;
-    MESA_RETURN_IF_ERROR(DecodeChunk(pads, 0, &ignored));
+    MESA_RETURN_IF_ERROR(DecodeChunk(pads, {}, 0, &ignored));
   }
   return absl::OkStatus();
 }
@@ -631,19 +643,32 @@ void CudaModelRunnerImpl::CopyStats(int64_t rows, int64_t src_row, int64_t count
   }
 }
 
-absl::Status CudaModelRunnerImpl::Decode(absl::Span<const DecodeRow> rows, DecodeResult* result) {
+absl::Status CudaModelRunnerImpl::DecodeAndChoose(absl::Span<const DecodeRow> rows,
+                                                   absl::Span<const PlainChoice> choices,
+                                                   DecodeResult* result) {
   MESA_RETURN_IF_ERROR(Enter());
   // The shared checks (engine/runner_checks.h), all before any device work.
   MESA_RETURN_IF_ERROR(CheckDecodeRows(rows, options_.num_slots, c_.vocab_size));
+  if (!choices.empty() && choices.size() != rows.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("Decode: ", choices.size(), " choices for ",
+                                                   rows.size(), " rows"));
+  }
   const int64_t b = static_cast<int64_t>(rows.size());
   result->stats.Resize(static_cast<int32_t>(b), c_.num_hidden_layers, c_.num_heads);
   result->logits.assign(b * static_cast<int64_t>(c_.vocab_size), 0.0f);
+  if (choices.empty()) {
+    result->tokens.clear();
+  } else {
+    result->tokens.assign(b, -1);
+  }
   // Rows are independent (distinct slots), so a batch larger than the workspaces is run in
   // pieces with the same result.
   for (int64_t start = 0; start < b; start += max_batch_) {
     const int64_t n = std::min(max_batch_, b - start);
     const absl::Span<const DecodeRow> piece = rows.subspan(start, n);
-    MESA_RETURN_IF_ERROR(NoteFailure(DecodeChunk(piece, start, result)));
+    const absl::Span<const PlainChoice> piece_choices =
+        choices.empty() ? choices : choices.subspan(start, n);
+    MESA_RETURN_IF_ERROR(NoteFailure(DecodeChunk(piece, piece_choices, start, result)));
     for (const DecodeRow& row : piece) {
       if (row.slot != kPadSlot) positions_[row.slot] += 1;
     }
@@ -688,7 +713,8 @@ absl::Status CudaModelRunnerImpl::RunStep(int64_t b, const StepArgsLayout& args)
   return absl::OkStatus();
 }
 
-absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows, int64_t row0,
+absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows,
+                                              absl::Span<const PlainChoice> choices, int64_t row0,
                                               DecodeResult* result) {
   const int64_t b = static_cast<int64_t>(rows.size());
   const int64_t L = c_.num_hidden_layers, H = c_.num_heads;
@@ -701,10 +727,21 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows, 
   float** tables = reinterpret_cast<float**>(staged + args.tables);
   auto* cg = reinterpret_cast<CgControl*>(staged + args.cg);
   auto* tokens = reinterpret_cast<int32_t*>(staged + args.tokens);
+  auto* row_choices = reinterpret_cast<gpu::RowChoice*>(staged + args.choices);
+  bool any_chosen = false;  // a row whose token the device chooses
   for (int64_t i = 0; i < b; ++i) {
     const bool pad = rows[i].slot == kPadSlot;
     tokens[i] = pad ? 0 : rows[i].token;
     cg[i] = rows[i].cg;
+    gpu::RowChoice rc;
+    if (!pad && !choices.empty() && choices[i].kind != PlainChoice::Kind::kHost) {
+      rc.kind = static_cast<int32_t>(choices[i].kind);
+      rc.temperature = choices[i].temperature;
+      rc.draw = choices[i].draw;
+      rc.valid_vocab = choices[i].valid_vocab;
+      any_chosen = true;
+    }
+    row_choices[i] = rc;
     for (int64_t l = 0; l < L; ++l) {
       float* state = pad ? nullptr : SlotState(rows[i].slot) + l * layer_.stride;
       tables[(l * 4 + 0) * b + i] = pad ? nullptr : state + layer_.h_kk;
@@ -718,12 +755,44 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows, 
 
   MESA_RETURN_IF_ERROR(RunStep(b, args));
 
-  // Copy back logits and CG statistics, then wait: the step's result is needed now (the
-  // host staging buffer is reused by the next step, which also orders the args upload).
+  // Copy back the logits of the rows the host samples (all of them unless the device chose
+  // some: then runs of the others, and the chosen tokens) and the CG statistics, then wait:
+  // the step's result is needed now (the host staging buffer is reused by the next step,
+  // which also orders the args upload).
+  auto host_row = [&](int64_t i) {
+    return rows[i].slot != kPadSlot && reinterpret_cast<const gpu::RowChoice*>(
+                                           staged + args.choices)[i].kind == 0;
+  };
+  if (!any_chosen) {
+    MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + host_logits_, Ws(ws_.logits),
+                                              b * vocab * sizeof(float), cudaMemcpyDeviceToHost,
+                                              stream_));
+  } else {
+    gpu::SampleRowsParams sp;
+    sp.rows = static_cast<int32_t>(b);
+    sp.vocab = static_cast<int32_t>(vocab);
+    sp.logits = Ws<float>(ws_.logits);
+    sp.choices = Ws<gpu::RowChoice>(ws_.args + args.choices);
+    sp.tokens = Ws<int32_t>(ws_.chosen);
+    sp.stream = stream_;
+    MESA_RETURN_IF_ERROR(gpu::SampleRows(sp));
+    MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + host_chosen_, Ws(ws_.chosen),
+                                              b * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+    for (int64_t i = 0; i < b;) {
+      if (!host_row(i)) {
+        ++i;
+        continue;
+      }
+      int64_t end = i + 1;
+      while (end < b && host_row(end)) ++end;
+      MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(
+          host_.data() + host_logits_ + i * vocab * sizeof(float),
+          Ws<float>(ws_.logits) + i * vocab, (end - i) * vocab * sizeof(float),
+          cudaMemcpyDeviceToHost, stream_));
+      i = end;
+    }
+  }
   const size_t stat_count = static_cast<size_t>(L * b * H);
-  MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + host_logits_, Ws(ws_.logits),
-                                            b * vocab * sizeof(float), cudaMemcpyDeviceToHost,
-                                            stream_));
   MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + host_iters_, Ws(ws_.iters),
                                             stat_count * sizeof(int32_t), cudaMemcpyDeviceToHost,
                                             stream_));
@@ -733,11 +802,15 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows, 
   MESA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
 
   const auto* logits = reinterpret_cast<const float*>(host_.data() + host_logits_);
+  const auto* chosen = reinterpret_cast<const int32_t*>(host_.data() + host_chosen_);
   for (int64_t i = 0; i < b; ++i) {
-    // Pad rows keep zero logits, as on the CPU (their statistics are zero from the kernel).
-    if (rows[i].slot != kPadSlot && !result->logits.empty()) {
-      std::memcpy(&result->logits[(row0 + i) * vocab], &logits[i * vocab], vocab * sizeof(float));
+    // Pad rows keep zero logits, as on the CPU (their statistics are zero from the kernel);
+    // so do rows whose token the device chose.
+    if (!host_row(i) || result->logits.empty()) {
+      if (any_chosen && rows[i].slot != kPadSlot) result->tokens[row0 + i] = chosen[i];
+      continue;
     }
+    std::memcpy(&result->logits[(row0 + i) * vocab], &logits[i * vocab], vocab * sizeof(float));
   }
   if (!result->stats.iters.empty()) CopyStats(b, 0, b, row0, &result->stats);
   return absl::OkStatus();

@@ -351,25 +351,34 @@ absl::Status Engine::PrefillStep(bool* worked) {
 
 absl::Status Engine::DecodeStep(bool* worked) {
   std::vector<DecodeRow> rows;
+  std::vector<PlainChoice> choices;
   std::vector<Active*> owners;
   for (auto& a : running_) {
     if (a->done || a->stage != Active::Stage::kDecoding || a->next_token < 0) continue;
     // A slow reader pauses only its own request.
     if (a->sink->Backlog() >= static_cast<size_t>(options_.stream_buffer)) continue;
     rows.push_back({a->slot, a->next_token, a->decode_cg});
+    choices.push_back(a->sampler->NextChoice(a->req.top_logprobs > 0));
     owners.push_back(a.get());
   }
   if (rows.empty()) return absl::OkStatus();
   *worked = true;
   DecodeResult result;
   const absl::Time t0 = absl::Now();
-  if (absl::Status s = runner_->Decode(rows, &result); !s.ok()) return StepFailed(s, owners);
+  if (absl::Status s = runner_->DecodeAndChoose(rows, choices, &result); !s.ok()) {
+    return StepFailed(s, owners);
+  }
   const int64_t vocab = runner_->config().vocab_size;
   std::vector<int32_t> row_request(rows.size());
   for (size_t i = 0; i < rows.size(); ++i) row_request[i] = static_cast<int32_t>(i);
   ReportCg(false, result.stats, row_request, owners);
   for (size_t i = 0; i < rows.size(); ++i) {
-    Sample(*owners[i], absl::MakeConstSpan(result.logits.data() + i * vocab, vocab));
+    if (!result.tokens.empty() && result.tokens[i] >= 0) {
+      Accept(*owners[i], result.tokens[i]);  // the runner chose it by choices[i]
+    } else {
+      Sample(*owners[i], absl::MakeConstSpan(result.logits.data() + i * vocab, vocab),
+             &choices[i]);
+    }
   }
   if (observer_) observer_->OnStep(false, SecondsBetween(t0, absl::Now()), static_cast<int32_t>(rows.size()));
   return absl::OkStatus();
@@ -409,12 +418,19 @@ void Engine::ReportCg(bool prefill, const CgStats& stats, const std::vector<int3
   }
 }
 
-void Engine::Sample(Active& a, absl::Span<const float> logits) {
+void Engine::Sample(Active& a, absl::Span<const float> logits, const PlainChoice* plain) {
   TokenChoice choice;
   const bool logprobs = a.req.top_logprobs > 0;
   choice.token = a.sampler->Sample(logits, a.req.top_logprobs, logprobs ? &choice.top : nullptr,
-                                   logprobs ? &choice.logprob : nullptr);
+                                   logprobs ? &choice.logprob : nullptr, plain);
   a.sampler->Observe(choice.token);
+  Emit(a, choice);
+}
+
+void Engine::Accept(Active& a, int32_t token) {
+  TokenChoice choice;
+  choice.token = token;
+  a.sampler->Observe(token);
   Emit(a, choice);
 }
 

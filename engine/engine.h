@@ -100,7 +100,11 @@ class Engine {
   // Records a generated token; finishes the request when a stop condition holds.
   void Emit(Active& a, const TokenChoice& choice);
   void Finish(Active& a, absl::Status status, FinishReason reason);
-  void Sample(Active& a, absl::Span<const float> logits);
+  // Chooses the next token on the host (with the draw of `plain` when the runner was given a
+  // choice it did not make) and emits it.
+  void Sample(Active& a, absl::Span<const float> logits, const PlainChoice* plain = nullptr);
+  // Emits a token the runner chose (DecodeResult::tokens).
+  void Accept(Active& a, int32_t token);
   void ReportCg(bool prefill, const CgStats& stats, const std::vector<int32_t>& row_request,
                 const std::vector<Active*>& requests);
   void Fail(const absl::Status& status);

@@ -37,6 +37,12 @@ class FaultInjectingRunner final : public ModelRunner {
     if (absl::Status s = Check(++decodes_ == decode_fail_at_, "decode"); !s.ok()) return s;
     return inner_->Decode(rows, result);
   }
+  absl::Status DecodeAndChoose(absl::Span<const DecodeRow> rows,
+                               absl::Span<const PlainChoice> choices,
+                               DecodeResult* result) override {
+    if (absl::Status s = Check(++decodes_ == decode_fail_at_, "decode"); !s.ok()) return s;
+    return inner_->DecodeAndChoose(rows, choices, result);
+  }
 
  private:
   absl::Status Check(bool fail_this_one, const char* what) {

@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
+#include "engine/plain_choice.h"
 #include "kernels/cg_control.h"
 #include "models/mesa_config.h"
 
@@ -57,8 +58,10 @@ struct DecodeRow {
 };
 
 struct DecodeResult {
-  std::vector<float> logits;  // [rows, vocab]
-  CgStats stats;              // rows = batch
+  std::vector<float> logits;   // [rows, vocab]; zero for rows the runner chose a token for
+  CgStats stats;               // rows = batch
+  std::vector<int32_t> tokens; // [rows]: the runner's choice, or -1 where the caller samples;
+                               // empty when the runner chooses none (the CPU runner)
 };
 
 class ModelRunner {
@@ -81,6 +84,16 @@ class ModelRunner {
                                absl::Span<PrefillResult> results) = 0;
   // One token for each row, each from and into its own slot.
   virtual absl::Status Decode(absl::Span<const DecodeRow> rows, DecodeResult* result) = 0;
+  // Decode, and for each row whose choice (one per row) is not kHost the runner may choose the
+  // next token itself by that rule (result->tokens[i] >= 0, and that row's logits stay zero):
+  // the logits need not leave the device. This default chooses none.
+  virtual absl::Status DecodeAndChoose(absl::Span<const DecodeRow> rows,
+                                       absl::Span<const PlainChoice> choices,
+                                       DecodeResult* result) {
+    (void)choices;
+    result->tokens.clear();
+    return Decode(rows, result);
+  }
 
   // True after an unrecoverable fault (e.g. a sticky device error): the engine then fails
   // everything and readiness goes false. A failed step of a runner that is not poisoned fails

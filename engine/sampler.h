@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
+#include "engine/plain_choice.h"
 
 namespace mesa {
 
@@ -39,11 +40,18 @@ class Sampler {
 
   // Records a token of the context (prompt or generated) for the penalties.
   void Observe(int32_t token);
+  // The next choice as a PlainChoice when it is one (no penalty, no truncation; the caller
+  // adds logprobs to the list of things that need the host), consuming the random draw the
+  // choice takes: pass that choice to Sample if the token is chosen on the host after all.
+  PlainChoice NextChoice(bool want_logprobs);
   // Chooses the next token from `logits` (model vocab size). `top_logprobs` (optional) gets the
   // n most likely tokens under the unpenalised, untempered distribution, `chosen_logprob`
   // (optional) the chosen one's; leave both null when not needed (saves a pass over the vocab).
+  // `choice` (optional): a PlainChoice from NextChoice whose draw is to be used instead of a new
+  // one (so the random stream is the same whichever side chooses).
   int32_t Sample(absl::Span<const float> logits, int32_t num_top_logprobs = 0,
-                 std::vector<TokenLogprob>* top_logprobs = nullptr, float* chosen_logprob = nullptr);
+                 std::vector<TokenLogprob>* top_logprobs = nullptr, float* chosen_logprob = nullptr,
+                 const PlainChoice* choice = nullptr);
 
  private:
   SamplingParams params_;
@@ -54,7 +62,15 @@ class Sampler {
   std::vector<float> work_;     // penalised logits
   std::vector<int32_t> order_;  // candidate token ids
   std::vector<float> probs_;    // their unnormalised probabilities
-  std::vector<int32_t> index_;  // sort permutation
+  std::vector<int32_t> index_;  // sort permutation (top logprobs)
+  std::vector<uint64_t> keys_;  // candidates as (probability, id) sort keys (truncation)
+
+  // A uniform draw in [0, 1) (53 bits), as std::uniform_real_distribution takes it.
+  double Draw();
+  bool HasPenalties() const;
+  bool Truncates() const;
+  // Cuts order_/probs_ to the top-k / min-p / top-p set in decreasing probability.
+  void Truncate();
 };
 
 }  // namespace mesa

@@ -1,0 +1,23 @@
+// A token choice that needs nothing but the raw logits row, the temperature and one uniform
+// draw: what a runner can make on its device without sending the row to the host
+// (DecodeRow::choice in engine/model_runner.h). Sampler::NextChoice makes them, with the rule
+// of Sampler::Sample for these cases.
+#pragma once
+
+#include <cstdint>
+
+namespace mesa {
+
+struct PlainChoice {
+  enum class Kind : int32_t {
+    kHost = 0,     // penalties, truncation (top-k/p, min-p) or logprobs: the caller samples
+    kGreedy = 1,   // the first id with the largest logit
+    kSoftmax = 2,  // inverse CDF of softmax(logits / temperature) in id order at u = draw * mass
+  };
+  Kind kind = Kind::kHost;
+  float temperature = 1.0f;
+  double draw = 0.0;  // in [0, 1); also what a kHost choice with temperature > 0 samples with
+  int32_t valid_vocab = 0;  // ids [0, valid_vocab) can be chosen (the tokenizer's pieces)
+};
+
+}  // namespace mesa

@@ -1,0 +1,206 @@
+// Token choice on the GPU (kernels/cuda/sampling.h, CudaModelRunner::DecodeAndChoose) against
+// the engine's Sampler, the rule it must reproduce: greedy (first maximum, padded vocab
+// excluded) and untruncated softmax sampling at several temperatures, with the same uniform
+// draws. The kernel sums the probabilities in another order and rounds exp in double, so a
+// draw within about 1e-7 of a boundary between two tokens may pick the neighbour: allowed for
+// at most 1 in 500 draws (none seen so far; a wrong temperature, window or order moves most).
+#include <cmath>
+#include <cstdint>
+#include <iostream>
+#include <random>
+#include <vector>
+
+#include "base/half.h"
+#include "engine/cpu_model_runner.h"
+#include "engine/cuda_model_runner.h"
+#include "engine/sampler.h"
+#include "gtest/gtest.h"
+#include "kernels/cuda/sampling.h"
+#include "tests/gpu_model/model_parity.h"
+#include "tests/kernels/gpu_test_util.h"
+
+namespace mesa {
+namespace {
+
+using gpu::DeviceBuffer;
+using gpu::testing::Download;
+using gpu::testing::GpuTest;
+using gpu::testing::Sync;
+using gpu::testing::Upload;
+
+// Logits as a trained model's look after fla's rounding: bf16 values, a few large ones.
+std::vector<float> Logits(std::mt19937& rng, int rows, int vocab, float spread) {
+  std::normal_distribution<float> n01(0.0f, 1.0f);
+  std::vector<float> l(static_cast<size_t>(rows) * vocab);
+  for (float& x : l) x = RoundBf16(spread * n01(rng));
+  for (int r = 0; r < rows; ++r) {
+    for (int k = 0; k < 5; ++k) l[static_cast<size_t>(r) * vocab + (rng() % vocab)] = RoundBf16(4.0f * spread + k);
+  }
+  return l;
+}
+
+gpu::RowChoice ToRow(const PlainChoice& c) {
+  gpu::RowChoice rc;
+  rc.kind = static_cast<int32_t>(c.kind);
+  rc.temperature = c.temperature;
+  rc.draw = c.draw;
+  rc.valid_vocab = c.valid_vocab;
+  return rc;
+}
+
+class DeviceSamplingTest : public GpuTest {};
+
+TEST_F(DeviceSamplingTest, KernelMatchesTheSampler) {
+  struct Case {
+    int vocab, valid;
+    float temperature, spread;
+  };
+  const Case cases[] = {{1000, 1000, 1.0f, 2.0f}, {1000, 990, 0.7f, 3.0f},
+                        {32000, 31990, 1.0f, 3.0f}, {32000, 32000, 1.7f, 1.0f},
+                        {50, 50, 0.1f, 1.0f}, {32000, 31990, 0.0f, 3.0f}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(::testing::Message() << "vocab " << c.vocab << " valid " << c.valid << " T "
+                                      << c.temperature);
+    constexpr int kRows = 64, kRounds = 8;
+    std::mt19937 rng(static_cast<uint32_t>(c.vocab + 1000 * c.temperature));
+    std::vector<float> logits = Logits(rng, kRows, c.vocab, c.spread);
+    if (c.temperature == 0.0f) {
+      // A tie for the maximum: the first id wins; a larger logit past valid_vocab never does.
+      logits[7] = logits[9] = 1000.0f;
+      logits[static_cast<size_t>(c.vocab) + c.vocab - 1] = 2000.0f;
+    }
+    MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_logits, Upload(logits));
+    MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_tokens, Upload(std::vector<int32_t>(kRows, -7)));
+    SamplingParams sp;
+    sp.temperature = c.temperature;
+    int draws = 0, differ = 0;
+    for (int round = 0; round < kRounds; ++round) {
+      std::vector<gpu::RowChoice> rows(kRows);
+      std::vector<int32_t> want(kRows);
+      for (int r = 0; r < kRows; ++r) {
+        sp.seed = static_cast<uint64_t>(round * kRows + r);
+        Sampler host(sp, c.valid);
+        Sampler twin(sp, c.valid);
+        const PlainChoice choice = host.NextChoice(false);
+        ASSERT_NE(choice.kind, PlainChoice::Kind::kHost);
+        rows[r] = ToRow(choice);
+        // The twin draws the same number from its own stream, as Sample would.
+        want[r] = twin.Sample(absl::MakeConstSpan(logits).subspan(static_cast<size_t>(r) * c.vocab, c.vocab));
+      }
+      MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_rows, Upload(rows));
+      gpu::SampleRowsParams p;
+      p.rows = kRows;
+      p.vocab = c.vocab;
+      p.logits = d_logits.as<float>();
+      p.choices = d_rows.as<gpu::RowChoice>();
+      p.tokens = d_tokens.as<int32_t>();
+      MESA_ASSERT_OK(gpu::SampleRows(p));
+      MESA_ASSERT_OK(Sync());
+      MESA_ASSERT_OK_AND_ASSIGN(std::vector<int32_t> got, Download<int32_t>(d_tokens, kRows));
+      for (int r = 0; r < kRows; ++r) {
+        ++draws;
+        differ += got[r] != want[r];
+        ASSERT_GE(got[r], 0);
+        ASSERT_LT(got[r], c.valid);
+      }
+    }
+    if (c.temperature == 0.0f) {
+      MESA_ASSERT_OK_AND_ASSIGN(std::vector<int32_t> got, Download<int32_t>(d_tokens, kRows));
+      EXPECT_EQ(got[0], 7) << "ties go to the first id";
+      EXPECT_NE(got[1], c.vocab - 1) << "ids past valid_vocab are never chosen";
+    }
+    std::cout << "[ device sampling ] vocab " << c.vocab << " T " << c.temperature << ": " << differ
+              << " of " << draws << " draws differ from the host's\n";
+    EXPECT_LE(differ, draws / 500);
+  }
+}
+
+TEST_F(DeviceSamplingTest, HostRowsAreLeftToTheCaller) {
+  const std::vector<float> logits(2 * 10, 1.0f);
+  MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_logits, Upload(logits));
+  MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_tokens, Upload(std::vector<int32_t>(2, 5)));
+  std::vector<gpu::RowChoice> rows(2);
+  rows[1].kind = 1;
+  MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_rows, Upload(rows));
+  gpu::SampleRowsParams p;
+  p.rows = 2;
+  p.vocab = 10;
+  p.logits = d_logits.as<float>();
+  p.choices = d_rows.as<gpu::RowChoice>();
+  p.tokens = d_tokens.as<int32_t>();
+  MESA_ASSERT_OK(gpu::SampleRows(p));
+  MESA_ASSERT_OK_AND_ASSIGN(std::vector<int32_t> got, Download<int32_t>(d_tokens, 2));
+  EXPECT_EQ(got[0], -1);
+  EXPECT_EQ(got[1], 0);  // all equal: the first id
+}
+
+// The runner: DecodeAndChoose picks, for rows with a plain choice, the token the host would
+// pick from the logits Decode returns for the same step; other rows get their logits.
+TEST_F(DeviceSamplingTest, RunnerChoosesWhatTheHostWould) {
+  const testing::ModelCase mc = testing::ModelCases()[0];
+  auto make = [&]() -> std::unique_ptr<CudaModelRunner> {
+    auto weights = testing::LoadCaseWeights(mc);
+    EXPECT_TRUE(weights.ok()) << weights.status();
+    if (!weights.ok()) return nullptr;
+    CudaRunnerOptions options;
+    options.num_slots = 6;
+    auto runner = CreateCudaModelRunner(std::move(*weights), options);
+    EXPECT_TRUE(runner.ok()) << runner.status();
+    return runner.ok() ? std::move(*runner) : nullptr;
+  };
+  auto logits_runner = make();
+  auto choosing_runner = make();
+  ASSERT_TRUE(logits_runner && choosing_runner);
+  const int32_t vocab = logits_runner->config().vocab_size;
+  const CgControl cg{CgMode::kFixed, 30, 0.0f};
+  // Rows: greedy, softmax T 0.8, a pad, host (top-k), softmax T 1.3.
+  const std::vector<SlotId> slots = {2, kPadSlot, 0, 4, 1};
+  std::vector<SamplingParams> params(5);
+  params[0].temperature = 0.0f;
+  params[2].temperature = 0.8f;
+  params[3].top_k = 5;
+  params[4].temperature = 1.3f;
+  int device_chosen = 0, checked = 0;
+  for (int step = 0; step < 6; ++step) {
+    std::vector<DecodeRow> rows;
+    std::vector<PlainChoice> choices;
+    std::vector<PlainChoice> twin_choices;
+    std::vector<Sampler> twins;
+    for (size_t i = 0; i < slots.size(); ++i) {
+      rows.push_back({slots[i], static_cast<int32_t>((11 * step + 5 * i + 1) % vocab), cg});
+      params[i].seed = 100 * step + i;
+      Sampler s(params[i], vocab);
+      choices.push_back(s.NextChoice(false));
+      twins.emplace_back(params[i], vocab);
+      twin_choices.push_back(twins.back().NextChoice(false));
+    }
+    DecodeResult plain, chosen;
+    ASSERT_TRUE(logits_runner->Decode(rows, &plain).ok());
+    ASSERT_TRUE(choosing_runner->DecodeAndChoose(rows, choices, &chosen).ok());
+    ASSERT_EQ(chosen.tokens.size(), rows.size());
+    EXPECT_EQ(chosen.tokens[1], -1) << "pad row";
+    EXPECT_EQ(chosen.tokens[3], -1) << "top-k is sampled on the host";
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const absl::Span<const float> want_logits =
+          absl::MakeConstSpan(plain.logits).subspan(i * vocab, vocab);
+      const absl::Span<const float> got_logits =
+          absl::MakeConstSpan(chosen.logits).subspan(i * vocab, vocab);
+      if (chosen.tokens[i] >= 0) {
+        ++device_chosen;
+        const int32_t host = twins[i].Sample(want_logits, 0, nullptr, nullptr, &twin_choices[i]);
+        ++checked;
+        EXPECT_EQ(chosen.tokens[i], host) << "step " << step << " row " << i;
+      } else {
+        // The logits of host rows are the same step's (bit for bit: the same kernels).
+        EXPECT_EQ(std::vector<float>(got_logits.begin(), got_logits.end()),
+                  std::vector<float>(want_logits.begin(), want_logits.end()))
+            << "step " << step << " row " << i;
+      }
+    }
+  }
+  EXPECT_EQ(device_chosen, 6 * 3);
+  EXPECT_EQ(checked, device_chosen);
+}
+
+}  // namespace
+}  // namespace mesa
