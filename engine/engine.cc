@@ -358,7 +358,9 @@ absl::Status Engine::DecodeStep(bool* worked) {
     // A slow reader pauses only its own request.
     if (a->sink->Backlog() >= static_cast<size_t>(options_.stream_buffer)) continue;
     rows.push_back({a->slot, a->next_token, a->decode_cg});
-    choices.push_back(a->sampler->NextChoice(a->req.top_logprobs > 0));
+    PlainChoice choice = a->sampler->NextChoice(a->req.top_logprobs > 0);
+    if (!options_.device_sampling) choice.kind = PlainChoice::Kind::kHost;  // same draw
+    choices.push_back(choice);
     owners.push_back(a.get());
   }
   if (rows.empty()) return absl::OkStatus();

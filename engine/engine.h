@@ -31,6 +31,9 @@ struct EngineOptions {
   int32_t prefill_budget = 512;  // prompt tokens per step over all requests
   int32_t stream_buffer = 256;   // undelivered events before a request's generation pauses
   int32_t threads = 0;           // OpenMP threads of the engine thread; 0 = the default
+  // Let the runner choose greedy and plain-softmax tokens itself (ModelRunner::DecodeAndChoose:
+  // on a GPU the logits then stay on the device). Off: every token is sampled on the host.
+  bool device_sampling = true;
   // Wake-up period when idle, so deadlines and the heartbeat are checked.
   absl::Duration idle_tick = absl::Milliseconds(50);
 };

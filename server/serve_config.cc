@@ -144,6 +144,9 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::vector<std::string>& arg
   f.Int("cg-max-iters-limit", &cg_iters_limit, "largest CG cap a request may ask for");
   f.Float("drain-timeout", &drain, "seconds SIGTERM waits for running requests");
   f.Int("threads", &threads, "engine CPU threads; 0 = all cores");
+  f.Bool("device-sampling", &c.engine.device_sampling,
+         "greedy and plain temperature sampling on the model's device (a GPU returns token ids, not logits); "
+         "off: every token is sampled on the host");
   f.String("log-level", &c.log_level, "debug, info, warning or error");
   std::string auth_token_file;
   int64_t max_streams = c.max_streams_per_connection;

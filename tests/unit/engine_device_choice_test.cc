@@ -1,0 +1,193 @@
+// The engine hands greedy and plain-softmax token choices to the runner
+// (ModelRunner::DecodeAndChoose) and samples the rest itself, with one random stream either
+// way: the tokens must not depend on which side chose them. A runner that wraps the CPU runner
+// and chooses tokens by the documented rule (engine/plain_choice.h) stands in for the GPU.
+#include <algorithm>
+#include <cmath>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "engine/cpu_model_runner.h"
+#include "engine/engine.h"
+#include "gtest/gtest.h"
+#include "models/checkpoint.h"
+#include "tests/testing/random_checkpoint.h"
+
+namespace mesa {
+namespace {
+
+// Chooses the tokens of non-host rows from the logits the CPU runner computed, by the rule in
+// engine/plain_choice.h, and records every choice it was given.
+class ChoosingRunner : public ModelRunner {
+ public:
+  explicit ChoosingRunner(std::unique_ptr<ModelRunner> inner) : inner_(std::move(inner)) {}
+  const MesaConfig& config() const override { return inner_->config(); }
+  const char* backend_name() const override { return "choosing"; }
+  int32_t num_slots() const override { return inner_->num_slots(); }
+  size_t state_bytes_per_slot() const override { return inner_->state_bytes_per_slot(); }
+  size_t weight_bytes() const override { return inner_->weight_bytes(); }
+  absl::Status ResetSlot(SlotId slot) override { return inner_->ResetSlot(slot); }
+  int64_t SlotPosition(SlotId slot) const override { return inner_->SlotPosition(slot); }
+  absl::Status Prefill(absl::Span<const PrefillRequest> requests,
+                       absl::Span<PrefillResult> results) override {
+    return inner_->Prefill(requests, results);
+  }
+  absl::Status Decode(absl::Span<const DecodeRow> rows, DecodeResult* result) override {
+    return inner_->Decode(rows, result);
+  }
+  absl::Status DecodeAndChoose(absl::Span<const DecodeRow> rows,
+                               absl::Span<const PlainChoice> choices,
+                               DecodeResult* result) override {
+    if (absl::Status s = inner_->Decode(rows, result); !s.ok()) return s;
+    const int64_t vocab = config().vocab_size;
+    result->tokens.assign(rows.size(), -1);
+    std::lock_guard<std::mutex> lock(mu_);
+    for (size_t i = 0; i < rows.size(); ++i) {
+      kinds_.push_back(choices[i].kind);
+      if (choices[i].kind == PlainChoice::Kind::kHost) continue;
+      const float* l = result->logits.data() + i * vocab;
+      const int32_t n = choices[i].valid_vocab;
+      const float top = *std::max_element(l, l + n);
+      if (choices[i].kind == PlainChoice::Kind::kGreedy) {
+        result->tokens[i] = static_cast<int32_t>(std::max_element(l, l + n) - l);
+        continue;
+      }
+      const float inv_t = 1.0f / choices[i].temperature;
+      double mass = 0.0;
+      std::vector<int32_t> ids;
+      std::vector<float> ps;
+      for (int32_t j = 0; j < n; ++j) {
+        const float z = (l[j] - top) * inv_t;
+        if (z > -30.0f) {
+          ids.push_back(j);
+          ps.push_back(std::exp(z));
+          mass += ps.back();
+        }
+      }
+      const double u = choices[i].draw * mass;
+      double acc = 0.0;
+      result->tokens[i] = ids.back();
+      for (size_t j = 0; j < ids.size(); ++j) {
+        acc += ps[j];
+        if (u < acc) {
+          result->tokens[i] = ids[j];
+          break;
+        }
+      }
+    }
+    return absl::OkStatus();
+  }
+  std::vector<PlainChoice::Kind> kinds() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return kinds_;
+  }
+
+ private:
+  std::unique_ptr<ModelRunner> inner_;
+  std::mutex mu_;
+  std::vector<PlainChoice::Kind> kinds_;
+};
+
+class Collect : public GenerationSink {
+ public:
+  void Push(GenerationEvent event) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const TokenChoice& c : event.tokens) tokens_.push_back(c.token);
+    if (event.final) {
+      done_ = true;
+      cv_.notify_all();
+    }
+  }
+  size_t Backlog() const override { return 0; }
+  std::vector<int32_t> Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, std::chrono::seconds(60), [&] { return done_; });
+    return tokens_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<int32_t> tokens_;
+  bool done_ = false;
+};
+
+class EngineDeviceChoiceTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new std::filesystem::path(testing::MakeTempDir("engine_choice"));
+    ASSERT_TRUE(testing::WriteRandomCheckpoint(*dir_, testing::TinyConfig()).ok());
+  }
+  static void TearDownTestSuite() {
+    std::filesystem::remove_all(*dir_);
+    delete dir_;
+  }
+
+  struct Outcome {
+    std::vector<std::vector<int32_t>> tokens;  // per request
+    std::vector<PlainChoice::Kind> kinds;      // every choice the runner was given
+  };
+
+  // Four requests run together: greedy, softmax at 0.8 and 1.3, and top-k 5 at 0.8.
+  Outcome Run(bool device_sampling) {
+    auto w = LoadMesaWeights(*dir_);
+    EXPECT_TRUE(w.ok()) << w.status();
+    CpuRunnerOptions ro;
+    ro.num_slots = 4;
+    auto cpu = CreateCpuModelRunner(std::move(*w), ro);
+    EXPECT_TRUE(cpu.ok());
+    auto owned = std::make_unique<ChoosingRunner>(std::move(*cpu));
+    ChoosingRunner* runner = owned.get();
+    EngineOptions options;
+    options.prefill_chunk = 64;
+    options.prefill_budget = 256;
+    options.device_sampling = device_sampling;
+    auto engine = Engine::Create(std::move(owned), nullptr, nullptr, options);
+    EXPECT_TRUE(engine.ok()) << engine.status();
+    std::vector<std::shared_ptr<Collect>> sinks;
+    for (int i = 0; i < 4; ++i) {
+      GenerationRequest r;
+      for (int t = 0; t < 20 + 9 * i; ++t) r.prompt.push_back(1 + (t * 7 + i * 13) % 90);
+      r.sampling.temperature = i == 0 ? 0.0f : i == 2 ? 1.3f : 0.8f;
+      if (i == 3) r.sampling.top_k = 5;
+      r.sampling.seed = 11 + i;
+      r.stopping.max_new_tokens = 16;
+      r.stopping.ignore_eos = true;
+      auto sink = std::make_shared<Collect>();
+      EXPECT_TRUE((*engine)->Submit(std::move(r), sink).ok());
+      sinks.push_back(sink);
+    }
+    Outcome out;
+    for (auto& s : sinks) out.tokens.push_back(s->Wait());
+    out.kinds = runner->kinds();  // the engine (and runner) still exist here
+    return out;
+  }
+
+  static std::filesystem::path* dir_;
+};
+
+std::filesystem::path* EngineDeviceChoiceTest::dir_ = nullptr;
+
+TEST_F(EngineDeviceChoiceTest, TokensDoNotDependOnWhichSideChooses) {
+  const Outcome with_device = Run(true);
+  const Outcome host_only = Run(false);
+  ASSERT_EQ(with_device.tokens.size(), 4u);
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(with_device.tokens[i].size(), 16u);
+    EXPECT_EQ(with_device.tokens[i], host_only.tokens[i]) << "request " << i;
+  }
+  // Each request's 15 decode tokens (the first comes from prefill): greedy, two softmax, and the
+  // top-k request's on the host; with device sampling off, all on the host.
+  auto count = [](const std::vector<PlainChoice::Kind>& kinds, PlainChoice::Kind k) {
+    return std::count(kinds.begin(), kinds.end(), k);
+  };
+  EXPECT_EQ(count(with_device.kinds, PlainChoice::Kind::kGreedy), 15);
+  EXPECT_EQ(count(with_device.kinds, PlainChoice::Kind::kSoftmax), 30);
+  EXPECT_EQ(count(with_device.kinds, PlainChoice::Kind::kHost), 15);
+  EXPECT_EQ(count(host_only.kinds, PlainChoice::Kind::kHost), 60);
+}
+
+}  // namespace
+}  // namespace mesa
