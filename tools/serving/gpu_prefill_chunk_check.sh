@@ -12,16 +12,7 @@
 set -u
 OUTDIR=${OUT:-/tmp/out}; mkdir -p "$OUTDIR"
 LOG="$OUTDIR/prefill_chunk.txt"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
-PYTHONPATH=/tmp/site:tools/fla python3 - <<'PY' 2>&1 | grep -v Warn | tail -3
-import os
-import make_goldens as mg
-config, model = mg.build_model({}, 'cpu', 7, False)
-os.makedirs('/tmp/m13', exist_ok=True)
-mg.write_config(config, '/tmp/m13/config.json')
-mg.save_weights(mg.state_to_save(model, config), '/tmp/m13', 1)
-print('wrote /tmp/m13:', sum(p.numel() for p in model.parameters()) / 1e9, 'B parameters')
-PY
+bash tools/serving/random_13b.sh /tmp/m13
 tar xJf build-server/server.tar.xz -C /tmp
 CUDA_LIB=$(dirname "$(ls /usr/local/cuda/lib64/libcublasLt.so.13* 2>/dev/null | head -n1)")
 export LD_LIBRARY_PATH=/tmp/mserve/lib:${CUDA_LIB:-/usr/local/cuda/lib64}
