@@ -33,7 +33,7 @@ struct CudaRunnerOptions {
   // Longest prefill segment in tokens (rounded down to a multiple of the 64-token chunk, at
   // least 64); longer prompts run in segments with the same result. Sizes the workspaces.
   // 2048: a 2048-token prompt of the 1.3B took 35.7 ms in one segment against 39.9 ms in four
-  // of 512 (H200, mesa_model_bench --prefill-segment, docs/benchmarks.md).
+  // of 512 (H200, mesaserve-bench model --prefill-segment, docs/benchmarks.md).
   int32_t max_prefill_tokens = 2048;
   // Replay each batch size's decode step as a CUDA graph from its second step on (off: every
   // step launches its kernels one by one; same results).

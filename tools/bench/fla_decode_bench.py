@@ -1,8 +1,8 @@
-"""fla's decode kernel (mesa_net_decoding_one_step) timed the way mesa_kernel_bench times ours:
+"""fla's decode kernel (mesa_net_decoding_one_step) timed the way mesaserve-bench kernels times ours:
 one layer step, bf16 q/k/v, fp32 states, the same realistic SPD states, median of CUDA-event
 timings after warm-up; and fla's chunked prefill (chunk_mesa_net, as fla's layer calls it:
 l2 norm in the kernel, final state out, no grad) for one layer at B = 1, the inputs of
-mesa_kernel_bench's prefill table. Prints markdown tables. Needs torch, triton and fla (carried
+mesaserve-bench kernels's prefill table. Prints markdown tables. Needs torch, triton and fla (carried
 wheels).
 
   python3 tools/bench/fla_decode_bench.py [--heads 16] [--head-dim 128] [--batches 1,8,64,256]
@@ -17,7 +17,7 @@ from fla.ops.mesa_net.decoding_one_step import mesa_net_decoding_one_step
 
 
 def head_state(K):
-    """A decayed sum of 300 l2-normalised rank-1 updates (as mesa_kernel_bench builds it)."""
+    """A decayed sum of 300 l2-normalised rank-1 updates (as mesaserve-bench kernels builds it)."""
     g = torch.Generator().manual_seed(7)
     hkk = torch.zeros(K, K, dtype=torch.float64)
     hkv = torch.zeros(K, K, dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""fla's Hugging Face MesaNet (fla 0.6.0 MesaNetForCausalLM) timed the way mesa_model_bench
+"""fla's Hugging Face MesaNet (fla 0.6.0 MesaNetForCausalLM) timed the way mesaserve-bench model
 times ours: whole-model decode steps at several batch sizes (median wall time per step after
 warm-up, the step's logits on the GPU, torch.cuda.synchronize after each step), plus a
 2048-token prefill at B = 1. Random bf16 weights, fla's default config (the "1.3B") or a model

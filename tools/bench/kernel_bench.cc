@@ -1,12 +1,12 @@
-// mesa_kernel_bench: times the fused decode kernel (kernels/cuda/mesa_decode.cu) for one layer
+// mesaserve-bench kernels: times the fused decode kernel (kernels/cuda/mesa_decode.cu) for one layer
 // step against the card's measured copy bandwidth, the byte floor of that step, and the chunked
 // prefill (kernels/cuda/mesa_prefill.cu) of one layer at B = 1 with its tensor-core FLOP rate. Links only the
 // kernels and base (no gRPC, sentencepiece or protobuf), so it runs on a bare CUDA machine.
 //
-//   mesa_kernel_bench [--heads 16] [--head-dim 128] [--batches 1,8,64,256] [--reps 50]
-//                     [--prefill 2048,8192] (prompt lengths; 0 = no prefill timing)
-//                     [--prefill-seqs 1,16] (the tokens split into that many sequences, packed in
-//                                            one launch, and also timed as one launch each)
+//   mesaserve-bench kernels [--heads 16] [--head-dim 128] [--batches 1,8,64,256] [--reps 50]
+//                           [--prefill 2048,8192] (prompt lengths; 0 = no prefill timing)
+//                           [--prefill-seqs 1,16] (the tokens split into that many sequences,
+//                                 packed in one launch, and also timed as one launch each)
 //
 // Each case: 5 warm-up launches, then `reps` launches each timed with CUDA events; the median
 // is printed. The states are realistic SPD systems (a decayed sum of l2-normalised rank-1
@@ -33,6 +33,7 @@
 #include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/mesa_decode.h"
 #include "kernels/cuda/mesa_prefill.h"
+#include "tools/bench/bench_commands.h"
 
 namespace mesa::gpu {
 namespace {
@@ -113,7 +114,7 @@ Args ParseArgs(int argc, char** argv) {
       ++i;
     } else {
       std::fprintf(stderr,
-                   "usage: mesa_kernel_bench [--heads N] [--head-dim K] [--batches 1,8,64,256] [--reps N] [--prefill 2048,8192] [--prefill-seqs 1,16]\n");
+                   "usage: mesaserve-bench kernels [--heads N] [--head-dim K] [--batches 1,8,64,256] [--reps N] [--prefill 2048,8192] [--prefill-seqs 1,16]\n");
       std::exit(2);
     }
   }
@@ -390,19 +391,23 @@ void BenchPrefill(const Args& a) {
 }  // namespace
 }  // namespace mesa::gpu
 
-int main(int argc, char** argv) {
+namespace mesa::bench {
+
+int KernelsMain(int argc, char** argv) {
   using namespace mesa::gpu;
   const Args args = ParseArgs(argc, argv);
   int device = 0;
   cudaDeviceProp prop;
   if (cudaGetDevice(&device) != cudaSuccess || cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
-    std::fprintf(stderr, "mesa_kernel_bench: no usable CUDA device\n");
+    std::fprintf(stderr, "mesaserve-bench kernels: no usable CUDA device\n");
     return 1;
   }
   const double bw = CopyBandwidth();
-  std::printf("# mesa_kernel_bench on %s (%d SMs)\n\ncopy bandwidth (read + write): %.0f GB/s\n",
+  std::printf("# mesaserve-bench kernels on %s (%d SMs)\n\ncopy bandwidth (read + write): %.0f GB/s\n",
               prop.name, prop.multiProcessorCount, bw / 1e9);
   BenchDecode(args, bw);
   BenchPrefill(args);
   return 0;
 }
+
+}  // namespace mesa::bench

@@ -1,11 +1,13 @@
-// mesa_model_bench: whole-model decode steps of the CUDA runner (engine/cuda_model_runner.h)
-// against the card's floor: the weight bytes one step must read (everything but the embedding
-// table) plus every row's recurrent state read and written, over the device-to-device copy
-// bandwidth measured in the same run. Links the engine and the checkpoint loader but no gRPC,
-// sentencepiece or protobuf, so it runs on a bare CUDA machine.
+// mesaserve-bench model: whole-model prefill and decode steps of the CUDA runner
+// (engine/cuda_model_runner.h) against the card's floors, measured in the same run: a decode
+// step must read the weights (everything but the embedding table) and read and write every
+// row's recurrent state, at the device-to-device copy bandwidth; a prefill must do the dense
+// projections' 2 x parameters x tokens FLOPs, at the rate of a large bf16 cuBLASLt GEMM. Links
+// the engine and the checkpoint loader but no gRPC, sentencepiece or protobuf, so it runs on a
+// bare CUDA machine.
 //
-//   mesa_model_bench --model DIR            a checkpoint in fla's layout (e.g. the bundled one)
-//   mesa_model_bench --random-1.3b          fla's MesaNet defaults with random bf16 weights
+//   mesaserve-bench model --model DIR       a checkpoint in fla's layout (e.g. the bundled one)
+//   mesaserve-bench model --random-1.3b     fla's MesaNet defaults with random bf16 weights
 //   [--batches 1,8,64,256] [--steps 20] [--eager] [--prefill 2048]
 //   [--prefill-segment N] [--prefill-seqs S]
 //   (--eager: no CUDA graphs; --prefill T: also time one T-token prefill at B = 1, 0 = skip;
@@ -13,9 +15,9 @@
 //   --prefill-seqs S: the T tokens as S prompts of T / S in S slots, in one Prefill call (packed
 //   launches), and also as one call per prompt)
 //
-// A step is one ModelRunner::Decode call as the engine makes it: the per-row tables go up,
-// every layer runs, the [B, vocab] fp32 logits and the CG statistics come back, the stream is
-// synchronised. Median wall time over `steps` steps after 3 warm-up steps, each row in its own
+// A step is one ModelRunner::DecodeAndChoose call as the engine makes it for greedy requests:
+// the per-row tables go up, every layer runs, the tokens are chosen on the device, the token ids
+// and the CG statistics come back, the stream is synchronised. Median wall time over `steps` steps after 3 warm-up steps, each row in its own
 // slot, states carried over from step to step (all slots start empty).
 #include <algorithm>
 #include <chrono>
@@ -32,7 +34,9 @@
 #include "absl/strings/str_split.h"
 #include "base/half.h"
 #include "engine/cuda_model_runner.h"
+#include "kernels/cuda/gemm.h"
 #include "models/checkpoint.h"
+#include "tools/bench/bench_commands.h"
 
 namespace mesa {
 namespace {
@@ -84,7 +88,7 @@ Args ParseArgs(int argc, char** argv) {
       }
       ++i;
     } else {
-      Die("usage: mesa_model_bench (--model DIR | --random-1.3b) [--batches 1,8,64,256] [--steps N] [--eager] [--prefill T] [--prefill-segment N] [--prefill-seqs S]");
+      Die("usage: mesaserve-bench model (--model DIR | --random-1.3b) [--batches 1,8,64,256] [--steps N] [--eager] [--prefill T] [--prefill-segment N] [--prefill-seqs S]");
     }
   }
   if (a.model.empty() == !a.random_13b) Die("give exactly one of --model DIR and --random-1.3b");
@@ -146,6 +150,40 @@ MesaWeights Random13b() {
   return w;
 }
 
+// Dense bf16 GEMM rate (FLOP/s) of this card through the runner's own GEMM path (cuBLASLt,
+// fp32 accumulation): the median of 10 products of 8192 x 8192 x 8192.
+double GemmRate() {
+  constexpr int64_t n = 8192;
+  auto handle = gpu::CublasHandle::Create();
+  if (!handle.ok()) Die(handle.status().ToString());
+  void *x = nullptr, *w = nullptr, *y = nullptr;
+  if (cudaMalloc(&x, n * n * 2) != cudaSuccess || cudaMalloc(&w, n * n * 2) != cudaSuccess ||
+      cudaMalloc(&y, n * n * 4) != cudaSuccess) {
+    Die("cudaMalloc failed");
+  }
+  cudaMemset(x, 0, n * n * 2);
+  cudaMemset(w, 0, n * n * 2);
+  gpu::GemmParams p;
+  p.m = p.n = p.k = n;
+  p.x = x;
+  p.w = w;
+  p.y = y;
+  std::vector<double> t;
+  for (int i = 0; i < 12; ++i) {
+    cudaDeviceSynchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    const absl::Status s = gpu::Gemm(*handle, p);
+    if (!s.ok()) Die(s.ToString());
+    cudaDeviceSynchronize();
+    if (i >= 2) t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  cudaFree(x);
+  cudaFree(w);
+  cudaFree(y);
+  std::sort(t.begin(), t.end());
+  return 2.0 * n * n * n / t[t.size() / 2];
+}
+
 double CopyBandwidth() {
   const size_t bytes = size_t{1} << 30;
   void *a = nullptr, *b = nullptr;
@@ -166,14 +204,15 @@ double CopyBandwidth() {
 }
 
 }  // namespace
-}  // namespace mesa
 
-int main(int argc, char** argv) {
-  using namespace mesa;
+namespace bench {
+
+int ModelMain(int argc, char** argv) {
   const Args args = ParseArgs(argc, argv);
   cudaDeviceProp prop;
   if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) Die("no usable CUDA device");
   const double bw = CopyBandwidth();
+  const double gemm_rate = GemmRate();
 
   absl::StatusOr<MesaWeights> weights = args.random_13b ? absl::StatusOr<MesaWeights>(Random13b())
                                                          : LoadMesaWeights(args.model);
@@ -181,6 +220,12 @@ int main(int argc, char** argv) {
   const MesaConfig config = weights->config;
   const double read_bytes = static_cast<double>(weights->bytes() - weights->embeddings.bytes() +
                                                 (config.tie_word_embeddings ? weights->embeddings.bytes() : 0));
+  double dense_params = 0.0;  // per-layer projection weights (lm_head runs for one row only)
+  for (const MesaLayerWeights& l : weights->layers) {
+    for (const WeightMatrix* m : {&l.in_proj, &l.o_proj, &l.gate_up, &l.down}) {
+      dense_params += static_cast<double>(m->rows) * m->cols;
+    }
+  }
   const int max_b = *std::max_element(args.batches.begin(), args.batches.end());
   CudaRunnerOptions options;
   options.num_slots = std::max(max_b, args.prefill_seqs);
@@ -190,12 +235,15 @@ int main(int argc, char** argv) {
   if (!runner.ok()) Die(runner.status().ToString());
   const double state_bytes = static_cast<double>((*runner)->state_bytes_per_slot());
 
-  std::printf("# mesa_model_bench on %s: %s, %s\n\ncopy bandwidth (read + write): %.0f GB/s; "
-              "weights read per step %.3f GB; state %.1f MB per sequence\n\n",
+  std::printf("# mesaserve-bench model on %s: %s, %s\n\ncopy bandwidth (read + write): %.0f GB/s; "
+              "bf16 GEMM %.0f TFLOP/s; weights read per step %.3f GB; state %.1f MB per sequence\n\n",
               prop.name, args.random_13b ? "random 1.3B (fla defaults)" : args.model.c_str(),
               args.eager ? "eager launches" : "CUDA graphs",
-              bw / 1e9, read_bytes / 1e9, state_bytes / 1e6);
+              bw / 1e9, gemm_rate / 1e12, read_bytes / 1e9, state_bytes / 1e6);
   if (args.prefill > 0) {
+    // The dense projections' FLOPs (every weight matrix but the tables, once per token) at the
+    // measured GEMM rate: what no prefill can beat (the chunk kernel's work comes on top).
+    const double prefill_floor_s = 2.0 * dense_params * args.prefill / gemm_rate;
     // S prompts (the last takes the remainder), slot s for prompt s.
     const int S = std::min(args.prefill_seqs, args.prefill);
     std::vector<std::vector<int32_t>> prompts(S);
@@ -233,8 +281,10 @@ int main(int argc, char** argv) {
       const char* name = cg.mode == CgMode::kFixed ? "fixed 30" : "adaptive 1e-3";
       const double t = time_prefill(cg, true);
       if (S == 1) {
-        std::printf("prefill of %d tokens, B = 1, segments of %d, CG %s: %.1f ms (median of 3; %.0f tokens/s)\n",
-                    args.prefill, options.max_prefill_tokens, name, 1e3 * t, args.prefill / t);
+        std::printf("prefill of %d tokens, B = 1, segments of %d, CG %s: %.1f ms (median of 3; %.0f tokens/s); "
+                    "GEMM floor %.2f ms, %.1fx\n",
+                    args.prefill, options.max_prefill_tokens, name, 1e3 * t, args.prefill / t,
+                    1e3 * prefill_floor_s, t / prefill_floor_s);
       } else {
         const double each = time_prefill(cg, false);
         std::printf("prefill of %d prompts of %d tokens, segments of %d, CG %s: one call %.1f ms "
@@ -260,19 +310,21 @@ int main(int argc, char** argv) {
         if (!(*runner)->ResetSlot(i).ok()) Die("ResetSlot failed");
         rows[i] = DecodeRow{i, (7 * i + 11) % config.vocab_size, c.cg};
       }
+      // Greedy choices on the device, as the engine asks for greedy requests.
+      PlainChoice greedy;
+      greedy.kind = PlainChoice::Kind::kGreedy;
+      greedy.valid_vocab = config.vocab_size;
+      const std::vector<PlainChoice> choices(b, greedy);
       DecodeResult result;
       std::vector<double> t;
       double iters = 0.0;
       for (int s = 0; s < args.steps + 3; ++s) {
         const auto t0 = std::chrono::steady_clock::now();
-        const absl::Status st = (*runner)->Decode(rows, &result);
+        const absl::Status st = (*runner)->DecodeAndChoose(rows, choices, &result);
         const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         if (!st.ok()) Die(st.ToString());
         if (s >= 3) t.push_back(dt);
-        for (int i = 0; i < b; ++i) {  // feed back the argmax, as greedy decoding would
-          const float* row = result.logits.data() + static_cast<size_t>(i) * config.vocab_size;
-          rows[i].token = static_cast<int32_t>(std::max_element(row, row + config.vocab_size) - row);
-        }
+        for (int i = 0; i < b; ++i) rows[i].token = result.tokens[i];  // fed back, as greedy decoding does
         if (s == args.steps + 2) {
           double sum = 0.0;
           for (int32_t x : result.stats.iters) sum += x;
@@ -289,3 +341,6 @@ int main(int argc, char** argv) {
   }
   return 0;
 }
+
+}  // namespace bench
+}  // namespace mesa

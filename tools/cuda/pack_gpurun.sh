@@ -5,12 +5,12 @@
 # cuBLAS/cuBLASLt come from the GPU machine's CUDA 13.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-nice cmake --build build-cuda -j "${MESA_JOBS:-2}" --target mesa_kernel_tests mesa_gpu_model_tests mesa_kernel_bench mesa_model_bench
+nice cmake --build build-cuda -j "${MESA_JOBS:-2}" --target mesa_kernel_tests mesa_gpu_model_tests mesaserve-bench
 STAGE=$(mktemp -d)
 mkdir -p "$STAGE/gpurun/lib" "$STAGE/gpurun/fallback"
 cp build-cuda/tests/kernels/mesa_kernel_tests build-cuda/tests/gpu_model/mesa_gpu_model_tests \
-   build-cuda/tools/bench/mesa_kernel_bench build-cuda/tools/bench/mesa_model_bench "$STAGE/gpurun/"
-strip "$STAGE"/gpurun/mesa_*
+   build-cuda/tools/bench/mesaserve-bench "$STAGE/gpurun/"
+strip "$STAGE"/gpurun/mesa_* "$STAGE"/gpurun/mesaserve-bench
 A=/lib/x86_64-linux-gnu
 cp -L $A/libabsl_*.so.20220623 $A/libblis.so.4 $A/libgomp.so.1 "$STAGE/gpurun/lib/"
 cp -L $A/libstdc++.so.6 $A/libgcc_s.so.1 "$STAGE/gpurun/fallback/"
