@@ -655,10 +655,20 @@ absl::Status CudaModelRunnerImpl::DecodeAndChoose(absl::Span<const DecodeRow> ro
   }
   const int64_t b = static_cast<int64_t>(rows.size());
   result->stats.Resize(static_cast<int32_t>(b), c_.num_hidden_layers, c_.num_heads);
-  result->logits.assign(b * static_cast<int64_t>(c_.vocab_size), 0.0f);
+  // Logits only where the caller samples (model_runner.h): rows it does not read are not filled.
+  bool host_rows = choices.empty();
+  for (size_t i = 0; i < choices.size() && !host_rows; ++i) {
+    host_rows = rows[i].slot != kPadSlot && choices[i].kind == PlainChoice::Kind::kHost;
+  }
   if (choices.empty()) {
+    result->logits.assign(b * static_cast<int64_t>(c_.vocab_size), 0.0f);
     result->tokens.clear();
   } else {
+    if (host_rows) {
+      result->logits.resize(b * static_cast<int64_t>(c_.vocab_size));  // filled per row below
+    } else {
+      result->logits.clear();
+    }
     result->tokens.assign(b, -1);
   }
   // Rows are independent (distinct slots), so a batch larger than the workspaces is run in
@@ -804,10 +814,13 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows,
   const auto* logits = reinterpret_cast<const float*>(host_.data() + host_logits_);
   const auto* chosen = reinterpret_cast<const int32_t*>(host_.data() + host_chosen_);
   for (int64_t i = 0; i < b; ++i) {
-    // Pad rows keep zero logits, as on the CPU (their statistics are zero from the kernel);
-    // so do rows whose token the device chose.
+    // Pad rows get zero logits, as on the CPU (their statistics are zero from the kernel);
+    // rows whose token the device chose get none.
     if (!host_row(i) || result->logits.empty()) {
       if (any_chosen && rows[i].slot != kPadSlot) result->tokens[row0 + i] = chosen[i];
+      if (rows[i].slot == kPadSlot && !result->logits.empty()) {
+        std::fill_n(&result->logits[(row0 + i) * vocab], vocab, 0.0f);
+      }
       continue;
     }
     std::memcpy(&result->logits[(row0 + i) * vocab], &logits[i * vocab], vocab * sizeof(float));

@@ -365,7 +365,7 @@ absl::Status Engine::DecodeStep(bool* worked) {
   }
   if (rows.empty()) return absl::OkStatus();
   *worked = true;
-  DecodeResult result;
+  DecodeResult& result = decode_result_;
   const absl::Time t0 = absl::Now();
   if (absl::Status s = runner_->DecodeAndChoose(rows, choices, &result); !s.ok()) {
     return StepFailed(s, owners);

@@ -58,7 +58,10 @@ struct DecodeRow {
 };
 
 struct DecodeResult {
-  std::vector<float> logits;   // [rows, vocab]; zero for rows the runner chose a token for
+  // [rows, vocab]; pad rows zero. After DecodeAndChoose: the rows the runner chose a token for
+  // are unspecified, and the array is empty when it chose every live row (so a caller that
+  // reuses a DecodeResult pays for no [rows, vocab] fill it does not read).
+  std::vector<float> logits;
   CgStats stats;               // rows = batch
   std::vector<int32_t> tokens; // [rows]: the runner's choice, or -1 where the caller samples;
                                // empty when the runner chooses none (the CPU runner)

@@ -4,6 +4,7 @@
 // draws. The kernel sums the probabilities in another order and rounds exp in double, so a
 // draw within about 1e-7 of a boundary between two tokens may pick the neighbour: allowed for
 // at most 1 in 500 draws (none seen so far; a wrong temperature, window or order moves most).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <iostream>
@@ -179,6 +180,9 @@ TEST_F(DeviceSamplingTest, RunnerChoosesWhatTheHostWould) {
     ASSERT_TRUE(choosing_runner->DecodeAndChoose(rows, choices, &chosen).ok());
     ASSERT_EQ(chosen.tokens.size(), rows.size());
     EXPECT_EQ(chosen.tokens[1], -1) << "pad row";
+    ASSERT_EQ(chosen.logits.size(), rows.size() * vocab) << "a host row needs logits";
+    EXPECT_EQ(*std::max_element(chosen.logits.begin() + vocab, chosen.logits.begin() + 2 * vocab), 0.0f);
+    EXPECT_EQ(*std::min_element(chosen.logits.begin() + vocab, chosen.logits.begin() + 2 * vocab), 0.0f);
     EXPECT_EQ(chosen.tokens[3], -1) << "top-k is sampled on the host";
     for (size_t i = 0; i < rows.size(); ++i) {
       const absl::Span<const float> want_logits =
@@ -200,6 +204,19 @@ TEST_F(DeviceSamplingTest, RunnerChoosesWhatTheHostWould) {
   }
   EXPECT_EQ(device_chosen, 6 * 3);
   EXPECT_EQ(checked, device_chosen);
+
+  // Every live row chosen on the device: no logits come back at all.
+  std::vector<DecodeRow> rows = {{0, 5, cg}, {kPadSlot, 0, cg}, {3, 9, cg}};
+  PlainChoice greedy;
+  greedy.kind = PlainChoice::Kind::kGreedy;
+  greedy.valid_vocab = vocab;
+  DecodeResult all_chosen;
+  ASSERT_TRUE(choosing_runner->DecodeAndChoose(rows, {greedy, greedy, greedy}, &all_chosen).ok());
+  EXPECT_TRUE(all_chosen.logits.empty());
+  ASSERT_EQ(all_chosen.tokens.size(), 3u);
+  EXPECT_GE(all_chosen.tokens[0], 0);
+  EXPECT_EQ(all_chosen.tokens[1], -1);
+  EXPECT_GE(all_chosen.tokens[2], 0);
 }
 
 }  // namespace
