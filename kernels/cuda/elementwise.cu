@@ -16,15 +16,24 @@ unsigned BlocksFor(int64_t n) {
   return static_cast<unsigned>(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, 65535));
 }
 
+// Rows over grid.y and columns over grid.x (both grid-stride): no 64-bit division per element,
+// which made a flat index cost 75 us per 2048 x 5632 call on an H200 (about 3x its traffic).
 template <typename T>
 __global__ void SwiGluKernel(T* out, const float* gate_up, int64_t rows, int64_t inter) {
-  const int64_t n = rows * inter;
-  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t r = e / inter, j = e % inter;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     const float* g = gate_up + r * 2 * inter;
-    out[e] = FromFloat<T>(Silu(RoundTo<T>(g[j])) * RoundTo<T>(g[inter + j]));
+    T* o = out + r * inter;
+    for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < inter;
+         j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      o[j] = FromFloat<T>(Silu(RoundTo<T>(g[j])) * RoundTo<T>(g[inter + j]));
+    }
   }
+}
+
+// (column blocks, row blocks) for a [rows, width] element-wise kernel of kThreads per block.
+dim3 RowGrid(int64_t rows, int64_t width) {
+  return dim3(static_cast<unsigned>(std::clamp<int64_t>((width + kThreads - 1) / kThreads, 1, 65535)),
+              static_cast<unsigned>(std::clamp<int64_t>(rows, 1, 65535)));
 }
 
 template <typename T>
@@ -54,12 +63,12 @@ __global__ void ToActKernel(T* out, const float* in, int64_t n) {
 template <typename T>
 __global__ void EmbedKernel(T* x, const T* table, const int32_t* tokens, int64_t rows, int64_t d,
                             int64_t vocab) {
-  const int64_t n = rows * d;
-  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t r = e / d, j = e % d;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     const int64_t t = min(max(static_cast<int64_t>(tokens[r]), int64_t{0}), vocab - 1);
-    x[e] = table[t * d + j];
+    for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < d;
+         j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      x[r * d + j] = table[t * d + j];
+    }
   }
 }
 
@@ -79,8 +88,8 @@ absl::Status SwiGlu(void* out, const float* gate_up, int64_t rows, int64_t inter
   if (rows == 0) return absl::OkStatus();
   return DispatchActType(act, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    SwiGluKernel<T><<<BlocksFor(rows * inter), kThreads, 0, stream>>>(static_cast<T*>(out),
-                                                                      gate_up, rows, inter);
+    SwiGluKernel<T><<<RowGrid(rows, inter), kThreads, 0, stream>>>(static_cast<T*>(out), gate_up,
+                                                                   rows, inter);
     MESA_CUDA_RETURN_IF_LAUNCH_FAILED("SwiGluKernel");
     return absl::OkStatus();
   });
@@ -128,7 +137,7 @@ absl::Status Embed(void* x, const void* table, const int32_t* tokens, int64_t ro
   if (rows == 0) return absl::OkStatus();
   return DispatchActType(act, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    EmbedKernel<T><<<BlocksFor(rows * d), kThreads, 0, stream>>>(
+    EmbedKernel<T><<<RowGrid(rows, d), kThreads, 0, stream>>>(
         static_cast<T*>(x), static_cast<const T*>(table), tokens, rows, d, vocab);
     MESA_CUDA_RETURN_IF_LAUNCH_FAILED("EmbedKernel");
     return absl::OkStatus();

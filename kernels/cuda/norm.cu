@@ -51,18 +51,35 @@ FusedAddRmsNormKernel(T* out, T* residual_out, const float* x, const T* residual
   }
 }
 
-// grid (heads, rows), blockDim = k rounded up to a warp (k <= 1024).
-template <typename T>
-__global__ void HeadRmsNormKernel(T* out, const T* o, const T* z, const float* w, int64_t k,
-                                  float eps) {
-  __shared__ float scratch[32];
-  const int64_t base = (static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x) * k;
-  const int64_t j = threadIdx.x;
-  const float v = j < k ? ToFloat<T>(o[base + j]) : 0.0f;
-  const float ss = BlockSum(v * v, scratch);
+// One warp per (row, head), kHeadWarps per block: lane l takes channels l, l + 32, ... (kPer
+// of them, a compile-time bound so they stay in registers), and the sum of squares is a warp
+// sum: no barriers (a block per (head, row) with a block sum cost 30 us per 2048 x 16 x 128
+// call on an H200).
+constexpr int kHeadWarps = 8;
+
+template <typename T, int kPer>
+__global__ void __launch_bounds__(32 * kHeadWarps)
+HeadRmsNormKernel(T* out, const T* o, const T* z, const float* w, int64_t units, int64_t k,
+                  float eps) {
+  const int64_t unit = static_cast<int64_t>(blockIdx.x) * kHeadWarps + (threadIdx.x >> 5);
+  if (unit >= units) return;
+  const int lane = threadIdx.x & 31;
+  const int64_t base = unit * k;
+  float v[kPer];
+  float ss = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int64_t j = lane + 32 * i;
+    v[i] = j < k ? ToFloat<T>(o[base + j]) : 0.0f;
+    ss = fmaf(v[i], v[i], ss);
+  }
+  ss = WarpSum(ss);
   const float inv = 1.0f / sqrtf(ss / static_cast<float>(k) + eps);
-  if (j < k) {
-    float y = __fmul_rn(v, inv) * w[j];
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int64_t j = lane + 32 * i;
+    if (j >= k) continue;
+    float y = __fmul_rn(v[i], inv) * w[j];
     if (z != nullptr) y = y * Silu(ToFloat<T>(z[base + j]));
     out[base + j] = FromFloat<T>(y);
   }
@@ -117,9 +134,24 @@ absl::Status HeadRmsNorm(void* out, const void* o, const void* z, const float* w
   }
   return DispatchActType(act, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const dim3 grid(static_cast<unsigned>(heads), static_cast<unsigned>(rows));
-    HeadRmsNormKernel<T><<<grid, RoundUpToWarp(static_cast<int>(k)), 0, stream>>>(
-        static_cast<T*>(out), static_cast<const T*>(o), static_cast<const T*>(z), w, k, eps);
+    const int64_t units = rows * heads;
+    const unsigned blocks = static_cast<unsigned>((units + kHeadWarps - 1) / kHeadWarps);
+    auto launch = [&](auto kernel) {
+      kernel<<<blocks, 32 * kHeadWarps, 0, stream>>>(static_cast<T*>(out), static_cast<const T*>(o),
+                                                     static_cast<const T*>(z), w, units, k, eps);
+    };
+    const int64_t per = (k + 31) / 32;
+    if (per <= 1) {
+      launch(HeadRmsNormKernel<T, 1>);
+    } else if (per <= 2) {
+      launch(HeadRmsNormKernel<T, 2>);
+    } else if (per <= 4) {
+      launch(HeadRmsNormKernel<T, 4>);
+    } else if (per <= 8) {
+      launch(HeadRmsNormKernel<T, 8>);
+    } else {
+      launch(HeadRmsNormKernel<T, 32>);
+    }
     MESA_CUDA_RETURN_IF_LAUNCH_FAILED("HeadRmsNormKernel");
     return absl::OkStatus();
   });

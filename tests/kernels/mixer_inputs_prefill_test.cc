@@ -163,6 +163,7 @@ std::vector<PrefillMixerCase> Cases() {
       {"t9_h2_k48_w2_bf16_history", {9}, 2, 48, 2, false, S::kBf16, true},
       {"t5_h1_k64_w1_bf16", {5}, 1, 64, 1, false, S::kBf16, false},
       {"t40_h3_k256_w4_bf16_gate", {40}, 3, 256, 4, true, S::kBf16, true},  // 8 channels per lane
+      {"t6_h1_k320_w4_bf16_history", {6}, 1, 320, 4, false, S::kBf16, true},  // the 32-per-lane kernel
       // Packed: every sequence's window starts from its own state.
       {"packed_1_70_2_33_h2_k64_w4_bf16_gate_history", {1, 70, 2, 33}, 2, 64, 4, true, S::kBf16, true},
       {"packed_5_3_1_h3_k48_w4_fp16", {5, 3, 1}, 3, 48, 4, false, S::kFp16, false},

@@ -129,7 +129,9 @@ INSTANTIATE_TEST_SUITE_P(
                       HeadShape{2, 3, 50, true, ScalarType::kFp16},
                       HeadShape{4, 2, 48, false, ScalarType::kFp32},
                       HeadShape{2, 16, 128, true, ScalarType::kFp32},
-                      HeadShape{5, 16, 128, false, ScalarType::kBf16}));
+                      HeadShape{5, 16, 128, false, ScalarType::kBf16},
+                      HeadShape{2, 3, 256, true, ScalarType::kFp16},     // 8 channels per lane
+                      HeadShape{3, 2, 300, true, ScalarType::kBf16}));  // the 32-per-lane kernel
 
 }  // namespace
 }  // namespace mesa::gpu::testing
