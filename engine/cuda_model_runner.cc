@@ -222,6 +222,16 @@ Workspace LayOutWorkspace(const MesaConfig& c, int64_t rows, ArenaLayout& arena)
   return ws;
 }
 
+}  // namespace
+
+int64_t CudaDecodeBucket(int64_t rows, int64_t max_batch) {
+  int64_t bucket = rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4
+                 : rows <= 64 ? (rows + 7) / 8 * 8 : (rows + 31) / 32 * 32;
+  return std::max<int64_t>(rows, std::min(bucket, max_batch));
+}
+
+namespace {
+
 class CudaModelRunnerImpl final : public CudaModelRunner {
  public:
   CudaModelRunnerImpl(MesaWeights weights, const CudaRunnerOptions& options)
@@ -360,9 +370,10 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   // The device work of one step between the argument upload and the result download: the
   // embedding, every layer, the final norm, lm_head and the rounding of the logits.
   absl::Status StepKernels(int64_t b, const StepArgsLayout& args);
-  // StepKernels through a CUDA graph per batch size: the first step of a size runs eagerly
-  // (cuBLASLt chooses its plans, lazy kernels load), the second captures and instantiates the
-  // graph, later ones replay it: one launch instead of about 11 per layer. Every pointer the
+  // StepKernels through a CUDA graph per bucket (b is always one): the first step of a bucket
+  // runs eagerly (cuBLASLt chooses its plans, lazy kernels load), the second captures and
+  // instantiates the graph, later ones replay it: one launch instead of about 11 per layer.
+  // Init runs both for every bucket, so requests only ever replay. Every pointer the
   // step uses is fixed (workspace, weights, the argument block), so the graph stays valid.
   absl::Status RunStep(int64_t b, const StepArgsLayout& args);
 
@@ -393,7 +404,7 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
     int eager_steps = 0;
     cudaGraphExec_t exec = nullptr;
   };
-  std::map<int64_t, StepGraph> graphs_;  // by batch size
+  std::map<int64_t, StepGraph> graphs_;  // by bucket (CudaDecodeBucket)
 };
 
 absl::Status CudaModelRunnerImpl::Init() {
@@ -455,12 +466,16 @@ absl::Status CudaModelRunnerImpl::Init() {
   host_chosen_ = AlignUp(host_residual_ + L * ws_rows_ * H * sizeof(float));
   MESA_RETURN_IF_ERROR(host_.Allocate(host_chosen_ + ws_rows_ * sizeof(int32_t)));
 
-  // Warm-up: all-pad steps (no state is read or written) at the largest batch and at 1, so that
-  // lazy kernel loading and cuBLAS's per-shape setup happen here rather than on a request.
-  for (int64_t b : {max_batch_, int64_t{1}}) {
-    std::vector<DecodeRow> pads(b);
+  // Warm-up: all-pad steps (no state is read or written) at every bucket, twice with CUDA
+  // graphs (the first runs eagerly, the second captures), so that lazy kernel loading,
+  // cuBLASLt's per-shape plans and every graph are made here rather than on a request.
+  for (int64_t b = 1; b <= max_batch_; b = CudaDecodeBucket(b, max_batch_) + 1) {
+    const int64_t bucket = CudaDecodeBucket(b, max_batch_);
+    std::vector<DecodeRow> pads(bucket);
     DecodeResult ignored;
-    MESA_RETURN_IF_ERROR(DecodeChunk(pads, {}, 0, &ignored));
+    for (int pass = 0; pass < (options_.cuda_graphs ? 2 : 1); ++pass) {
+      MESA_RETURN_IF_ERROR(DecodeChunk(pads, {}, 0, &ignored));
+    }
   }
   return absl::OkStatus();
 }
@@ -730,19 +745,21 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows,
   const int64_t L = c_.num_hidden_layers, H = c_.num_heads;
   const int64_t vocab = c_.vocab_size;
   if (b == 0) return absl::OkStatus();
+  // The step runs at its bucket: rows [b, n) are pads.
+  const int64_t n = CudaDecodeBucket(b, max_batch_);
 
   // Stage the step's arguments on the host and upload them in one copy.
-  const StepArgsLayout args = StepArgsLayout::For(L, b);
+  const StepArgsLayout args = StepArgsLayout::For(L, n);
   char* staged = host_.data();
   float** tables = reinterpret_cast<float**>(staged + args.tables);
   auto* cg = reinterpret_cast<CgControl*>(staged + args.cg);
   auto* tokens = reinterpret_cast<int32_t*>(staged + args.tokens);
   auto* row_choices = reinterpret_cast<gpu::RowChoice*>(staged + args.choices);
   bool any_chosen = false;  // a row whose token the device chooses
-  for (int64_t i = 0; i < b; ++i) {
-    const bool pad = rows[i].slot == kPadSlot;
+  for (int64_t i = 0; i < n; ++i) {
+    const bool pad = i >= b || rows[i].slot == kPadSlot;
     tokens[i] = pad ? 0 : rows[i].token;
-    cg[i] = rows[i].cg;
+    cg[i] = i < b ? rows[i].cg : CgControl{};
     gpu::RowChoice rc;
     if (!pad && !choices.empty() && choices[i].kind != PlainChoice::Kind::kHost) {
       rc.kind = static_cast<int32_t>(choices[i].kind);
@@ -754,16 +771,16 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows,
     row_choices[i] = rc;
     for (int64_t l = 0; l < L; ++l) {
       float* state = pad ? nullptr : SlotState(rows[i].slot) + l * layer_.stride;
-      tables[(l * 4 + 0) * b + i] = pad ? nullptr : state + layer_.h_kk;
-      tables[(l * 4 + 1) * b + i] = pad ? nullptr : state + layer_.h_kv;
-      tables[(l * 4 + 2) * b + i] = pad ? nullptr : state + layer_.conv_q;
-      tables[(l * 4 + 3) * b + i] = pad ? nullptr : state + layer_.conv_k;
+      tables[(l * 4 + 0) * n + i] = pad ? nullptr : state + layer_.h_kk;
+      tables[(l * 4 + 1) * n + i] = pad ? nullptr : state + layer_.h_kv;
+      tables[(l * 4 + 2) * n + i] = pad ? nullptr : state + layer_.conv_q;
+      tables[(l * 4 + 3) * n + i] = pad ? nullptr : state + layer_.conv_k;
     }
   }
   MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(Ws(ws_.args), staged, args.bytes,
                                             cudaMemcpyHostToDevice, stream_));
 
-  MESA_RETURN_IF_ERROR(RunStep(b, args));
+  MESA_RETURN_IF_ERROR(RunStep(n, args));
 
   // Copy back the logits of the rows the host samples (all of them unless the device chose
   // some: then runs of the others, and the chosen tokens) and the CG statistics, then wait:
@@ -779,7 +796,7 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows,
                                               stream_));
   } else {
     gpu::SampleRowsParams sp;
-    sp.rows = static_cast<int32_t>(b);
+    sp.rows = static_cast<int32_t>(b);  // the bucket's pad rows choose nothing
     sp.vocab = static_cast<int32_t>(vocab);
     sp.logits = Ws<float>(ws_.logits);
     sp.choices = Ws<gpu::RowChoice>(ws_.args + args.choices);
@@ -802,7 +819,7 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows,
       i = end;
     }
   }
-  const size_t stat_count = static_cast<size_t>(L * b * H);
+  const size_t stat_count = static_cast<size_t>(L * n * H);  // [L, n, H] on the device
   MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + host_iters_, Ws(ws_.iters),
                                             stat_count * sizeof(int32_t), cudaMemcpyDeviceToHost,
                                             stream_));
@@ -825,7 +842,7 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows,
     }
     std::memcpy(&result->logits[(row0 + i) * vocab], &logits[i * vocab], vocab * sizeof(float));
   }
-  if (!result->stats.iters.empty()) CopyStats(b, 0, b, row0, &result->stats);
+  if (!result->stats.iters.empty()) CopyStats(n, 0, b, row0, &result->stats);
   return absl::OkStatus();
 }
 

@@ -35,8 +35,8 @@ struct CudaRunnerOptions {
   // 2048: a 2048-token prompt of the 1.3B took 35.7 ms in one segment against 39.9 ms in four
   // of 512 (H200, mesaserve-bench model --prefill-segment, docs/benchmarks.md).
   int32_t max_prefill_tokens = 2048;
-  // Replay each batch size's decode step as a CUDA graph from its second step on (off: every
-  // step launches its kernels one by one; same results).
+  // Replay decode steps as CUDA graphs, one per batch bucket (CudaDecodeBucket), captured at
+  // creation (off: every step launches its kernels one by one; same results).
   bool cuda_graphs = true;
   // Device memory left free after creation for what the runner does not allocate itself and
   // cannot count exactly: the CUDA context's growth, lazily loaded kernels and cuBLASLt's
@@ -44,6 +44,12 @@ struct CudaRunnerOptions {
   // reading, so it is already excluded).
   size_t reserve_bytes = size_t{256} << 20;
 };
+
+// The row count a decode step of `rows` rows runs at: pad rows fill it up to 1, 2, 4, then a
+// multiple of 8 up to 64, then of 32 (never past max_batch). A step's cost barely changes with
+// a few pad rows (their state is never touched; the GEMMs' m grows a little), and it bounds the
+// CUDA graphs to about 17 for 256 rows, all captured at creation, none on the request path.
+int64_t CudaDecodeBucket(int64_t rows, int64_t max_batch);
 
 // Device memory the runner needs, by use (bytes).
 struct CudaMemoryPlan {

@@ -10,6 +10,7 @@
 
 #include <iostream>
 #include <limits>
+#include <set>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -224,6 +225,25 @@ TEST(CudaMemoryPlan, SlotsThatFitFillTheFreeMemoryUpToTheCap) {
   EXPECT_TRUE(absl::StrContains(none.message(), "leave 50 of the 1650 bytes")) << none;
   EXPECT_TRUE(absl::StrContains(none.message(), "one slot needs 100")) << none;
   EXPECT_EQ(CudaSlotsThatFit(plan, 900, 256).status().code(), absl::StatusCode::kResourceExhausted);
+}
+
+TEST(CudaDecodeBucket, PadsToFewSizes) {
+  EXPECT_EQ(CudaDecodeBucket(1, 256), 1);
+  EXPECT_EQ(CudaDecodeBucket(3, 256), 4);
+  EXPECT_EQ(CudaDecodeBucket(5, 256), 8);
+  EXPECT_EQ(CudaDecodeBucket(64, 256), 64);
+  EXPECT_EQ(CudaDecodeBucket(65, 256), 96);
+  EXPECT_EQ(CudaDecodeBucket(250, 256), 256);
+  EXPECT_EQ(CudaDecodeBucket(5, 6), 6);  // never past the largest step
+  EXPECT_EQ(CudaDecodeBucket(3, 3), 3);
+  std::set<int64_t> buckets;
+  for (int64_t b = 1; b <= 256; ++b) {
+    const int64_t bucket = CudaDecodeBucket(b, 256);
+    EXPECT_GE(bucket, b);
+    EXPECT_LE(bucket, 256);
+    buckets.insert(bucket);
+  }
+  EXPECT_EQ(buckets.size(), 17u);  // the graphs a 256-row runner captures at creation
 }
 
 TEST(CudaMemoryPlan, SlotLayoutIsTheCpuRunners) {
