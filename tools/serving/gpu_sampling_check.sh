@@ -3,7 +3,8 @@
 # the server on the random 1.3B (vocab 32,000; written by tools/serving/random_13b.sh, needs
 # fla's wheels in .whl/). For each setting, starts `mesaserve serve --device cuda` and runs
 # `mesaserve loadtest` with short prompts at concurrency CONCS (default "8 64"), plain sampling
-# at temperature 1.0 (a device choice) and greedy, then SIGTERMs the server.
+# at temperature 1.0 (a device choice) and greedy, then SIGTERMs the server. SETTINGS (default
+# "on off") picks the settings; the time from start to a SERVING health answer is logged.
 #   BUILD_DIR=build-cuda tools/serving/pack_server.sh   (here), then
 #   run(command="bash tools/serving/gpu_sampling_check.sh", carry=["build-server", ".whl/<fla wheels>"])
 set -u
@@ -15,12 +16,14 @@ CUDA_LIB=$(dirname "$(ls /usr/local/cuda/lib64/libcublasLt.so.13* 2>/dev/null | 
 export LD_LIBRARY_PATH=/tmp/mserve/lib:${CUDA_LIB:-/usr/local/cuda/lib64}
 BIN=/tmp/mserve/mesaserve
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$LOG"
-for setting in on off; do
+for setting in ${SETTINGS:-on off}; do
   flag=--device-sampling; [ "$setting" = off ] && flag=--no-device-sampling
   "$BIN" serve --model /tmp/m13 --device cuda --slots 64 $flag \
     --listen 127.0.0.1:50093 --metrics-listen "" > /tmp/sampling_server.log 2>&1 &
   SERVER=$!
-  for i in $(seq 120); do "$BIN" health --address 127.0.0.1:50093 >/dev/null 2>&1 && break; sleep 1; done
+  T0=$(date +%s.%N)
+  for i in $(seq 600); do "$BIN" health --address 127.0.0.1:50093 >/dev/null 2>&1 && break; sleep 0.2; done
+  echo "== device sampling $setting: serving after $(echo "$(date +%s.%N) - $T0" | bc) s" | tee -a "$LOG"
   for temp in 1.0 0; do
     for c in ${CONCS:-8 64}; do
       echo "== device sampling $setting, temperature $temp, concurrency $c" | tee -a "$LOG"
