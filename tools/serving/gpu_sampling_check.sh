@@ -23,7 +23,7 @@ for setting in ${SETTINGS:-on off}; do
   SERVER=$!
   T0=$(date +%s.%N)
   for i in $(seq 600); do "$BIN" health --address 127.0.0.1:50093 >/dev/null 2>&1 && break; sleep 0.2; done
-  echo "== device sampling $setting: serving after $(echo "$(date +%s.%N) - $T0" | bc) s" | tee -a "$LOG"
+  echo "== device sampling $setting: serving after $(awk "BEGIN {printf \"%.1f\", $(date +%s.%N) - $T0}") s" | tee -a "$LOG"
   for temp in 1.0 0; do
     for c in ${CONCS:-8 64}; do
       echo "== device sampling $setting, temperature $temp, concurrency $c" | tee -a "$LOG"
