@@ -279,6 +279,12 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
 
  private:
   absl::Status CheckSlot(SlotId slot) const { return CheckSlotInPool(slot, options_.num_slots); }
+  // Whether SampleRows makes this choice (truncation keeps a row in shared memory, so long
+  // vocabularies go to the host).
+  bool DeviceChooses(const PlainChoice& c) const {
+    return c.kind != PlainChoice::Kind::kHost &&
+           (c.kind != PlainChoice::Kind::kTruncated || c_.vocab_size <= gpu::kMaxTruncatedSampleVocab);
+  }
   // Every entry point: refuse after a sticky fault, and make the runner's device current on the
   // calling thread (the CUDA runtime's current device is per thread, and the engine thread is
   // not the one that created the runner).
@@ -673,7 +679,7 @@ absl::Status CudaModelRunnerImpl::DecodeAndChoose(absl::Span<const DecodeRow> ro
   // Logits only where the caller samples (model_runner.h): rows it does not read are not filled.
   bool host_rows = choices.empty();
   for (size_t i = 0; i < choices.size() && !host_rows; ++i) {
-    host_rows = rows[i].slot != kPadSlot && choices[i].kind == PlainChoice::Kind::kHost;
+    host_rows = rows[i].slot != kPadSlot && !DeviceChooses(choices[i]);
   }
   if (choices.empty()) {
     result->logits.assign(b * static_cast<int64_t>(c_.vocab_size), 0.0f);
@@ -755,18 +761,24 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows,
   auto* cg = reinterpret_cast<CgControl*>(staged + args.cg);
   auto* tokens = reinterpret_cast<int32_t*>(staged + args.tokens);
   auto* row_choices = reinterpret_cast<gpu::RowChoice*>(staged + args.choices);
-  bool any_chosen = false;  // a row whose token the device chooses
+  bool any_chosen = false;     // a row whose token the device chooses
+  bool any_truncated = false;  // ... with truncation (a second kernel)
   for (int64_t i = 0; i < n; ++i) {
     const bool pad = i >= b || rows[i].slot == kPadSlot;
     tokens[i] = pad ? 0 : rows[i].token;
     cg[i] = i < b ? rows[i].cg : CgControl{};
     gpu::RowChoice rc;
-    if (!pad && !choices.empty() && choices[i].kind != PlainChoice::Kind::kHost) {
+    if (!pad && !choices.empty() && DeviceChooses(choices[i])) {
+      const bool truncated = choices[i].kind == PlainChoice::Kind::kTruncated;
       rc.kind = static_cast<int32_t>(choices[i].kind);
       rc.temperature = choices[i].temperature;
       rc.draw = choices[i].draw;
       rc.valid_vocab = choices[i].valid_vocab;
+      rc.top_k = choices[i].top_k;
+      rc.top_p = choices[i].top_p;
+      rc.min_p = choices[i].min_p;
       any_chosen = true;
+      any_truncated = any_truncated || truncated;
     }
     row_choices[i] = rc;
     for (int64_t l = 0; l < L; ++l) {
@@ -801,6 +813,7 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows,
     sp.logits = Ws<float>(ws_.logits);
     sp.choices = Ws<gpu::RowChoice>(ws_.args + args.choices);
     sp.tokens = Ws<int32_t>(ws_.chosen);
+    sp.any_truncated = any_truncated;
     sp.stream = stream_;
     MESA_RETURN_IF_ERROR(gpu::SampleRows(sp));
     MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + host_chosen_, Ws(ws_.chosen),

@@ -1,7 +1,7 @@
-// A token choice that needs nothing but the raw logits row, the temperature and one uniform
-// draw: what a runner can make on its device without sending the row to the host
-// (DecodeRow::choice in engine/model_runner.h). Sampler::NextChoice makes them, with the rule
-// of Sampler::Sample for these cases.
+// A token choice that needs nothing but the raw logits row, the sampling parameters and one
+// uniform draw: what a runner can make on its device without sending the row to the host
+// (ModelRunner::DecodeAndChoose). Sampler::NextChoice makes them, with the rule of
+// Sampler::Sample for these cases.
 #pragma once
 
 #include <cstdint>
@@ -13,9 +13,15 @@ struct PlainChoice {
     kHost = 0,     // penalties, truncation (top-k/p, min-p) or logprobs: the caller samples
     kGreedy = 1,   // the first id with the largest logit
     kSoftmax = 2,  // inverse CDF of softmax(logits / temperature) in id order at u = draw * mass
+    // Softmax with top-k / min-p / top-p truncation: the kept candidates in decreasing
+    // probability (ties: smaller id first), the first whose running sum passes u = draw * mass.
+    kTruncated = 3,
   };
   Kind kind = Kind::kHost;
   float temperature = 1.0f;
+  int32_t top_k = 0;    // kTruncated: as SamplingParams
+  float top_p = 1.0f;
+  float min_p = 0.0f;
   double draw = 0.0;  // in [0, 1); also what a kHost choice with temperature > 0 samples with
   int32_t valid_vocab = 0;  // ids [0, valid_vocab) can be chosen (the tokenizer's pieces)
 };

@@ -68,10 +68,13 @@ PlainChoice Sampler::NextChoice(bool want_logprobs) {
   if (want_logprobs || HasPenalties()) return c;
   if (params_.temperature == 0.0f) {
     c.kind = PlainChoice::Kind::kGreedy;
-  } else if (!Truncates()) {
-    c.kind = PlainChoice::Kind::kSoftmax;
-    c.temperature = params_.temperature;
+    return c;
   }
+  c.kind = Truncates() ? PlainChoice::Kind::kTruncated : PlainChoice::Kind::kSoftmax;
+  c.temperature = params_.temperature;
+  c.top_k = params_.top_k;
+  c.top_p = params_.top_p;
+  c.min_p = params_.min_p;
   return c;
 }
 

@@ -40,9 +40,9 @@ class Sampler {
 
   // Records a token of the context (prompt or generated) for the penalties.
   void Observe(int32_t token);
-  // The next choice as a PlainChoice when it is one (no penalty, no truncation; the caller
-  // adds logprobs to the list of things that need the host), consuming the random draw the
-  // choice takes: pass that choice to Sample if the token is chosen on the host after all.
+  // The next choice as a PlainChoice when it is one (no penalty; the caller adds logprobs to
+  // the list of things that need the host), consuming the random draw the choice takes: pass
+  // that choice to Sample if the token is chosen on the host after all.
   PlainChoice NextChoice(bool want_logprobs);
   // Chooses the next token from `logits` (model vocab size). `top_logprobs` (optional) gets the
   // n most likely tokens under the unpenalised, untempered distribution, `chosen_logprob`

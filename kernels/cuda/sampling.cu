@@ -70,6 +70,7 @@ __global__ void __launch_bounds__(kThreads) SampleRowsKernel(SampleRowsParams p)
     if (threadIdx.x == 0) p.tokens[row] = -1;
     return;
   }
+  if (c.kind == 3) return;  // TruncatedSampleKernel
   const float* l = p.logits + static_cast<int64_t>(row) * p.vocab;
   const int n = c.valid_vocab > 0 && c.valid_vocab < p.vocab ? c.valid_vocab : p.vocab;
   const int span = (n + kThreads - 1) / kThreads;
@@ -114,6 +115,145 @@ __global__ void __launch_bounds__(kThreads) SampleRowsKernel(SampleRowsParams p)
   if (threadIdx.x == 0) p.tokens[row] = found >= 0 ? found : last_candidate.id;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Truncated softmax (kind 3). The row's candidate probabilities go to shared memory once; a
+// candidate's rank is its key (bits of p << 32 | ~id): a larger key is a larger p, or the same p
+// and a smaller id, which is the CPU's order. Every cut and the final draw are "the first key,
+// in decreasing order, where a running weight reaches a target", found by a radix descent over
+// the 64-bit key, 8 bits per pass, with a 256-bin histogram of the weights (counts, or masses in
+// fixed point: integer sums are exact, so the result does not depend on the order of atomics).
+
+constexpr double kMassScale = 17592186044416.0;  // 2^44: 49,152 masses of at most 1 stay < 2^60
+
+__device__ __forceinline__ uint64_t KeyOf(float prob, int id) {
+  return (static_cast<uint64_t>(__float_as_uint(prob)) << 32) | (0xffffffffu - static_cast<uint32_t>(id));
+}
+__device__ __forceinline__ uint64_t MassOf(float prob) {
+  return static_cast<uint64_t>(static_cast<double>(prob) * kMassScale + 0.5);
+}
+
+struct DescentScratch {
+  unsigned long long hist[256];
+  unsigned long long prefix, above, total;
+  int count;
+};
+
+// Sum of the weights (mass or 1) of the candidates with key >= floor_key.
+__device__ uint64_t WeightFrom(const float* probs, int n, uint64_t floor_key, bool mass,
+                               DescentScratch& s) {
+  if (threadIdx.x == 0) s.total = 0;
+  __syncthreads();
+  unsigned long long mine = 0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const float pr = probs[i];
+    if (pr > 0.0f && KeyOf(pr, i) >= floor_key) mine += mass ? MassOf(pr) : 1;
+  }
+  atomicAdd(&s.total, mine);
+  __syncthreads();
+  const uint64_t total = s.total;
+  __syncthreads();
+  return total;
+}
+
+// The largest key among the candidates with key >= floor_key whose running weight, summed in
+// decreasing key order up to and including it, reaches `target`; the smallest such key when
+// the target is beyond the total.
+__device__ uint64_t Descend(const float* probs, int n, uint64_t floor_key, bool mass,
+                            uint64_t target, DescentScratch& s) {
+  uint64_t prefix = 0, above = 0;
+  for (int pass = 0; pass < 8; ++pass) {
+    const int shift = 56 - 8 * pass;
+    for (int d = threadIdx.x; d < 256; d += blockDim.x) s.hist[d] = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+      const float pr = probs[i];
+      if (!(pr > 0.0f)) continue;
+      const uint64_t key = KeyOf(pr, i);
+      if (key < floor_key) continue;
+      if (pass > 0 && (key >> (shift + 8)) != (prefix >> (shift + 8))) continue;
+      atomicAdd(&s.hist[(key >> shift) & 255], mass ? MassOf(pr) : 1ull);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int chosen = -1, lowest = -1;
+      for (int d = 255; d >= 0; --d) {
+        const uint64_t h = s.hist[d];
+        if (h == 0) continue;
+        lowest = d;
+        if (above + h >= target) {
+          chosen = d;
+          break;
+        }
+        above += h;
+      }
+      if (chosen < 0 && lowest >= 0) {  // target beyond the total: the smallest key
+        chosen = lowest;
+        above -= s.hist[lowest];
+      }
+      s.prefix = prefix | (static_cast<uint64_t>(chosen < 0 ? 0 : chosen) << shift);
+      s.above = above;
+    }
+    __syncthreads();
+    prefix = s.prefix;
+    above = s.above;
+    __syncthreads();
+  }
+  return prefix;
+}
+
+__global__ void __launch_bounds__(kThreads) TruncatedSampleKernel(SampleRowsParams p) {
+  extern __shared__ float probs[];  // [n]: p of the candidates, 0 elsewhere
+  __shared__ DescentScratch s;
+  __shared__ Best best_scratch[kThreads / 32];
+  const int row = blockIdx.x;
+  const RowChoice c = p.choices[row];
+  if (c.kind != 3) return;
+  const float* l = p.logits + static_cast<int64_t>(row) * p.vocab;
+  const int n = c.valid_vocab > 0 && c.valid_vocab < p.vocab ? c.valid_vocab : p.vocab;
+  Best mine{-FLT_MAX, n};
+  for (int i = threadIdx.x; i < n; i += blockDim.x) mine = Better(mine, Best{l[i], i});
+  const float top = BlockBest(mine, best_scratch).value;
+  const float inv_t = 1.0f / c.temperature;
+  if (threadIdx.x == 0) s.count = 0;
+  __syncthreads();
+  int candidates = 0, above_min_p = 0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const float z = __fmul_rn(__fsub_rn(l[i], top), inv_t);
+    const float pr = z > -kCandidateWindow ? Prob(z) : 0.0f;
+    probs[i] = pr;
+    candidates += pr > 0.0f;
+  }
+  atomicAdd(&s.count, candidates);
+  __syncthreads();
+  int keep = s.count;
+  __syncthreads();
+  if (c.top_k > 0) keep = min(keep, c.top_k);
+  if (c.min_p > 0.0f) {
+    // p_max is exp(0) = 1 (the top logit's z is 0), as the CPU's max over the candidates.
+    const float threshold = c.min_p * 1.0f;
+    if (threadIdx.x == 0) s.count = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) above_min_p += probs[i] > 0.0f && probs[i] >= threshold;
+    atomicAdd(&s.count, above_min_p);
+    __syncthreads();
+    keep = min(keep, max(1, s.count));
+    __syncthreads();
+  }
+  // The keep-th key: the count cut (top-k, min-p).
+  uint64_t cut = Descend(probs, n, 0, false, static_cast<uint64_t>(keep), s);
+  if (c.top_p < 1.0f) {
+    // The shortest prefix whose mass reaches top_p of the kept mass.
+    const uint64_t kept = WeightFrom(probs, n, cut, true, s);
+    const uint64_t target = max(1ull, static_cast<unsigned long long>(ceil(static_cast<double>(c.top_p) * kept)));
+    cut = Descend(probs, n, cut, true, target, s);
+  }
+  // The draw: the first key whose running mass exceeds u = draw * mass.
+  const uint64_t mass = WeightFrom(probs, n, cut, true, s);
+  const uint64_t target = static_cast<uint64_t>(floor(c.draw * static_cast<double>(mass))) + 1;
+  const uint64_t chosen = Descend(probs, n, cut, true, target, s);
+  if (threadIdx.x == 0) p.tokens[row] = static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(chosen));
+}
+
 }  // namespace
 
 absl::Status SampleRows(const SampleRowsParams& p) {
@@ -127,6 +267,19 @@ absl::Status SampleRows(const SampleRowsParams& p) {
   }
   SampleRowsKernel<<<p.rows, kThreads, 0, p.stream>>>(p);
   MESA_CUDA_RETURN_IF_LAUNCH_FAILED("SampleRowsKernel");
+  if (p.any_truncated) {
+    if (p.vocab > kMaxTruncatedSampleVocab) {
+      return absl::InvalidArgumentError(absl::StrCat("SampleRows: truncated sampling takes rows of at most ",
+                                                     kMaxTruncatedSampleVocab, " ids, not ", p.vocab));
+    }
+    const int smem = static_cast<int>(p.vocab * sizeof(float));
+    static const cudaError_t attr = cudaFuncSetAttribute(
+        TruncatedSampleKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        static_cast<int>(kMaxTruncatedSampleVocab * sizeof(float)));
+    MESA_CUDA_RETURN_IF_ERROR(attr);
+    TruncatedSampleKernel<<<p.rows, kThreads, smem, p.stream>>>(p);
+    MESA_CUDA_RETURN_IF_LAUNCH_FAILED("TruncatedSampleKernel");
+  }
   return absl::OkStatus();
 }
 

@@ -1,9 +1,11 @@
 // Token choice on the GPU (kernels/cuda/sampling.h, CudaModelRunner::DecodeAndChoose) against
 // the engine's Sampler, the rule it must reproduce: greedy (first maximum, padded vocab
-// excluded) and untruncated softmax sampling at several temperatures, with the same uniform
-// draws. The kernel sums the probabilities in another order and rounds exp in double, so a
-// draw within about 1e-7 of a boundary between two tokens may pick the neighbour: allowed for
-// at most 1 in 500 draws (none seen so far; a wrong temperature, window or order moves most).
+// excluded), softmax sampling at several temperatures, and softmax with top-k, top-p and min-p
+// truncation (bf16 logits: many exact ties, which the order must break by id), with the same
+// uniform draws. The kernel sums the probabilities in another order (and in fixed point for
+// truncation) and rounds exp in double, so a draw within about 1e-7 of a boundary between two
+// tokens may pick the neighbour: allowed for at most 1 in 500 draws (a wrong temperature,
+// window, cut or order moves most).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -46,6 +48,9 @@ gpu::RowChoice ToRow(const PlainChoice& c) {
   rc.temperature = c.temperature;
   rc.draw = c.draw;
   rc.valid_vocab = c.valid_vocab;
+  rc.top_k = c.top_k;
+  rc.top_p = c.top_p;
+  rc.min_p = c.min_p;
   return rc;
 }
 
@@ -55,13 +60,24 @@ TEST_F(DeviceSamplingTest, KernelMatchesTheSampler) {
   struct Case {
     int vocab, valid;
     float temperature, spread;
+    int top_k = 0;
+    float top_p = 1.0f, min_p = 0.0f;
   };
   const Case cases[] = {{1000, 1000, 1.0f, 2.0f}, {1000, 990, 0.7f, 3.0f},
                         {32000, 31990, 1.0f, 3.0f}, {32000, 32000, 1.7f, 1.0f},
-                        {50, 50, 0.1f, 1.0f}, {32000, 31990, 0.0f, 3.0f}};
+                        {50, 50, 0.1f, 1.0f}, {32000, 31990, 0.0f, 3.0f},
+                        // Truncated.
+                        {1000, 1000, 1.0f, 2.0f, 5}, {32000, 31990, 0.8f, 3.0f, 50},
+                        {32000, 32000, 1.0f, 1.0f, 1}, {1000, 990, 1.0f, 1.0f, 2000},
+                        {32000, 32000, 1.0f, 3.0f, 0, 0.9f}, {32000, 31990, 1.5f, 1.0f, 0, 0.5f},
+                        {1000, 1000, 0.7f, 2.0f, 0, 0.99f}, {32000, 32000, 1.0f, 2.0f, 0, 1.0f, 0.05f},
+                        {1000, 1000, 1.0f, 1.0f, 0, 1.0f, 0.3f},
+                        {32000, 31990, 0.9f, 2.0f, 40, 0.9f},
+                        {32000, 32000, 1.2f, 1.5f, 100, 0.95f, 0.1f}};
   for (const Case& c : cases) {
     SCOPED_TRACE(::testing::Message() << "vocab " << c.vocab << " valid " << c.valid << " T "
-                                      << c.temperature);
+                                      << c.temperature << " top_k " << c.top_k << " top_p "
+                                      << c.top_p << " min_p " << c.min_p);
     constexpr int kRows = 64, kRounds = 8;
     std::mt19937 rng(static_cast<uint32_t>(c.vocab + 1000 * c.temperature));
     std::vector<float> logits = Logits(rng, kRows, c.vocab, c.spread);
@@ -74,6 +90,10 @@ TEST_F(DeviceSamplingTest, KernelMatchesTheSampler) {
     MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_tokens, Upload(std::vector<int32_t>(kRows, -7)));
     SamplingParams sp;
     sp.temperature = c.temperature;
+    sp.top_k = c.top_k;
+    sp.top_p = c.top_p;
+    sp.min_p = c.min_p;
+    const bool truncated = c.temperature > 0.0f && (c.top_k > 0 || c.top_p < 1.0f || c.min_p > 0.0f);
     int draws = 0, differ = 0;
     for (int round = 0; round < kRounds; ++round) {
       std::vector<gpu::RowChoice> rows(kRows);
@@ -83,7 +103,9 @@ TEST_F(DeviceSamplingTest, KernelMatchesTheSampler) {
         Sampler host(sp, c.valid);
         Sampler twin(sp, c.valid);
         const PlainChoice choice = host.NextChoice(false);
-        ASSERT_NE(choice.kind, PlainChoice::Kind::kHost);
+        ASSERT_EQ(choice.kind, c.temperature == 0.0f ? PlainChoice::Kind::kGreedy
+                               : truncated          ? PlainChoice::Kind::kTruncated
+                                                    : PlainChoice::Kind::kSoftmax);
         rows[r] = ToRow(choice);
         // The twin draws the same number from its own stream, as Sample would.
         want[r] = twin.Sample(absl::MakeConstSpan(logits).subspan(static_cast<size_t>(r) * c.vocab, c.vocab));
@@ -95,6 +117,7 @@ TEST_F(DeviceSamplingTest, KernelMatchesTheSampler) {
       p.logits = d_logits.as<float>();
       p.choices = d_rows.as<gpu::RowChoice>();
       p.tokens = d_tokens.as<int32_t>();
+      p.any_truncated = truncated;
       MESA_ASSERT_OK(gpu::SampleRows(p));
       MESA_ASSERT_OK(Sync());
       MESA_ASSERT_OK_AND_ASSIGN(std::vector<int32_t> got, Download<int32_t>(d_tokens, kRows));
@@ -110,7 +133,8 @@ TEST_F(DeviceSamplingTest, KernelMatchesTheSampler) {
       EXPECT_EQ(got[0], 7) << "ties go to the first id";
       EXPECT_NE(got[1], c.vocab - 1) << "ids past valid_vocab are never chosen";
     }
-    std::cout << "[ device sampling ] vocab " << c.vocab << " T " << c.temperature << ": " << differ
+    std::cout << "[ device sampling ] vocab " << c.vocab << " T " << c.temperature << " top_k "
+              << c.top_k << " top_p " << c.top_p << " min_p " << c.min_p << ": " << differ
               << " of " << draws << " draws differ from the host's\n";
     EXPECT_LE(differ, draws / 500);
   }
@@ -154,13 +178,15 @@ TEST_F(DeviceSamplingTest, RunnerChoosesWhatTheHostWould) {
   ASSERT_TRUE(logits_runner && choosing_runner);
   const int32_t vocab = logits_runner->config().vocab_size;
   const CgControl cg{CgMode::kFixed, 30, 0.0f};
-  // Rows: greedy, softmax T 0.8, a pad, host (top-k), softmax T 1.3.
+  // Rows: greedy, softmax T 0.8, a pad, top-k 5 with logprobs (the host's), softmax T 1.3 with
+  // top-p 0.9 (the truncation kernel).
   const std::vector<SlotId> slots = {2, kPadSlot, 0, 4, 1};
   std::vector<SamplingParams> params(5);
   params[0].temperature = 0.0f;
   params[2].temperature = 0.8f;
   params[3].top_k = 5;
   params[4].temperature = 1.3f;
+  params[4].top_p = 0.9f;
   int device_chosen = 0, checked = 0;
   for (int step = 0; step < 6; ++step) {
     std::vector<DecodeRow> rows;
@@ -171,9 +197,9 @@ TEST_F(DeviceSamplingTest, RunnerChoosesWhatTheHostWould) {
       rows.push_back({slots[i], static_cast<int32_t>((11 * step + 5 * i + 1) % vocab), cg});
       params[i].seed = 100 * step + i;
       Sampler s(params[i], vocab);
-      choices.push_back(s.NextChoice(false));
+      choices.push_back(s.NextChoice(/*want_logprobs=*/i == 3));
       twins.emplace_back(params[i], vocab);
-      twin_choices.push_back(twins.back().NextChoice(false));
+      twin_choices.push_back(twins.back().NextChoice(i == 3));
     }
     DecodeResult plain, chosen;
     ASSERT_TRUE(logits_runner->Decode(rows, &plain).ok());
@@ -183,7 +209,7 @@ TEST_F(DeviceSamplingTest, RunnerChoosesWhatTheHostWould) {
     ASSERT_EQ(chosen.logits.size(), rows.size() * vocab) << "a host row needs logits";
     EXPECT_EQ(*std::max_element(chosen.logits.begin() + vocab, chosen.logits.begin() + 2 * vocab), 0.0f);
     EXPECT_EQ(*std::min_element(chosen.logits.begin() + vocab, chosen.logits.begin() + 2 * vocab), 0.0f);
-    EXPECT_EQ(chosen.tokens[3], -1) << "top-k is sampled on the host";
+    EXPECT_EQ(chosen.tokens[3], -1) << "a row that wants logprobs is sampled on the host";
     for (size_t i = 0; i < rows.size(); ++i) {
       const absl::Span<const float> want_logits =
           absl::MakeConstSpan(plain.logits).subspan(i * vocab, vocab);
