@@ -51,6 +51,8 @@ struct Options {
   int64_t max_new_tokens_min = 0;  // > 0: drawn uniformly from [min, max_new_tokens]
   bool ignore_eos = true;
   double temperature = -1;  // < 0: the server's default
+  int64_t top_k = 0;        // 0: off
+  double top_p = 1.0;       // 1: off
   std::string mode = "stream";
   std::string cg_mode;  // empty: the server's default
   double cg_tol = 0;
@@ -186,6 +188,8 @@ class LoadTest {
     }
     v1::SamplingParams* s = req.mutable_sampling();
     if (o_.temperature >= 0) s->set_temperature(static_cast<float>(o_.temperature));
+    if (o_.top_k > 0) s->set_top_k(static_cast<int32_t>(o_.top_k));
+    if (o_.top_p < 1.0) s->set_top_p(static_cast<float>(o_.top_p));
     s->set_seed(static_cast<uint64_t>(o_.seed) * 1000003u + static_cast<uint64_t>(index));
     req.mutable_stopping()->set_max_new_tokens(static_cast<uint32_t>(max_new_tokens));
     req.mutable_stopping()->set_ignore_eos(o_.ignore_eos);
@@ -345,10 +349,13 @@ void PrintReport(const Options& o, const v1::ModelInfo& info, const Summary& s,
   const std::string prompt =
       o.prompt.empty() ? absl::StrCat(o.prompt_tokens, " random token ids (seed ", o.seed, ")")
                        : absl::StrCat("text of ", o.prompt.size(), " bytes");
-  std::printf("  mode %s, concurrency %lld, prompt %s, max_new_tokens %lld%s, temperature %s, CG %s\n",
+  std::printf("  mode %s, concurrency %lld, prompt %s, max_new_tokens %lld%s, temperature %s%s, CG %s\n",
               o.mode.c_str(), static_cast<long long>(o.concurrency), prompt.c_str(),
               static_cast<long long>(o.max_new_tokens), o.ignore_eos ? " (ignore_eos)" : "",
               o.temperature < 0 ? "server default" : absl::StrFormat("%g", o.temperature).c_str(),
+              (o.top_k > 0 || o.top_p < 1.0)
+                  ? absl::StrFormat(", top_k %lld, top_p %g", static_cast<long long>(o.top_k), o.top_p).c_str()
+                  : "",
               o.cg_mode.empty() ? "server default" : o.cg_mode.c_str());
   if (warmup != nullptr) {
     std::printf("  warm-up: %lld requests, %lld failed (not counted below)\n",
@@ -408,6 +415,8 @@ absl::Status WriteJson(const Options& o, const v1::ModelInfo& info, const PhaseR
                  {"max_new_tokens", o.max_new_tokens},
                  {"ignore_eos", o.ignore_eos},
                  {"temperature", o.temperature < 0 ? nlohmann::json() : nlohmann::json(o.temperature)},
+                 {"top_k", o.top_k},
+                 {"top_p", o.top_p},
                  {"cg_mode", o.cg_mode},
                  {"cg_tol", o.cg_tol},
                  {"cg_max_iters", o.cg_max_iters}};
@@ -489,6 +498,12 @@ absl::Status Validate(const Options& o) {
     return absl::InvalidArgumentError(absl::StrCat("--cg-mode '", o.cg_mode, "' is not adaptive or fixed"));
   }
   if (o.warmup < 0) return absl::InvalidArgumentError("--warmup must not be negative");
+  if (o.top_k < 0 || o.top_k > (1 << 30)) {
+    return absl::InvalidArgumentError(absl::StrCat("--top-k ", o.top_k, " is outside [0, 2^30]"));
+  }
+  if (!(o.top_p > 0.0 && o.top_p <= 1.0)) {
+    return absl::InvalidArgumentError(absl::StrCat("--top-p ", o.top_p, " is outside (0, 1]"));
+  }
   return absl::OkStatus();
 }
 
@@ -516,6 +531,8 @@ int RunLoadTest(const std::vector<std::string>& args) {
   f.Bool("ignore-eos", &o.ignore_eos,
          "keep generating past EOS, so every request generates exactly --max-new-tokens");
   f.Float("temperature", &o.temperature, "sampling temperature; negative = the server's default");
+  f.Int("top-k", &o.top_k, "top-k truncation; 0 = off");
+  f.Float("top-p", &o.top_p, "top-p (nucleus) truncation; 1 = off");
   f.String("mode", &o.mode, "stream (GenerateStream: TTFT and ITL) or unary (Generate)");
   f.String("cg-mode", &o.cg_mode, "adaptive or fixed; empty = the server's default");
   f.Float("cg-tol", &o.cg_tol, "adaptive CG tolerance; 0 = the server's default");

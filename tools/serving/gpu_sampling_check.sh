@@ -2,8 +2,9 @@
 # On the GPU machine: what choosing tokens on the GPU (serve --device-sampling, default on) buys
 # the server on the random 1.3B (vocab 32,000; written by tools/serving/random_13b.sh, needs
 # fla's wheels in .whl/). For each setting, starts `mesaserve serve --device cuda` and runs
-# `mesaserve loadtest` with short prompts at concurrency CONCS (default "8 64"), plain sampling
-# at temperature 1.0 (a device choice) and greedy, then SIGTERMs the server. SETTINGS (default
+# `mesaserve loadtest` with short prompts at concurrency CONCS (default "8 64"): plain sampling
+# at temperature 1.0, greedy, and top-p 0.9 at temperature 0.8 (all device choices when on),
+# then SIGTERMs the server. SETTINGS (default
 # "on off") picks the settings; the time from start to a SERVING health answer is logged.
 #   BUILD_DIR=build-cuda tools/serving/pack_server.sh   (here), then
 #   run(command="bash tools/serving/gpu_sampling_check.sh", carry=["build-server", ".whl/<fla wheels>"])
@@ -24,11 +25,11 @@ for setting in ${SETTINGS:-on off}; do
   T0=$(date +%s.%N)
   for i in $(seq 600); do "$BIN" health --address 127.0.0.1:50093 >/dev/null 2>&1 && break; sleep 0.2; done
   echo "== device sampling $setting: serving after $(awk "BEGIN {printf \"%.1f\", $(date +%s.%N) - $T0}") s" | tee -a "$LOG"
-  for temp in 1.0 0; do
+  for sampling in "--temperature 1.0" "--temperature 0" "--temperature 0.8 --top-p 0.9"; do
     for c in ${CONCS:-8 64}; do
-      echo "== device sampling $setting, temperature $temp, concurrency $c" | tee -a "$LOG"
+      echo "== device sampling $setting, $sampling, concurrency $c" | tee -a "$LOG"
       "$BIN" loadtest --address 127.0.0.1:50093 --concurrency "$c" --requests $((4 * c)) --warmup "$c" \
-        --prompt-tokens 32 --max-new-tokens 64 --temperature "$temp" 2>&1 |
+        --prompt-tokens 32 --max-new-tokens 64 $sampling 2>&1 |
         grep -E "output tokens/s|ITL|errors" | tee -a "$LOG"
     done
   done
