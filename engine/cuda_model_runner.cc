@@ -31,6 +31,9 @@ using gpu::DeviceBuffer;
 // Offsets inside the device arenas are aligned like cudaMalloc's own results, so that every
 // tensor can be read with the kernels' vector loads.
 constexpr size_t kAlign = 256;
+// Seen tokens (for the penalties of device-chosen tokens) one decode call can upload: 4 MB on
+// the device and pinned on the host. A call with more sends its penalised rows to the host.
+constexpr int64_t kSeenCapacity = int64_t{1} << 19;
 size_t AlignUp(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
 // Lays out many host arrays in one device allocation: one cudaMalloc for all weights, so the
@@ -165,7 +168,7 @@ WeightOffsets LayOutWeights(const MesaWeights& w, ArenaLayout& arena) {
 // `rows` rows. Activations "act" are in the model dtype, GEMM outputs fp32.
 struct Workspace {
   size_t x, u, proj, q, k, v, z, mix, log_decay, beta, gemm_out, mlp, swiglu, logits, iters,
-      residual, args, chosen;
+      residual, args, chosen, seen;
   size_t args_bytes;
   // Prefill only: the chunk kernel's fp32 output, its workspace, and the call's token ids.
   size_t mix_f, prefill, prefill_tokens;
@@ -214,6 +217,7 @@ Workspace LayOutWorkspace(const MesaConfig& c, int64_t rows, ArenaLayout& arena)
   ws.args_bytes = StepArgsLayout::For(L, rows).bytes;
   ws.args = arena.Add(ws.args_bytes);
   ws.chosen = arena.Add(rows * sizeof(int32_t));
+  ws.seen = arena.Add(kSeenCapacity * sizeof(gpu::SeenEntry));
   ws.mix_f = arena.Add(rows * dk * sizeof(float));
   ws.prefill = arena.Add(gpu::MesaPrefillWorkspaceBytes(static_cast<int32_t>(H), c.head_dim,
                                                          static_cast<int32_t>(rows)));
@@ -280,10 +284,12 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
  private:
   absl::Status CheckSlot(SlotId slot) const { return CheckSlotInPool(slot, options_.num_slots); }
   // Whether SampleRows makes this choice (truncation keeps a row in shared memory, so long
-  // vocabularies go to the host).
-  bool DeviceChooses(const PlainChoice& c) const {
+  // vocabularies go to the host; penalties need their seen tokens uploaded, which a call can do
+  // for kSeenCapacity in all: `penalties_fit`).
+  bool DeviceChooses(const PlainChoice& c, bool penalties_fit) const {
     return c.kind != PlainChoice::Kind::kHost &&
-           (c.kind != PlainChoice::Kind::kTruncated || c_.vocab_size <= gpu::kMaxTruncatedSampleVocab);
+           (c.kind != PlainChoice::Kind::kTruncated || c_.vocab_size <= gpu::kMaxTruncatedSampleVocab) &&
+           (c.seen.empty() || penalties_fit);
   }
   // Every entry point: refuse after a sticky fault, and make the runner's device current on the
   // calling thread (the CUDA runtime's current device is per thread, and the engine thread is
@@ -394,6 +400,7 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   int64_t ws_rows_ = 0;       // rows the workspaces hold: max(max_batch_, prefill_rows_)
   std::vector<int64_t> positions_;
   bool poisoned_ = false;
+  bool penalties_fit_ = true;  // this DecodeAndChoose call's seen tokens fit one upload
   CudaMemoryPlan plan_;
 
   cudaStream_t stream_ = nullptr;
@@ -405,7 +412,7 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   DeviceBuffer states_;
   // Host staging: [args | logits | iters | residual], page-locked.
   PinnedBuffer host_;
-  size_t host_logits_ = 0, host_iters_ = 0, host_residual_ = 0, host_chosen_ = 0;
+  size_t host_logits_ = 0, host_iters_ = 0, host_residual_ = 0, host_chosen_ = 0, host_seen_ = 0;
   struct StepGraph {
     int eager_steps = 0;
     cudaGraphExec_t exec = nullptr;
@@ -470,7 +477,8 @@ absl::Status CudaModelRunnerImpl::Init() {
   host_iters_ = AlignUp(host_logits_ + ws_rows_ * c_.vocab_size * sizeof(float));
   host_residual_ = AlignUp(host_iters_ + L * ws_rows_ * H * sizeof(int32_t));
   host_chosen_ = AlignUp(host_residual_ + L * ws_rows_ * H * sizeof(float));
-  MESA_RETURN_IF_ERROR(host_.Allocate(host_chosen_ + ws_rows_ * sizeof(int32_t)));
+  host_seen_ = AlignUp(host_chosen_ + ws_rows_ * sizeof(int32_t));
+  MESA_RETURN_IF_ERROR(host_.Allocate(host_seen_ + kSeenCapacity * sizeof(gpu::SeenEntry)));
 
   // Warm-up: all-pad steps (no state is read or written) at every bucket, twice with CUDA
   // graphs (the first runs eagerly, the second captures), so that lazy kernel loading,
@@ -676,10 +684,14 @@ absl::Status CudaModelRunnerImpl::DecodeAndChoose(absl::Span<const DecodeRow> ro
   }
   const int64_t b = static_cast<int64_t>(rows.size());
   result->stats.Resize(static_cast<int32_t>(b), c_.num_hidden_layers, c_.num_heads);
+  // Penalised rows go to the device only if all their seen tokens fit one upload.
+  int64_t seen_total = 0;
+  for (const PlainChoice& c : choices) seen_total += static_cast<int64_t>(c.seen.size());
+  penalties_fit_ = seen_total <= kSeenCapacity;
   // Logits only where the caller samples (model_runner.h): rows it does not read are not filled.
   bool host_rows = choices.empty();
   for (size_t i = 0; i < choices.size() && !host_rows; ++i) {
-    host_rows = rows[i].slot != kPadSlot && !DeviceChooses(choices[i]);
+    host_rows = rows[i].slot != kPadSlot && !DeviceChooses(choices[i], penalties_fit_);
   }
   if (choices.empty()) {
     result->logits.assign(b * static_cast<int64_t>(c_.vocab_size), 0.0f);
@@ -763,13 +775,23 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows,
   auto* row_choices = reinterpret_cast<gpu::RowChoice*>(staged + args.choices);
   bool any_chosen = false;     // a row whose token the device chooses
   bool any_truncated = false;  // ... with truncation (a second kernel)
+  int64_t seen_used = 0;       // seen tokens staged for the penalties
+  auto* seen = reinterpret_cast<gpu::SeenEntry*>(host_.data() + host_seen_);
   for (int64_t i = 0; i < n; ++i) {
     const bool pad = i >= b || rows[i].slot == kPadSlot;
     tokens[i] = pad ? 0 : rows[i].token;
     cg[i] = i < b ? rows[i].cg : CgControl{};
     gpu::RowChoice rc;
-    if (!pad && !choices.empty() && DeviceChooses(choices[i])) {
+    if (!pad && !choices.empty() && DeviceChooses(choices[i], penalties_fit_)) {
       const bool truncated = choices[i].kind == PlainChoice::Kind::kTruncated;
+      if (!choices[i].seen.empty()) {
+        rc.repetition_penalty = choices[i].repetition_penalty;
+        rc.presence_penalty = choices[i].presence_penalty;
+        rc.frequency_penalty = choices[i].frequency_penalty;
+        rc.seen_offset = static_cast<int32_t>(seen_used);
+        rc.seen_count = static_cast<int32_t>(choices[i].seen.size());
+        for (const SeenToken& s : choices[i].seen) seen[seen_used++] = {s.token, s.count};
+      }
       rc.kind = static_cast<int32_t>(choices[i].kind);
       rc.temperature = choices[i].temperature;
       rc.draw = choices[i].draw;
@@ -791,6 +813,10 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows,
   }
   MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(Ws(ws_.args), staged, args.bytes,
                                             cudaMemcpyHostToDevice, stream_));
+  if (seen_used > 0) {
+    MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(Ws(ws_.seen), seen, seen_used * sizeof(gpu::SeenEntry),
+                                              cudaMemcpyHostToDevice, stream_));
+  }
 
   MESA_RETURN_IF_ERROR(RunStep(n, args));
 
@@ -814,6 +840,8 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows,
     sp.choices = Ws<gpu::RowChoice>(ws_.args + args.choices);
     sp.tokens = Ws<int32_t>(ws_.chosen);
     sp.any_truncated = any_truncated;
+    sp.seen = Ws<gpu::SeenEntry>(ws_.seen);
+    sp.any_penalties = seen_used > 0;
     sp.stream = stream_;
     MESA_RETURN_IF_ERROR(gpu::SampleRows(sp));
     MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + host_chosen_, Ws(ws_.chosen),

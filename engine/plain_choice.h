@@ -6,11 +6,19 @@
 
 #include <cstdint>
 
+#include "absl/types/span.h"
+
 namespace mesa {
+
+// A token of the context and how often it occurred (for the penalties).
+struct SeenToken {
+  int32_t token = 0;
+  int32_t count = 0;
+};
 
 struct PlainChoice {
   enum class Kind : int32_t {
-    kHost = 0,     // penalties, truncation (top-k/p, min-p) or logprobs: the caller samples
+    kHost = 0,     // logprobs wanted: the caller samples
     kGreedy = 1,   // the first id with the largest logit
     kSoftmax = 2,  // inverse CDF of softmax(logits / temperature) in id order at u = draw * mass
     // Softmax with top-k / min-p / top-p truncation: the kept candidates in decreasing
@@ -24,6 +32,13 @@ struct PlainChoice {
   float min_p = 0.0f;
   double draw = 0.0;  // in [0, 1); also what a kHost choice with temperature > 0 samples with
   int32_t valid_vocab = 0;  // ids [0, valid_vocab) can be chosen (the tokenizer's pieces)
+  // Penalties, applied to the seen tokens' logits before any rule (Sampler::Sample): l = l > 0 ?
+  // l / repetition : l * repetition, then l -= fma(frequency, count, presence). `seen` is empty
+  // when no penalty applies; it points into the Sampler and is valid until its next Observe.
+  float repetition_penalty = 1.0f;
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  absl::Span<const SeenToken> seen;
 };
 
 }  // namespace mesa

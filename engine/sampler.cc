@@ -46,14 +46,18 @@ absl::Status ValidateSamplingParams(const SamplingParams& p) {
 Sampler::Sampler(const SamplingParams& params, int32_t valid_vocab)
     : params_(params), valid_vocab_(valid_vocab), rng_(params.seed) {}
 
-void Sampler::Observe(int32_t token) { ++counts_[token]; }
+void Sampler::Observe(int32_t token) {
+  const auto [it, inserted] = seen_index_.try_emplace(token, seen_.size());
+  if (inserted) seen_.push_back({token, 0});
+  ++seen_[it->second].count;
+}
 
 double Sampler::Draw() {
   return std::generate_canonical<double, std::numeric_limits<double>::digits>(rng_);
 }
 
 bool Sampler::HasPenalties() const {
-  return !counts_.empty() && (params_.repetition_penalty != 1.0f || params_.presence_penalty != 0.0f ||
+  return !seen_.empty() && (params_.repetition_penalty != 1.0f || params_.presence_penalty != 0.0f ||
                               params_.frequency_penalty != 0.0f);
 }
 
@@ -65,7 +69,13 @@ PlainChoice Sampler::NextChoice(bool want_logprobs) {
   PlainChoice c;
   c.valid_vocab = valid_vocab_;
   if (params_.temperature > 0.0f) c.draw = Draw();  // Sample would draw it too
-  if (want_logprobs || HasPenalties()) return c;
+  if (want_logprobs) return c;
+  if (HasPenalties()) {
+    c.repetition_penalty = params_.repetition_penalty;
+    c.presence_penalty = params_.presence_penalty;
+    c.frequency_penalty = params_.frequency_penalty;
+    c.seen = seen_;
+  }
   if (params_.temperature == 0.0f) {
     c.kind = PlainChoice::Kind::kGreedy;
     return c;
@@ -139,13 +149,15 @@ int32_t Sampler::Sample(absl::Span<const float> logits, int32_t num_top_logprobs
                         const PlainChoice* choice) {
   const int32_t n = std::min<int32_t>(valid_vocab_, static_cast<int32_t>(logits.size()));
   work_.assign(logits.begin(), logits.begin() + n);
-  for (const auto& [token, count] : counts_) {
-    if (token < 0 || token >= n) continue;
-    float& l = work_[token];
+  for (const SeenToken& s : seen_) {
+    if (s.token < 0 || s.token >= n) continue;
+    float& l = work_[s.token];
     if (params_.repetition_penalty != 1.0f) {
       l = l > 0.0f ? l / params_.repetition_penalty : l * params_.repetition_penalty;
     }
-    l -= params_.presence_penalty + params_.frequency_penalty * static_cast<float>(count);
+    // One fused multiply-add, written out so that the compiler cannot choose (contraction is
+    // up to it otherwise); the GPU twin in kernels/cuda/sampling.cu does the same.
+    l -= std::fma(params_.frequency_penalty, static_cast<float>(s.count), params_.presence_penalty);
   }
 
   int32_t chosen = 0;

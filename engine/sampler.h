@@ -57,7 +57,8 @@ class Sampler {
   SamplingParams params_;
   int32_t valid_vocab_;
   std::mt19937_64 rng_;
-  std::unordered_map<int32_t, int32_t> counts_;
+  std::vector<SeenToken> seen_;                  // context tokens in first-seen order
+  std::unordered_map<int32_t, size_t> seen_index_;  // token -> its entry in seen_
   // Scratch reused across calls (this is on the per-token path).
   std::vector<float> work_;     // penalised logits
   std::vector<int32_t> order_;  // candidate token ids

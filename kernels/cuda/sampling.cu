@@ -58,6 +58,24 @@ __device__ double BlockExclusiveSum(double v, double* scratch, double* total) {
 
 __device__ __forceinline__ float Prob(float z) { return static_cast<float>(exp(static_cast<double>(z))); }
 
+// Penalties of the rows that have them, in place (tokens are distinct within a row).
+__global__ void ApplyPenaltiesKernel(SampleRowsParams p) {
+  const int row = blockIdx.x;
+  const RowChoice c = p.choices[row];
+  if (c.kind == 0 || c.seen_count == 0) return;
+  float* l = p.logits + static_cast<int64_t>(row) * p.vocab;
+  const int n = c.valid_vocab > 0 && c.valid_vocab < p.vocab ? c.valid_vocab : p.vocab;
+  for (int e = threadIdx.x; e < c.seen_count; e += blockDim.x) {
+    const SeenEntry s = p.seen[c.seen_offset + e];
+    if (s.token < 0 || s.token >= n) continue;
+    float v = l[s.token];
+    if (c.repetition_penalty != 1.0f) {
+      v = v > 0.0f ? __fdiv_rn(v, c.repetition_penalty) : __fmul_rn(v, c.repetition_penalty);
+    }
+    l[s.token] = __fsub_rn(v, fmaf(c.frequency_penalty, static_cast<float>(s.count), c.presence_penalty));
+  }
+}
+
 // One block per row; thread t owns the ids [t * span, (t + 1) * span), so its part of the
 // running sum in id order is one contiguous piece.
 __global__ void __launch_bounds__(kThreads) SampleRowsKernel(SampleRowsParams p) {
@@ -262,8 +280,13 @@ absl::Status SampleRows(const SampleRowsParams& p) {
         absl::StrCat("SampleRows: rows ", p.rows, " (>= 0) or vocab ", p.vocab, " (>= 1)"));
   }
   if (p.rows == 0) return absl::OkStatus();
-  if (p.logits == nullptr || p.choices == nullptr || p.tokens == nullptr) {
+  if (p.logits == nullptr || p.choices == nullptr || p.tokens == nullptr ||
+      (p.any_penalties && p.seen == nullptr)) {
     return absl::InvalidArgumentError("SampleRows: a required pointer is null");
+  }
+  if (p.any_penalties) {
+    ApplyPenaltiesKernel<<<p.rows, 256, 0, p.stream>>>(p);
+    MESA_CUDA_RETURN_IF_LAUNCH_FAILED("ApplyPenaltiesKernel");
   }
   SampleRowsKernel<<<p.rows, kThreads, 0, p.stream>>>(p);
   MESA_CUDA_RETURN_IF_LAUNCH_FAILED("SampleRowsKernel");

@@ -31,6 +31,20 @@ struct RowChoice {
   int32_t top_k = 0;        // kind 3: 0 = off
   float top_p = 1.0f;       // kind 3: 1 = off
   float min_p = 0.0f;       // kind 3: 0 = off
+  // Penalties on the seen tokens [seen_offset, + seen_count) of SampleRowsParams::seen, applied
+  // to the row's logits in place first: l = l > 0 ? l / repetition : l * repetition, then
+  // l -= fma(frequency, count, presence) (engine/sampler.cc's arithmetic).
+  float repetition_penalty = 1.0f;
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  int32_t seen_offset = 0;
+  int32_t seen_count = 0;
+};
+
+// (token, count) of a seen token, as engine/plain_choice.h SeenToken.
+struct SeenEntry {
+  int32_t token;
+  int32_t count;
 };
 
 // Truncated choice (kind 3) keeps the row's probabilities in shared memory: rows longer than
@@ -40,7 +54,9 @@ inline constexpr int32_t kMaxTruncatedSampleVocab = 49152;
 struct SampleRowsParams {
   int32_t rows = 0;
   int32_t vocab = 0;        // logits row length and stride
-  const float* logits = nullptr;     // [rows, vocab]
+  float* logits = nullptr;           // [rows, vocab]; rows with penalties are changed in place
+  const SeenEntry* seen = nullptr;   // the rows' seen tokens (RowChoice::seen_offset)
+  bool any_penalties = false;        // some row has seen_count > 0
   const RowChoice* choices = nullptr;  // [rows], device
   int32_t* tokens = nullptr;         // [rows] out: the chosen id, -1 for kind 0 rows
   bool any_truncated = false;        // some row is kind 3 (a second kernel runs for those)

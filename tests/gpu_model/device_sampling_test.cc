@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <iostream>
+#include <memory>
 #include <random>
 #include <vector>
 
@@ -42,7 +43,7 @@ std::vector<float> Logits(std::mt19937& rng, int rows, int vocab, float spread) 
   return l;
 }
 
-gpu::RowChoice ToRow(const PlainChoice& c) {
+gpu::RowChoice ToRow(const PlainChoice& c, std::vector<gpu::SeenEntry>* seen) {
   gpu::RowChoice rc;
   rc.kind = static_cast<int32_t>(c.kind);
   rc.temperature = c.temperature;
@@ -51,6 +52,14 @@ gpu::RowChoice ToRow(const PlainChoice& c) {
   rc.top_k = c.top_k;
   rc.top_p = c.top_p;
   rc.min_p = c.min_p;
+  if (!c.seen.empty()) {
+    rc.repetition_penalty = c.repetition_penalty;
+    rc.presence_penalty = c.presence_penalty;
+    rc.frequency_penalty = c.frequency_penalty;
+    rc.seen_offset = static_cast<int32_t>(seen->size());
+    rc.seen_count = static_cast<int32_t>(c.seen.size());
+    for (const SeenToken& s : c.seen) seen->push_back({s.token, s.count});
+  }
   return rc;
 }
 
@@ -62,6 +71,7 @@ TEST_F(DeviceSamplingTest, KernelMatchesTheSampler) {
     float temperature, spread;
     int top_k = 0;
     float top_p = 1.0f, min_p = 0.0f;
+    float repetition = 1.0f, presence = 0.0f, frequency = 0.0f;  // penalties of seen tokens
   };
   const Case cases[] = {{1000, 1000, 1.0f, 2.0f}, {1000, 990, 0.7f, 3.0f},
                         {32000, 31990, 1.0f, 3.0f}, {32000, 32000, 1.7f, 1.0f},
@@ -73,11 +83,19 @@ TEST_F(DeviceSamplingTest, KernelMatchesTheSampler) {
                         {1000, 1000, 0.7f, 2.0f, 0, 0.99f}, {32000, 32000, 1.0f, 2.0f, 0, 1.0f, 0.05f},
                         {1000, 1000, 1.0f, 1.0f, 0, 1.0f, 0.3f},
                         {32000, 31990, 0.9f, 2.0f, 40, 0.9f},
-                        {32000, 32000, 1.2f, 1.5f, 100, 0.95f, 0.1f}};
+                        {32000, 32000, 1.2f, 1.5f, 100, 0.95f, 0.1f},
+                        // Penalties (on each row's 30 largest logits and 30 random ids, seen
+                        // 1 to 3 times), with every rule.
+                        {1000, 1000, 1.0f, 2.0f, 0, 1.0f, 0.0f, 1.3f, 0.5f, 0.2f},
+                        {32000, 31990, 0.0f, 3.0f, 0, 1.0f, 0.0f, 1.2f},
+                        {32000, 32000, 0.8f, 2.0f, 0, 0.9f, 0.0f, 1.1f, 0.3f, 0.4f},
+                        {1000, 990, 1.0f, 2.0f, 20, 1.0f, 0.0f, 0.8f, -0.5f, 0.0f}};
   for (const Case& c : cases) {
     SCOPED_TRACE(::testing::Message() << "vocab " << c.vocab << " valid " << c.valid << " T "
                                       << c.temperature << " top_k " << c.top_k << " top_p "
-                                      << c.top_p << " min_p " << c.min_p);
+                                      << c.top_p << " min_p " << c.min_p << " penalties "
+                                      << c.repetition << "/" << c.presence << "/" << c.frequency);
+    const bool penalties = c.repetition != 1.0f || c.presence != 0.0f || c.frequency != 0.0f;
     constexpr int kRows = 64, kRounds = 8;
     std::mt19937 rng(static_cast<uint32_t>(c.vocab + 1000 * c.temperature));
     std::vector<float> logits = Logits(rng, kRows, c.vocab, c.spread);
@@ -86,31 +104,61 @@ TEST_F(DeviceSamplingTest, KernelMatchesTheSampler) {
       logits[7] = logits[9] = 1000.0f;
       logits[static_cast<size_t>(c.vocab) + c.vocab - 1] = 2000.0f;
     }
-    MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_logits, Upload(logits));
+    // Per row, the tokens its context saw: the 30 largest logits (where a penalty changes the
+    // outcome) and 30 random ids, each once to three times.
+    std::vector<std::vector<int32_t>> context(kRows);
+    if (penalties) {
+      for (int r = 0; r < kRows; ++r) {
+        std::vector<int32_t> ids(c.vocab);
+        for (int i = 0; i < c.vocab; ++i) ids[i] = i;
+        const float* row = logits.data() + static_cast<size_t>(r) * c.vocab;
+        std::partial_sort(ids.begin(), ids.begin() + 30, ids.end(),
+                          [&](int32_t a, int32_t b) { return row[a] > row[b]; });
+        for (int i = 0; i < 60; ++i) {
+          const int32_t id = i < 30 ? ids[i] : static_cast<int32_t>(rng() % c.vocab);
+          for (int k = 0; k <= static_cast<int>(rng() % 3); ++k) context[r].push_back(id);
+        }
+      }
+    }
     MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_tokens, Upload(std::vector<int32_t>(kRows, -7)));
     SamplingParams sp;
     sp.temperature = c.temperature;
     sp.top_k = c.top_k;
     sp.top_p = c.top_p;
     sp.min_p = c.min_p;
+    sp.repetition_penalty = c.repetition;
+    sp.presence_penalty = c.presence;
+    sp.frequency_penalty = c.frequency;
     const bool truncated = c.temperature > 0.0f && (c.top_k > 0 || c.top_p < 1.0f || c.min_p > 0.0f);
     int draws = 0, differ = 0;
     for (int round = 0; round < kRounds; ++round) {
       std::vector<gpu::RowChoice> rows(kRows);
+      std::vector<gpu::SeenEntry> seen;
       std::vector<int32_t> want(kRows);
+      std::vector<std::unique_ptr<Sampler>> hosts;  // their seen lists back the choices
       for (int r = 0; r < kRows; ++r) {
         sp.seed = static_cast<uint64_t>(round * kRows + r);
-        Sampler host(sp, c.valid);
+        hosts.push_back(std::make_unique<Sampler>(sp, c.valid));
+        Sampler& host = *hosts.back();
         Sampler twin(sp, c.valid);
+        for (int32_t t : context[r]) {
+          host.Observe(t);
+          twin.Observe(t);
+        }
         const PlainChoice choice = host.NextChoice(false);
+        ASSERT_EQ(choice.seen.empty(), !penalties);
         ASSERT_EQ(choice.kind, c.temperature == 0.0f ? PlainChoice::Kind::kGreedy
                                : truncated          ? PlainChoice::Kind::kTruncated
                                                     : PlainChoice::Kind::kSoftmax);
-        rows[r] = ToRow(choice);
+        rows[r] = ToRow(choice, &seen);
         // The twin draws the same number from its own stream, as Sample would.
         want[r] = twin.Sample(absl::MakeConstSpan(logits).subspan(static_cast<size_t>(r) * c.vocab, c.vocab));
       }
       MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_rows, Upload(rows));
+      // Fresh logits every round: the penalties change them in place.
+      MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_logits, Upload(logits));
+      seen.push_back({0, 0});  // never empty (Upload of nothing)
+      MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_seen, Upload(seen));
       gpu::SampleRowsParams p;
       p.rows = kRows;
       p.vocab = c.vocab;
@@ -118,6 +166,8 @@ TEST_F(DeviceSamplingTest, KernelMatchesTheSampler) {
       p.choices = d_rows.as<gpu::RowChoice>();
       p.tokens = d_tokens.as<int32_t>();
       p.any_truncated = truncated;
+      p.seen = d_seen.as<gpu::SeenEntry>();
+      p.any_penalties = penalties;
       MESA_ASSERT_OK(gpu::SampleRows(p));
       MESA_ASSERT_OK(Sync());
       MESA_ASSERT_OK_AND_ASSIGN(std::vector<int32_t> got, Download<int32_t>(d_tokens, kRows));
@@ -134,7 +184,8 @@ TEST_F(DeviceSamplingTest, KernelMatchesTheSampler) {
       EXPECT_NE(got[1], c.vocab - 1) << "ids past valid_vocab are never chosen";
     }
     std::cout << "[ device sampling ] vocab " << c.vocab << " T " << c.temperature << " top_k "
-              << c.top_k << " top_p " << c.top_p << " min_p " << c.min_p << ": " << differ
+              << c.top_k << " top_p " << c.top_p << " min_p " << c.min_p << " penalties "
+              << c.repetition << "/" << c.presence << "/" << c.frequency << ": " << differ
               << " of " << draws << " draws differ from the host's\n";
     EXPECT_LE(differ, draws / 500);
   }
@@ -184,6 +235,8 @@ TEST_F(DeviceSamplingTest, RunnerChoosesWhatTheHostWould) {
   std::vector<SamplingParams> params(5);
   params[0].temperature = 0.0f;
   params[2].temperature = 0.8f;
+  params[2].repetition_penalty = 1.3f;  // with a context: the seen-token upload
+  params[2].frequency_penalty = 0.2f;
   params[3].top_k = 5;
   params[4].temperature = 1.3f;
   params[4].top_p = 0.9f;
@@ -193,12 +246,17 @@ TEST_F(DeviceSamplingTest, RunnerChoosesWhatTheHostWould) {
     std::vector<PlainChoice> choices;
     std::vector<PlainChoice> twin_choices;
     std::vector<Sampler> twins;
+    std::vector<std::unique_ptr<Sampler>> samplers;  // their seen lists back the choices
     for (size_t i = 0; i < slots.size(); ++i) {
       rows.push_back({slots[i], static_cast<int32_t>((11 * step + 5 * i + 1) % vocab), cg});
       params[i].seed = 100 * step + i;
-      Sampler s(params[i], vocab);
-      choices.push_back(s.NextChoice(/*want_logprobs=*/i == 3));
+      samplers.push_back(std::make_unique<Sampler>(params[i], vocab));
       twins.emplace_back(params[i], vocab);
+      for (int32_t t : {1, 2, 3, 5, 8, 13, 21, 3, 5, rows.back().token}) {
+        samplers.back()->Observe(t % vocab);
+        twins.back().Observe(t % vocab);
+      }
+      choices.push_back(samplers.back()->NextChoice(/*want_logprobs=*/i == 3));
       twin_choices.push_back(twins.back().NextChoice(i == 3));
     }
     DecodeResult plain, chosen;
