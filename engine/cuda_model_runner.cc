@@ -34,6 +34,8 @@ constexpr size_t kAlign = 256;
 // Seen tokens (for the penalties of device-chosen tokens) one decode call can upload: 4 MB on
 // the device and pinned on the host. A call with more sends its penalised rows to the host.
 constexpr int64_t kSeenCapacity = int64_t{1} << 19;
+static_assert(gpu::kMaxTopLogprobs == kMaxDeviceTopLogprobs, "one limit for both layers");
+static_assert(sizeof(gpu::TopLogprob) == sizeof(TokenLogprob), "same (token, logprob) layout");
 size_t AlignUp(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
 // Lays out many host arrays in one device allocation: one cudaMalloc for all weights, so the
@@ -168,7 +170,7 @@ WeightOffsets LayOutWeights(const MesaWeights& w, ArenaLayout& arena) {
 // `rows` rows. Activations "act" are in the model dtype, GEMM outputs fp32.
 struct Workspace {
   size_t x, u, proj, q, k, v, z, mix, log_decay, beta, gemm_out, mlp, swiglu, logits, iters,
-      residual, args, chosen, seen;
+      residual, args, chosen, seen, logprobs, top;
   size_t args_bytes;
   // Prefill only: the chunk kernel's fp32 output, its workspace, and the call's token ids.
   size_t mix_f, prefill, prefill_tokens;
@@ -218,6 +220,8 @@ Workspace LayOutWorkspace(const MesaConfig& c, int64_t rows, ArenaLayout& arena)
   ws.args = arena.Add(ws.args_bytes);
   ws.chosen = arena.Add(rows * sizeof(int32_t));
   ws.seen = arena.Add(kSeenCapacity * sizeof(gpu::SeenEntry));
+  ws.logprobs = arena.Add(rows * sizeof(float));
+  ws.top = arena.Add(rows * gpu::kMaxTopLogprobs * sizeof(gpu::TopLogprob));
   ws.mix_f = arena.Add(rows * dk * sizeof(float));
   ws.prefill = arena.Add(gpu::MesaPrefillWorkspaceBytes(static_cast<int32_t>(H), c.head_dim,
                                                          static_cast<int32_t>(rows)));
@@ -412,7 +416,8 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   DeviceBuffer states_;
   // Host staging: [args | logits | iters | residual], page-locked.
   PinnedBuffer host_;
-  size_t host_logits_ = 0, host_iters_ = 0, host_residual_ = 0, host_chosen_ = 0, host_seen_ = 0;
+  size_t host_logits_ = 0, host_iters_ = 0, host_residual_ = 0, host_chosen_ = 0, host_seen_ = 0,
+         host_logprobs_ = 0, host_top_ = 0;
   struct StepGraph {
     int eager_steps = 0;
     cudaGraphExec_t exec = nullptr;
@@ -478,7 +483,10 @@ absl::Status CudaModelRunnerImpl::Init() {
   host_residual_ = AlignUp(host_iters_ + L * ws_rows_ * H * sizeof(int32_t));
   host_chosen_ = AlignUp(host_residual_ + L * ws_rows_ * H * sizeof(float));
   host_seen_ = AlignUp(host_chosen_ + ws_rows_ * sizeof(int32_t));
-  MESA_RETURN_IF_ERROR(host_.Allocate(host_seen_ + kSeenCapacity * sizeof(gpu::SeenEntry)));
+  host_logprobs_ = AlignUp(host_seen_ + kSeenCapacity * sizeof(gpu::SeenEntry));
+  host_top_ = AlignUp(host_logprobs_ + ws_rows_ * sizeof(float));
+  MESA_RETURN_IF_ERROR(
+      host_.Allocate(host_top_ + ws_rows_ * gpu::kMaxTopLogprobs * sizeof(gpu::TopLogprob)));
 
   // Warm-up: all-pad steps (no state is read or written) at every bucket, twice with CUDA
   // graphs (the first runs eagerly, the second captures), so that lazy kernel loading,
@@ -693,6 +701,15 @@ absl::Status CudaModelRunnerImpl::DecodeAndChoose(absl::Span<const DecodeRow> ro
   for (size_t i = 0; i < choices.size() && !host_rows; ++i) {
     host_rows = rows[i].slot != kPadSlot && !DeviceChooses(choices[i], penalties_fit_);
   }
+  bool any_logprobs = false;
+  for (const PlainChoice& c : choices) any_logprobs = any_logprobs || c.top_logprobs > 0;
+  if (any_logprobs) {
+    result->logprobs.assign(b, 0.0f);
+    result->top_logprobs.assign(b * kMaxDeviceTopLogprobs, TokenLogprob{});
+  } else {
+    result->logprobs.clear();
+    result->top_logprobs.clear();
+  }
   if (choices.empty()) {
     result->logits.assign(b * static_cast<int64_t>(c_.vocab_size), 0.0f);
     result->tokens.clear();
@@ -775,6 +792,7 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows,
   auto* row_choices = reinterpret_cast<gpu::RowChoice*>(staged + args.choices);
   bool any_chosen = false;     // a row whose token the device chooses
   bool any_truncated = false;  // ... with truncation (a second kernel)
+  bool any_logprobs = false;   // ... with logprobs to report
   int64_t seen_used = 0;       // seen tokens staged for the penalties
   auto* seen = reinterpret_cast<gpu::SeenEntry*>(host_.data() + host_seen_);
   for (int64_t i = 0; i < n; ++i) {
@@ -799,6 +817,8 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows,
       rc.top_k = choices[i].top_k;
       rc.top_p = choices[i].top_p;
       rc.min_p = choices[i].min_p;
+      rc.top_logprobs = std::min(choices[i].top_logprobs, gpu::kMaxTopLogprobs);
+      any_logprobs = any_logprobs || rc.top_logprobs > 0;
       any_chosen = true;
       any_truncated = any_truncated || truncated;
     }
@@ -842,10 +862,20 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows,
     sp.any_truncated = any_truncated;
     sp.seen = Ws<gpu::SeenEntry>(ws_.seen);
     sp.any_penalties = seen_used > 0;
+    sp.logprobs = Ws<float>(ws_.logprobs);
+    sp.top = Ws<gpu::TopLogprob>(ws_.top);
+    sp.any_logprobs = any_logprobs;
     sp.stream = stream_;
     MESA_RETURN_IF_ERROR(gpu::SampleRows(sp));
     MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + host_chosen_, Ws(ws_.chosen),
                                               b * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+    if (any_logprobs) {
+      MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + host_logprobs_, Ws(ws_.logprobs),
+                                                b * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+      MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(
+          host_.data() + host_top_, Ws(ws_.top), b * gpu::kMaxTopLogprobs * sizeof(gpu::TopLogprob),
+          cudaMemcpyDeviceToHost, stream_));
+    }
     for (int64_t i = 0; i < b;) {
       if (!host_row(i)) {
         ++i;
@@ -875,7 +905,18 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows,
     // Pad rows get zero logits, as on the CPU (their statistics are zero from the kernel);
     // rows whose token the device chose get none.
     if (!host_row(i) || result->logits.empty()) {
-      if (any_chosen && rows[i].slot != kPadSlot) result->tokens[row0 + i] = chosen[i];
+      if (any_chosen && rows[i].slot != kPadSlot) {
+        result->tokens[row0 + i] = chosen[i];
+        const int32_t n_top = reinterpret_cast<const gpu::RowChoice*>(staged + args.choices)[i].top_logprobs;
+        if (n_top > 0) {
+          result->logprobs[row0 + i] = reinterpret_cast<const float*>(host_.data() + host_logprobs_)[i];
+          const auto* top = reinterpret_cast<const gpu::TopLogprob*>(host_.data() + host_top_) +
+                            i * gpu::kMaxTopLogprobs;
+          for (int32_t a = 0; a < n_top; ++a) {
+            result->top_logprobs[(row0 + i) * kMaxDeviceTopLogprobs + a] = {top[a].token, top[a].logprob};
+          }
+        }
+      }
       if (rows[i].slot == kPadSlot && !result->logits.empty()) {
         std::fill_n(&result->logits[(row0 + i) * vocab], vocab, 0.0f);
       }

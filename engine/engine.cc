@@ -358,7 +358,7 @@ absl::Status Engine::DecodeStep(bool* worked) {
     // A slow reader pauses only its own request.
     if (a->sink->Backlog() >= static_cast<size_t>(options_.stream_buffer)) continue;
     rows.push_back({a->slot, a->next_token, a->decode_cg});
-    PlainChoice choice = a->sampler->NextChoice(a->req.top_logprobs > 0);
+    PlainChoice choice = a->sampler->NextChoice(a->req.top_logprobs);
     if (!options_.device_sampling) choice.kind = PlainChoice::Kind::kHost;  // same draw
     choices.push_back(choice);
     owners.push_back(a.get());
@@ -376,7 +376,7 @@ absl::Status Engine::DecodeStep(bool* worked) {
   ReportCg(false, result.stats, row_request, owners);
   for (size_t i = 0; i < rows.size(); ++i) {
     if (!result.tokens.empty() && result.tokens[i] >= 0) {
-      Accept(*owners[i], result.tokens[i]);  // the runner chose it by choices[i]
+      Accept(*owners[i], result, i, choices[i]);  // the runner chose it by choices[i]
     } else {
       Sample(*owners[i], absl::MakeConstSpan(result.logits.data() + i * vocab, vocab),
              &choices[i]);
@@ -429,10 +429,15 @@ void Engine::Sample(Active& a, absl::Span<const float> logits, const PlainChoice
   Emit(a, choice);
 }
 
-void Engine::Accept(Active& a, int32_t token) {
+void Engine::Accept(Active& a, const DecodeResult& result, size_t row, const PlainChoice& plain) {
   TokenChoice choice;
-  choice.token = token;
-  a.sampler->Observe(token);
+  choice.token = result.tokens[row];
+  if (plain.top_logprobs > 0 && !result.logprobs.empty()) {
+    choice.logprob = result.logprobs[row];
+    const auto* top = result.top_logprobs.data() + row * kMaxDeviceTopLogprobs;
+    choice.top.assign(top, top + plain.top_logprobs);
+  }
+  a.sampler->Observe(choice.token);
   Emit(a, choice);
 }
 

@@ -106,8 +106,8 @@ class Engine {
   // Chooses the next token on the host (with the draw of `plain` when the runner was given a
   // choice it did not make) and emits it.
   void Sample(Active& a, absl::Span<const float> logits, const PlainChoice* plain = nullptr);
-  // Emits a token the runner chose (DecodeResult::tokens).
-  void Accept(Active& a, int32_t token);
+  // Emits the token the runner chose for row `row` of `result` by `plain` (with its logprobs).
+  void Accept(Active& a, const DecodeResult& result, size_t row, const PlainChoice& plain);
   void ReportCg(bool prefill, const CgStats& stats, const std::vector<int32_t>& row_request,
                 const std::vector<Active*>& requests);
   void Fail(const absl::Status& status);

@@ -65,6 +65,11 @@ struct DecodeResult {
   CgStats stats;               // rows = batch
   std::vector<int32_t> tokens; // [rows]: the runner's choice, or -1 where the caller samples;
                                // empty when the runner chooses none (the CPU runner)
+  // For rows the runner chose whose choice asked for top_logprobs (empty when none did): the
+  // chosen token's log-probability [rows], and the choice's top_logprobs most likely tokens
+  // [rows, kMaxDeviceTopLogprobs] (row i's first choices[i].top_logprobs entries).
+  std::vector<float> logprobs;
+  std::vector<TokenLogprob> top_logprobs;
 };
 
 class ModelRunner {

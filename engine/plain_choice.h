@@ -10,6 +10,11 @@
 
 namespace mesa {
 
+struct TokenLogprob {
+  int32_t token = 0;
+  float logprob = 0.0f;
+};
+
 // A token of the context and how often it occurred (for the penalties).
 struct SeenToken {
   int32_t token = 0;
@@ -18,7 +23,7 @@ struct SeenToken {
 
 struct PlainChoice {
   enum class Kind : int32_t {
-    kHost = 0,     // logprobs wanted: the caller samples
+    kHost = 0,     // penalties together with logprobs, or more than kMaxDeviceTopLogprobs
     kGreedy = 1,   // the first id with the largest logit
     kSoftmax = 2,  // inverse CDF of softmax(logits / temperature) in id order at u = draw * mass
     // Softmax with top-k / min-p / top-p truncation: the kept candidates in decreasing
@@ -39,6 +44,13 @@ struct PlainChoice {
   float presence_penalty = 0.0f;
   float frequency_penalty = 0.0f;
   absl::Span<const SeenToken> seen;
+  // The log-probabilities to report with the token (of the raw logits, as Sampler::Sample):
+  // the chosen token's and the n most likely tokens', n = top_logprobs (0: none).
+  int32_t top_logprobs = 0;
 };
+
+// Most log-probabilities a runner reports per token; a request asking for more is sampled on
+// the host.
+inline constexpr int32_t kMaxDeviceTopLogprobs = 20;
 
 }  // namespace mesa

@@ -65,11 +65,13 @@ bool Sampler::Truncates() const {
   return params_.top_k > 0 || params_.top_p < 1.0f || params_.min_p > 0.0f;
 }
 
-PlainChoice Sampler::NextChoice(bool want_logprobs) {
+PlainChoice Sampler::NextChoice(int32_t top_logprobs) {
   PlainChoice c;
   c.valid_vocab = valid_vocab_;
   if (params_.temperature > 0.0f) c.draw = Draw();  // Sample would draw it too
-  if (want_logprobs) return c;
+  // Logprobs are of the raw logits, which the device's penalties change in place.
+  if (top_logprobs > kMaxDeviceTopLogprobs || (top_logprobs > 0 && HasPenalties())) return c;
+  c.top_logprobs = top_logprobs;
   if (HasPenalties()) {
     c.repetition_penalty = params_.repetition_penalty;
     c.presence_penalty = params_.presence_penalty;

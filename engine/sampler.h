@@ -27,10 +27,6 @@ struct SamplingParams {
 // Checks ranges; messages name the field, the limit and the value.
 absl::Status ValidateSamplingParams(const SamplingParams& p);
 
-struct TokenLogprob {
-  int32_t token = 0;
-  float logprob = 0.0f;
-};
 
 class Sampler {
  public:
@@ -40,10 +36,11 @@ class Sampler {
 
   // Records a token of the context (prompt or generated) for the penalties.
   void Observe(int32_t token);
-  // The next choice as a PlainChoice when it is one (no penalty; the caller adds logprobs to
-  // the list of things that need the host), consuming the random draw the choice takes: pass
-  // that choice to Sample if the token is chosen on the host after all.
-  PlainChoice NextChoice(bool want_logprobs);
+  // The next choice as a PlainChoice (kHost when it needs the host: logprobs together with
+  // penalties, or more than kMaxDeviceTopLogprobs of them), consuming the random draw the
+  // choice takes: pass that choice to Sample if the token is chosen on the host after all.
+  // top_logprobs: the log-probabilities the request wants with each token (0: none).
+  PlainChoice NextChoice(int32_t top_logprobs);
   // Chooses the next token from `logits` (model vocab size). `top_logprobs` (optional) gets the
   // n most likely tokens under the unpenalised, untempered distribution, `chosen_logprob`
   // (optional) the chosen one's; leave both null when not needed (saves a pass over the vocab).

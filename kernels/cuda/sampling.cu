@@ -56,6 +56,11 @@ __device__ double BlockExclusiveSum(double v, double* scratch, double* total) {
   return before + incl - v;
 }
 
+__device__ __forceinline__ float WarpSumFloat(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
 __device__ __forceinline__ float Prob(float z) { return static_cast<float>(exp(static_cast<double>(z))); }
 
 // Penalties of the rows that have them, in place (tokens are distinct within a row).
@@ -156,15 +161,16 @@ struct DescentScratch {
   int count;
 };
 
-// Sum of the weights (mass or 1) of the candidates with key >= floor_key.
-__device__ uint64_t WeightFrom(const float* probs, int n, uint64_t floor_key, bool mass,
-                               DescentScratch& s) {
+// An element of a descent: entry(i, &key, &weight) says whether id i takes part and with which
+// key and weight.
+template <typename Entry>
+__device__ uint64_t WeightFrom(int n, uint64_t floor_key, Entry entry, DescentScratch& s) {
   if (threadIdx.x == 0) s.total = 0;
   __syncthreads();
   unsigned long long mine = 0;
   for (int i = threadIdx.x; i < n; i += blockDim.x) {
-    const float pr = probs[i];
-    if (pr > 0.0f && KeyOf(pr, i) >= floor_key) mine += mass ? MassOf(pr) : 1;
+    uint64_t key, weight;
+    if (entry(i, &key, &weight) && key >= floor_key) mine += weight;
   }
   atomicAdd(&s.total, mine);
   __syncthreads();
@@ -173,23 +179,22 @@ __device__ uint64_t WeightFrom(const float* probs, int n, uint64_t floor_key, bo
   return total;
 }
 
-// The largest key among the candidates with key >= floor_key whose running weight, summed in
+// The largest key among the entries with key >= floor_key whose running weight, summed in
 // decreasing key order up to and including it, reaches `target`; the smallest such key when
 // the target is beyond the total.
-__device__ uint64_t Descend(const float* probs, int n, uint64_t floor_key, bool mass,
-                            uint64_t target, DescentScratch& s) {
+template <typename Entry>
+__device__ uint64_t Descend(int n, uint64_t floor_key, uint64_t target, Entry entry,
+                            DescentScratch& s) {
   uint64_t prefix = 0, above = 0;
   for (int pass = 0; pass < 8; ++pass) {
     const int shift = 56 - 8 * pass;
     for (int d = threadIdx.x; d < 256; d += blockDim.x) s.hist[d] = 0;
     __syncthreads();
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
-      const float pr = probs[i];
-      if (!(pr > 0.0f)) continue;
-      const uint64_t key = KeyOf(pr, i);
-      if (key < floor_key) continue;
+      uint64_t key, weight;
+      if (!entry(i, &key, &weight) || key < floor_key) continue;
       if (pass > 0 && (key >> (shift + 8)) != (prefix >> (shift + 8))) continue;
-      atomicAdd(&s.hist[(key >> shift) & 255], mass ? MassOf(pr) : 1ull);
+      atomicAdd(&s.hist[(key >> shift) & 255], static_cast<unsigned long long>(weight));
     }
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -257,19 +262,104 @@ __global__ void __launch_bounds__(kThreads) TruncatedSampleKernel(SampleRowsPara
     keep = min(keep, max(1, s.count));
     __syncthreads();
   }
+  auto counted = [&](int i, uint64_t* key, uint64_t* weight) {
+    const float pr = probs[i];
+    *key = KeyOf(pr, i);
+    *weight = 1;
+    return pr > 0.0f;
+  };
+  auto weighed = [&](int i, uint64_t* key, uint64_t* weight) {
+    const float pr = probs[i];
+    *key = KeyOf(pr, i);
+    *weight = MassOf(pr);
+    return pr > 0.0f;
+  };
   // The keep-th key: the count cut (top-k, min-p).
-  uint64_t cut = Descend(probs, n, 0, false, static_cast<uint64_t>(keep), s);
+  uint64_t cut = Descend(n, 0, static_cast<uint64_t>(keep), counted, s);
   if (c.top_p < 1.0f) {
     // The shortest prefix whose mass reaches top_p of the kept mass.
-    const uint64_t kept = WeightFrom(probs, n, cut, true, s);
+    const uint64_t kept = WeightFrom(n, cut, weighed, s);
     const uint64_t target = max(1ull, static_cast<unsigned long long>(ceil(static_cast<double>(c.top_p) * kept)));
-    cut = Descend(probs, n, cut, true, target, s);
+    cut = Descend(n, cut, target, weighed, s);
   }
   // The draw: the first key whose running mass exceeds u = draw * mass.
-  const uint64_t mass = WeightFrom(probs, n, cut, true, s);
+  const uint64_t mass = WeightFrom(n, cut, weighed, s);
   const uint64_t target = static_cast<uint64_t>(floor(c.draw * static_cast<double>(mass))) + 1;
-  const uint64_t chosen = Descend(probs, n, cut, true, target, s);
+  const uint64_t chosen = Descend(n, cut, target, weighed, s);
   if (threadIdx.x == 0) p.tokens[row] = static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(chosen));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Log-probabilities (rows with top_logprobs > 0, after the token is chosen): log_z = max +
+// log(sum exp(l - max)) over the raw row (the host sums in id order in fp32, this in a tree:
+// the values agree to about 1e-6), the chosen token's l - log_z, and the top_logprobs largest
+// logits: a count descent finds the n-th largest (logit, id) key, the n keys at or above it
+// are collected and sorted.
+
+// Orders like the float: flips the sign bit of positives and all bits of negatives.
+__device__ __forceinline__ uint32_t OrderedBits(float f) {
+  const uint32_t u = __float_as_uint(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+__global__ void __launch_bounds__(kThreads) LogprobsKernel(SampleRowsParams p) {
+  __shared__ DescentScratch s;
+  __shared__ Best best_scratch[kThreads / 32];
+  __shared__ float sum_scratch[kThreads / 32];
+  __shared__ uint64_t picked[kMaxTopLogprobs];
+  __shared__ int picked_count;
+  const int row = blockIdx.x;
+  const RowChoice c = p.choices[row];
+  if (c.kind == 0 || c.top_logprobs <= 0) return;
+  const float* l = p.logits + static_cast<int64_t>(row) * p.vocab;
+  const int n = c.valid_vocab > 0 && c.valid_vocab < p.vocab ? c.valid_vocab : p.vocab;
+  Best mine{-FLT_MAX, n};
+  for (int i = threadIdx.x; i < n; i += blockDim.x) mine = Better(mine, Best{l[i], i});
+  const float mx = BlockBest(mine, best_scratch).value;
+  float part = 0.0f;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) part += expf(l[i] - mx);
+  part = WarpSumFloat(part);
+  if ((threadIdx.x & 31) == 0) sum_scratch[threadIdx.x >> 5] = part;
+  __syncthreads();
+  float sum = 0.0f;
+  for (int w = 0; w < kThreads / 32; ++w) sum += sum_scratch[w];
+  const float log_z = mx + logf(sum);
+  if (threadIdx.x == 0) p.logprobs[row] = l[p.tokens[row]] - log_z;
+
+  const int m = min(min(c.top_logprobs, kMaxTopLogprobs), n);
+  auto keyed = [&](int i, uint64_t* key, uint64_t* weight) {
+    *key = (static_cast<uint64_t>(OrderedBits(l[i])) << 32) | (0xffffffffu - static_cast<uint32_t>(i));
+    *weight = 1;
+    return true;
+  };
+  const uint64_t floor_key = Descend(n, 0, static_cast<uint64_t>(m), keyed, s);
+  if (threadIdx.x == 0) picked_count = 0;
+  __syncthreads();
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    uint64_t key, weight;
+    keyed(i, &key, &weight);
+    if (key >= floor_key) {
+      const int slot = atomicAdd(&picked_count, 1);
+      if (slot < kMaxTopLogprobs) picked[slot] = key;
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const int k = min(picked_count, m);
+    for (int a = 1; a < k; ++a) {  // insertion sort, largest key first
+      const uint64_t v = picked[a];
+      int b = a - 1;
+      while (b >= 0 && picked[b] < v) {
+        picked[b + 1] = picked[b];
+        --b;
+      }
+      picked[b + 1] = v;
+    }
+    for (int a = 0; a < k; ++a) {
+      const int id = static_cast<int>(0xffffffffu - static_cast<uint32_t>(picked[a]));
+      p.top[static_cast<int64_t>(row) * kMaxTopLogprobs + a] = TopLogprob{id, l[id] - log_z};
+    }
+  }
 }
 
 }  // namespace
@@ -302,6 +392,13 @@ absl::Status SampleRows(const SampleRowsParams& p) {
     MESA_CUDA_RETURN_IF_ERROR(attr);
     TruncatedSampleKernel<<<p.rows, kThreads, smem, p.stream>>>(p);
     MESA_CUDA_RETURN_IF_LAUNCH_FAILED("TruncatedSampleKernel");
+  }
+  if (p.any_logprobs) {
+    if (p.logprobs == nullptr || p.top == nullptr) {
+      return absl::InvalidArgumentError("SampleRows: logprobs asked for without output buffers");
+    }
+    LogprobsKernel<<<p.rows, kThreads, 0, p.stream>>>(p);
+    MESA_CUDA_RETURN_IF_LAUNCH_FAILED("LogprobsKernel");
   }
   return absl::OkStatus();
 }

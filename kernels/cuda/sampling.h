@@ -39,6 +39,17 @@ struct RowChoice {
   float frequency_penalty = 0.0f;
   int32_t seen_offset = 0;
   int32_t seen_count = 0;
+  // Log-probabilities of the raw logits to report (rows without penalties): the chosen token's
+  // and the top_logprobs most likely, most likely first (ties: smaller id first).
+  int32_t top_logprobs = 0;
+};
+
+inline constexpr int32_t kMaxTopLogprobs = 20;
+
+// (token, log-probability), as engine/plain_choice.h TokenLogprob.
+struct TopLogprob {
+  int32_t token;
+  float logprob;
 };
 
 // (token, count) of a seen token, as engine/plain_choice.h SeenToken.
@@ -57,6 +68,9 @@ struct SampleRowsParams {
   float* logits = nullptr;           // [rows, vocab]; rows with penalties are changed in place
   const SeenEntry* seen = nullptr;   // the rows' seen tokens (RowChoice::seen_offset)
   bool any_penalties = false;        // some row has seen_count > 0
+  float* logprobs = nullptr;         // [rows] out: the chosen token's, where top_logprobs > 0
+  TopLogprob* top = nullptr;         // [rows, kMaxTopLogprobs] out
+  bool any_logprobs = false;         // some row has top_logprobs > 0
   const RowChoice* choices = nullptr;  // [rows], device
   int32_t* tokens = nullptr;         // [rows] out: the chosen id, -1 for kind 0 rows
   bool any_truncated = false;        // some row is kind 3 (a second kernel runs for those)

@@ -52,6 +52,7 @@ gpu::RowChoice ToRow(const PlainChoice& c, std::vector<gpu::SeenEntry>* seen) {
   rc.top_k = c.top_k;
   rc.top_p = c.top_p;
   rc.min_p = c.min_p;
+  rc.top_logprobs = c.top_logprobs;
   if (!c.seen.empty()) {
     rc.repetition_penalty = c.repetition_penalty;
     rc.presence_penalty = c.presence_penalty;
@@ -145,7 +146,7 @@ TEST_F(DeviceSamplingTest, KernelMatchesTheSampler) {
           host.Observe(t);
           twin.Observe(t);
         }
-        const PlainChoice choice = host.NextChoice(false);
+        const PlainChoice choice = host.NextChoice(0);
         ASSERT_EQ(choice.seen.empty(), !penalties);
         ASSERT_EQ(choice.kind, c.temperature == 0.0f ? PlainChoice::Kind::kGreedy
                                : truncated          ? PlainChoice::Kind::kTruncated
@@ -188,6 +189,80 @@ TEST_F(DeviceSamplingTest, KernelMatchesTheSampler) {
               << c.repetition << "/" << c.presence << "/" << c.frequency << ": " << differ
               << " of " << draws << " draws differ from the host's\n";
     EXPECT_LE(differ, draws / 500);
+  }
+}
+
+// Logprobs of the raw logits with the device's token: the chosen token's and the n most likely,
+// against the host Sampler's. The host sums exp in fp32 in id order, the device in a tree:
+// log-probabilities agree to 1e-4 (measured far closer); the top ids agree except among equal
+// logits, whose order the host leaves unspecified (std::partial_sort), so ids are compared
+// where no other id of the row has the same logit.
+TEST_F(DeviceSamplingTest, LogprobsMatchTheSampler) {
+  for (const int vocab : {1000, 32000}) {
+    for (const int n_top : {1, 5, kMaxDeviceTopLogprobs}) {
+      constexpr int kRows = 32;
+      std::mt19937 rng(static_cast<uint32_t>(vocab + n_top));
+      const std::vector<float> logits = Logits(rng, kRows, vocab, 2.0f);
+      std::vector<gpu::RowChoice> rows(kRows);
+      std::vector<int32_t> want(kRows);
+      std::vector<float> want_logprob(kRows);
+      std::vector<std::vector<TokenLogprob>> want_top(kRows);
+      for (int r = 0; r < kRows; ++r) {
+        SamplingParams sp;
+        sp.temperature = r % 2 == 0 ? 0.0f : 0.9f;
+        sp.top_p = r % 4 == 3 ? 0.9f : 1.0f;
+        sp.seed = static_cast<uint64_t>(r);
+        Sampler host(sp, vocab), twin(sp, vocab);
+        const PlainChoice choice = host.NextChoice(n_top);
+        ASSERT_EQ(choice.top_logprobs, n_top);
+        std::vector<gpu::SeenEntry> unused;
+        rows[r] = ToRow(choice, &unused);
+        want[r] = twin.Sample(absl::MakeConstSpan(logits).subspan(static_cast<size_t>(r) * vocab, vocab),
+                              n_top, &want_top[r], &want_logprob[r]);
+      }
+      MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_logits, Upload(logits));
+      MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_rows, Upload(rows));
+      MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_tokens, Upload(std::vector<int32_t>(kRows, -7)));
+      MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_logprobs, Upload(std::vector<float>(kRows, NAN)));
+      MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_top,
+                                DeviceBuffer::Allocate(kRows * gpu::kMaxTopLogprobs * sizeof(gpu::TopLogprob)));
+      gpu::SampleRowsParams p;
+      p.rows = kRows;
+      p.vocab = vocab;
+      p.logits = d_logits.as<float>();
+      p.choices = d_rows.as<gpu::RowChoice>();
+      p.tokens = d_tokens.as<int32_t>();
+      p.any_truncated = true;
+      p.logprobs = d_logprobs.as<float>();
+      p.top = d_top.as<gpu::TopLogprob>();
+      p.any_logprobs = true;
+      MESA_ASSERT_OK(gpu::SampleRows(p));
+      MESA_ASSERT_OK(Sync());
+      MESA_ASSERT_OK_AND_ASSIGN(std::vector<int32_t> got, Download<int32_t>(d_tokens, kRows));
+      MESA_ASSERT_OK_AND_ASSIGN(std::vector<float> got_logprob, Download<float>(d_logprobs, kRows));
+      std::vector<gpu::TopLogprob> got_top(kRows * gpu::kMaxTopLogprobs);
+      MESA_ASSERT_OK(d_top.CopyToHost(got_top.data(), got_top.size() * sizeof(gpu::TopLogprob)));
+      float worst = 0.0f;
+      for (int r = 0; r < kRows; ++r) {
+        SCOPED_TRACE(::testing::Message() << "vocab " << vocab << " top " << n_top << " row " << r);
+        ASSERT_EQ(got[r], want[r]);
+        EXPECT_NEAR(got_logprob[r], want_logprob[r], 1e-4f);
+        worst = std::max(worst, std::fabs(got_logprob[r] - want_logprob[r]));
+        ASSERT_EQ(want_top[r].size(), static_cast<size_t>(n_top));
+        for (int a = 0; a < n_top; ++a) {
+          const gpu::TopLogprob& g = got_top[r * gpu::kMaxTopLogprobs + a];
+          EXPECT_NEAR(g.logprob, want_top[r][a].logprob, 1e-4f) << "entry " << a;
+          worst = std::max(worst, std::fabs(g.logprob - want_top[r][a].logprob));
+          // Tied with any other id of the row (inside the list or just past it)?
+          const float* row = logits.data() + static_cast<size_t>(r) * vocab;
+          const float value = row[want_top[r][a].token];
+          const bool tied = std::count(row, row + vocab, value) > 1;
+          if (!tied) EXPECT_EQ(g.token, want_top[r][a].token) << "entry " << a;
+        }
+      }
+      std::cout << "[ device logprobs ] vocab " << vocab << " top " << n_top
+                << ": largest difference from the host's " << worst << "\n";
+    }
   }
 }
 
@@ -256,8 +331,10 @@ TEST_F(DeviceSamplingTest, RunnerChoosesWhatTheHostWould) {
         samplers.back()->Observe(t % vocab);
         twins.back().Observe(t % vocab);
       }
-      choices.push_back(samplers.back()->NextChoice(/*want_logprobs=*/i == 3));
-      twin_choices.push_back(twins.back().NextChoice(i == 3));
+      // Row 3 asks for more logprobs than the device reports (the host's); row 0 for 5.
+      const int32_t top_logprobs = i == 3 ? kMaxDeviceTopLogprobs + 1 : i == 0 ? 5 : 0;
+      choices.push_back(samplers.back()->NextChoice(top_logprobs));
+      twin_choices.push_back(twins.back().NextChoice(top_logprobs));
     }
     DecodeResult plain, chosen;
     ASSERT_TRUE(logits_runner->Decode(rows, &plain).ok());
@@ -267,7 +344,9 @@ TEST_F(DeviceSamplingTest, RunnerChoosesWhatTheHostWould) {
     ASSERT_EQ(chosen.logits.size(), rows.size() * vocab) << "a host row needs logits";
     EXPECT_EQ(*std::max_element(chosen.logits.begin() + vocab, chosen.logits.begin() + 2 * vocab), 0.0f);
     EXPECT_EQ(*std::min_element(chosen.logits.begin() + vocab, chosen.logits.begin() + 2 * vocab), 0.0f);
-    EXPECT_EQ(chosen.tokens[3], -1) << "a row that wants logprobs is sampled on the host";
+    EXPECT_EQ(chosen.tokens[3], -1) << "a row that wants 21 logprobs is sampled on the host";
+    ASSERT_EQ(chosen.logprobs.size(), rows.size());
+    ASSERT_EQ(chosen.top_logprobs.size(), rows.size() * kMaxDeviceTopLogprobs);
     for (size_t i = 0; i < rows.size(); ++i) {
       const absl::Span<const float> want_logits =
           absl::MakeConstSpan(plain.logits).subspan(i * vocab, vocab);
@@ -275,9 +354,19 @@ TEST_F(DeviceSamplingTest, RunnerChoosesWhatTheHostWould) {
           absl::MakeConstSpan(chosen.logits).subspan(i * vocab, vocab);
       if (chosen.tokens[i] >= 0) {
         ++device_chosen;
-        const int32_t host = twins[i].Sample(want_logits, 0, nullptr, nullptr, &twin_choices[i]);
+        std::vector<TokenLogprob> top;
+        float logprob = 0.0f;
+        const int32_t n_top = twin_choices[i].top_logprobs;
+        const int32_t host = twins[i].Sample(want_logits, n_top, n_top > 0 ? &top : nullptr,
+                                             n_top > 0 ? &logprob : nullptr, &twin_choices[i]);
         ++checked;
         EXPECT_EQ(chosen.tokens[i], host) << "step " << step << " row " << i;
+        if (n_top > 0) {
+          EXPECT_NEAR(chosen.logprobs[i], logprob, 1e-4f) << "row " << i;
+          for (int a = 0; a < n_top; ++a) {
+            EXPECT_NEAR(chosen.top_logprobs[i * kMaxDeviceTopLogprobs + a].logprob, top[a].logprob, 1e-4f);
+          }
+        }
       } else {
         // The logits of host rows are the same step's (bit for bit: the same kernels).
         EXPECT_EQ(std::vector<float>(got_logits.begin(), got_logits.end()),
