@@ -12,10 +12,7 @@ set -u
 OUTDIR=${OUT:-/tmp/out}; mkdir -p "$OUTDIR"
 LOG="$OUTDIR/sampling.txt"
 bash tools/serving/random_13b.sh /tmp/m13
-tar xJf build-server/server.tar.xz -C /tmp
-CUDA_LIB=$(dirname "$(ls /usr/local/cuda/lib64/libcublasLt.so.13* 2>/dev/null | head -n1)")
-export LD_LIBRARY_PATH=/tmp/mserve/lib:${CUDA_LIB:-/usr/local/cuda/lib64}
-BIN=/tmp/mserve/mesaserve
+. tools/serving/gpu_server_env.sh
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$LOG"
 for setting in ${SETTINGS:-on off}; do
   flag=--device-sampling; [ "$setting" = off ] && flag=--no-device-sampling

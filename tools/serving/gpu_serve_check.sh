@@ -8,10 +8,7 @@
 set -u
 OUTDIR=${OUT:-/tmp/out}; mkdir -p "$OUTDIR"
 LOG="$OUTDIR/gpu_serve.txt"
-tar xJf build-server/server.tar.xz -C /tmp
-CUDA_LIB=$(dirname "$(ls /usr/local/cuda/lib64/libcublasLt.so.13* 2>/dev/null | head -n1)")
-export LD_LIBRARY_PATH=/tmp/mserve/lib:${CUDA_LIB:-/usr/local/cuda/lib64}
-BIN=/tmp/mserve/mesaserve
+. tools/serving/gpu_server_env.sh
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$LOG"
 "$BIN" generate --device cuda --prompt "To configure the server," --max-new-tokens 40 --seed 3 2>&1 | tee -a "$LOG"
 "$BIN" serve --device cuda --slots ${SLOTS:-0} --listen 127.0.0.1:50081 --metrics-listen 127.0.0.1:19181 \
