@@ -285,20 +285,23 @@ TEST_F(DeviceSamplingTest, HostRowsAreLeftToTheCaller) {
   EXPECT_EQ(got[1], 0);  // all equal: the first id
 }
 
+// A CUDA runner on the first test checkpoint, 6 slots.
+std::unique_ptr<CudaModelRunner> MakeRunner() {
+  auto weights = testing::LoadCaseWeights(testing::ModelCases()[0]);
+  EXPECT_TRUE(weights.ok()) << weights.status();
+  if (!weights.ok()) return nullptr;
+  CudaRunnerOptions options;
+  options.num_slots = 6;
+  auto runner = CreateCudaModelRunner(std::move(*weights), options);
+  EXPECT_TRUE(runner.ok()) << runner.status();
+  return runner.ok() ? std::move(*runner) : nullptr;
+}
+
 // The runner: DecodeAndChoose picks, for rows with a plain choice, the token the host would
 // pick from the logits Decode returns for the same step; other rows get their logits.
 TEST_F(DeviceSamplingTest, RunnerChoosesWhatTheHostWould) {
-  const testing::ModelCase mc = testing::ModelCases()[0];
-  auto make = [&]() -> std::unique_ptr<CudaModelRunner> {
-    auto weights = testing::LoadCaseWeights(mc);
-    EXPECT_TRUE(weights.ok()) << weights.status();
-    if (!weights.ok()) return nullptr;
-    CudaRunnerOptions options;
-    options.num_slots = 6;
-    auto runner = CreateCudaModelRunner(std::move(*weights), options);
-    EXPECT_TRUE(runner.ok()) << runner.status();
-    return runner.ok() ? std::move(*runner) : nullptr;
-  };
+  auto make = [] { return MakeRunner(); };
+
   auto logits_runner = make();
   auto choosing_runner = make();
   ASSERT_TRUE(logits_runner && choosing_runner);
@@ -390,6 +393,32 @@ TEST_F(DeviceSamplingTest, RunnerChoosesWhatTheHostWould) {
   EXPECT_GE(all_chosen.tokens[0], 0);
   EXPECT_EQ(all_chosen.tokens[1], -1);
   EXPECT_GE(all_chosen.tokens[2], 0);
+}
+
+// Penalised rows whose seen tokens do not fit one call's upload (2^19) are sampled on the host:
+// the runner returns their logits and no token.
+TEST_F(DeviceSamplingTest, PenaltiesBeyondTheUploadGoToTheHost) {
+  auto runner = MakeRunner();
+  ASSERT_TRUE(runner);
+  const int32_t vocab = runner->config().vocab_size;
+  std::vector<SeenToken> seen((1 << 19) + 1);
+  for (size_t i = 0; i < seen.size(); ++i) seen[i] = {static_cast<int32_t>(i % vocab), 1};
+  PlainChoice penalised;
+  penalised.kind = PlainChoice::Kind::kGreedy;
+  penalised.valid_vocab = vocab;
+  penalised.repetition_penalty = 1.2f;
+  penalised.seen = seen;
+  PlainChoice greedy;
+  greedy.kind = PlainChoice::Kind::kGreedy;
+  greedy.valid_vocab = vocab;
+  const CgControl cg{CgMode::kFixed, 30, 0.0f};
+  const std::vector<DecodeRow> rows = {{0, 5, cg}, {1, 7, cg}};
+  DecodeResult result;
+  ASSERT_TRUE(runner->DecodeAndChoose(rows, {penalised, greedy}, &result).ok());
+  EXPECT_EQ(result.tokens[0], -1);
+  EXPECT_GE(result.tokens[1], 0);
+  ASSERT_EQ(result.logits.size(), 2u * vocab);
+  EXPECT_NE(*std::max_element(result.logits.begin(), result.logits.begin() + vocab), 0.0f);
 }
 
 }  // namespace

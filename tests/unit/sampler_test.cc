@@ -111,6 +111,53 @@ TEST(SamplerTest, LogprobsAreOfTheRawDistribution) {
   EXPECT_NEAR(top[1].logprob, l[4] - std::log(z), 1e-5);
 }
 
+// NextChoice: which rule a runner may apply itself, with the parameters it needs, and the same
+// random stream as Sample either way.
+TEST(SamplerTest, NextChoiceDescribesTheRuleAndKeepsTheStream) {
+  SamplingParams p;
+  p.seed = 9;
+  p.temperature = 0.0f;
+  EXPECT_EQ(Sampler(p, 6).NextChoice(0).kind, PlainChoice::Kind::kGreedy);
+  p.temperature = 0.7f;
+  PlainChoice c = Sampler(p, 6).NextChoice(0);
+  EXPECT_EQ(c.kind, PlainChoice::Kind::kSoftmax);
+  EXPECT_EQ(c.temperature, 0.7f);
+  EXPECT_EQ(c.valid_vocab, 6);
+  p.top_p = 0.9f;
+  p.top_k = 3;
+  c = Sampler(p, 6).NextChoice(5);
+  EXPECT_EQ(c.kind, PlainChoice::Kind::kTruncated);
+  EXPECT_EQ(c.top_k, 3);
+  EXPECT_EQ(c.top_p, 0.9f);
+  EXPECT_EQ(c.top_logprobs, 5);
+  EXPECT_TRUE(c.seen.empty());
+  // More logprobs than a device reports: the host's.
+  EXPECT_EQ(Sampler(p, 6).NextChoice(kMaxDeviceTopLogprobs + 1).kind, PlainChoice::Kind::kHost);
+  // Penalties: the seen tokens travel with the choice; with logprobs (of the raw logits, which
+  // the device's penalties change in place) the host's.
+  p.repetition_penalty = 1.3f;
+  Sampler s(p, 6);
+  s.Observe(4);
+  s.Observe(1);
+  s.Observe(4);
+  c = s.NextChoice(0);
+  EXPECT_EQ(c.kind, PlainChoice::Kind::kTruncated);
+  ASSERT_EQ(c.seen.size(), 2u);
+  EXPECT_EQ(c.seen[0].token, 4);
+  EXPECT_EQ(c.seen[0].count, 2);
+  EXPECT_EQ(c.seen[1].token, 1);
+  EXPECT_EQ(c.repetition_penalty, 1.3f);
+  EXPECT_EQ(s.NextChoice(3).kind, PlainChoice::Kind::kHost);
+  // The draw NextChoice takes is the one Sample would: the same tokens either way.
+  SamplingParams q;
+  q.seed = 5;
+  Sampler a(q, 6), b(q, 6);
+  for (int i = 0; i < 50; ++i) {
+    const PlainChoice choice = a.NextChoice(0);
+    EXPECT_EQ(a.Sample(Logits(), 0, nullptr, nullptr, &choice), b.Sample(Logits())) << "draw " << i;
+  }
+}
+
 TEST(SamplerTest, ValidationNamesTheFieldAndValue) {
   SamplingParams p;
   p.top_p = 0.0f;
