@@ -53,6 +53,8 @@ struct Options {
   double temperature = -1;  // < 0: the server's default
   int64_t top_k = 0;        // 0: off
   double top_p = 1.0;       // 1: off
+  double repetition_penalty = 1.0;  // 1: off
+  int64_t top_logprobs = 0;         // 0: none
   std::string mode = "stream";
   std::string cg_mode;  // empty: the server's default
   double cg_tol = 0;
@@ -190,6 +192,8 @@ class LoadTest {
     if (o_.temperature >= 0) s->set_temperature(static_cast<float>(o_.temperature));
     if (o_.top_k > 0) s->set_top_k(static_cast<int32_t>(o_.top_k));
     if (o_.top_p < 1.0) s->set_top_p(static_cast<float>(o_.top_p));
+    if (o_.repetition_penalty != 1.0) s->set_repetition_penalty(static_cast<float>(o_.repetition_penalty));
+    if (o_.top_logprobs > 0) req.set_top_logprobs(static_cast<int32_t>(o_.top_logprobs));
     s->set_seed(static_cast<uint64_t>(o_.seed) * 1000003u + static_cast<uint64_t>(index));
     req.mutable_stopping()->set_max_new_tokens(static_cast<uint32_t>(max_new_tokens));
     req.mutable_stopping()->set_ignore_eos(o_.ignore_eos);
@@ -353,9 +357,16 @@ void PrintReport(const Options& o, const v1::ModelInfo& info, const Summary& s,
               o.mode.c_str(), static_cast<long long>(o.concurrency), prompt.c_str(),
               static_cast<long long>(o.max_new_tokens), o.ignore_eos ? " (ignore_eos)" : "",
               o.temperature < 0 ? "server default" : absl::StrFormat("%g", o.temperature).c_str(),
-              (o.top_k > 0 || o.top_p < 1.0)
-                  ? absl::StrFormat(", top_k %lld, top_p %g", static_cast<long long>(o.top_k), o.top_p).c_str()
-                  : "",
+              absl::StrCat((o.top_k > 0 || o.top_p < 1.0)
+                               ? absl::StrFormat(", top_k %lld, top_p %g", static_cast<long long>(o.top_k), o.top_p)
+                               : "",
+                           o.repetition_penalty != 1.0
+                               ? absl::StrFormat(", repetition_penalty %g", o.repetition_penalty)
+                               : "",
+                           o.top_logprobs > 0
+                               ? absl::StrFormat(", top_logprobs %lld", static_cast<long long>(o.top_logprobs))
+                               : "")
+                  .c_str(),
               o.cg_mode.empty() ? "server default" : o.cg_mode.c_str());
   if (warmup != nullptr) {
     std::printf("  warm-up: %lld requests, %lld failed (not counted below)\n",
@@ -417,6 +428,8 @@ absl::Status WriteJson(const Options& o, const v1::ModelInfo& info, const PhaseR
                  {"temperature", o.temperature < 0 ? nlohmann::json() : nlohmann::json(o.temperature)},
                  {"top_k", o.top_k},
                  {"top_p", o.top_p},
+                 {"repetition_penalty", o.repetition_penalty},
+                 {"top_logprobs", o.top_logprobs},
                  {"cg_mode", o.cg_mode},
                  {"cg_tol", o.cg_tol},
                  {"cg_max_iters", o.cg_max_iters}};
@@ -504,6 +517,13 @@ absl::Status Validate(const Options& o) {
   if (!(o.top_p > 0.0 && o.top_p <= 1.0)) {
     return absl::InvalidArgumentError(absl::StrCat("--top-p ", o.top_p, " is outside (0, 1]"));
   }
+  if (!(o.repetition_penalty > 0.0 && o.repetition_penalty <= 10.0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--repetition-penalty ", o.repetition_penalty, " is outside (0, 10]"));
+  }
+  if (o.top_logprobs < 0 || o.top_logprobs > 1000) {
+    return absl::InvalidArgumentError(absl::StrCat("--top-logprobs ", o.top_logprobs, " is outside [0, 1000]"));
+  }
   return absl::OkStatus();
 }
 
@@ -533,6 +553,8 @@ int RunLoadTest(const std::vector<std::string>& args) {
   f.Float("temperature", &o.temperature, "sampling temperature; negative = the server's default");
   f.Int("top-k", &o.top_k, "top-k truncation; 0 = off");
   f.Float("top-p", &o.top_p, "top-p (nucleus) truncation; 1 = off");
+  f.Float("repetition-penalty", &o.repetition_penalty, "repetition penalty; 1 = off");
+  f.Int("top-logprobs", &o.top_logprobs, "log-probabilities of the N most likely tokens per step; 0 = none");
   f.String("mode", &o.mode, "stream (GenerateStream: TTFT and ITL) or unary (Generate)");
   f.String("cg-mode", &o.cg_mode, "adaptive or fixed; empty = the server's default");
   f.Float("cg-tol", &o.cg_tol, "adaptive CG tolerance; 0 = the server's default");
