@@ -11,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "engine/cuda_runner_layout.h"
 #include "engine/prefill_packing.h"
 #include "engine/runner_checks.h"
 #include "kernels/cuda/cuda_status.h"
@@ -26,219 +27,23 @@
 namespace mesa {
 namespace {
 
+using cuda_runner::ArenaLayout;
+using cuda_runner::HostStaging;
+using cuda_runner::kSeenCapacity;
+using cuda_runner::LayerStateLayout;
+using cuda_runner::LayerWeightOffsets;
+using cuda_runner::LayOutWeights;
+using cuda_runner::LayOutWorkspace;
+using cuda_runner::PinnedBuffer;
+using cuda_runner::ReleaseHostData;
+using cuda_runner::StateLayoutFor;
+using cuda_runner::StepArgsLayout;
+using cuda_runner::WeightOffsets;
+using cuda_runner::Workspace;
 using gpu::DeviceBuffer;
 
-// Offsets inside the device arenas are aligned like cudaMalloc's own results, so that every
-// tensor can be read with the kernels' vector loads.
-constexpr size_t kAlign = 256;
-// Seen tokens (for the penalties of device-chosen tokens) one decode call can upload: 4 MB on
-// the device and pinned on the host. A call with more sends its penalised rows to the host.
-constexpr int64_t kSeenCapacity = int64_t{1} << 19;
 static_assert(gpu::kMaxTopLogprobs == kMaxDeviceTopLogprobs, "one limit for both layers");
 static_assert(sizeof(gpu::TopLogprob) == sizeof(TokenLogprob), "same (token, logprob) layout");
-size_t AlignUp(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
-
-// Lays out many host arrays in one device allocation: one cudaMalloc for all weights, so the
-// memory plan counts exactly what is allocated.
-class ArenaLayout {
- public:
-  // Reserves `bytes` (copied from `src` by Upload when src is not null); returns the offset.
-  size_t Add(size_t bytes, const void* src = nullptr) {
-    const size_t offset = size_;
-    size_ = AlignUp(offset + bytes);
-    if (src != nullptr && bytes > 0) copies_.push_back({src, bytes, offset});
-    return offset;
-  }
-  size_t bytes() const { return size_; }
-  absl::Status Upload(DeviceBuffer& buffer) const {
-    for (const Copy& c : copies_) MESA_RETURN_IF_ERROR(buffer.CopyFromHost(c.src, c.bytes, c.offset));
-    return absl::OkStatus();
-  }
-
- private:
-  struct Copy {
-    const void* src;
-    size_t bytes;
-    size_t offset;
-  };
-  size_t size_ = 0;
-  std::vector<Copy> copies_;
-};
-
-// A page-locked host buffer: device-to-host copies into it are true async DMA, and the
-// per-step upload of pointer tables does not stage through a driver bounce buffer.
-class PinnedBuffer {
- public:
-  PinnedBuffer() = default;
-  ~PinnedBuffer() {
-    if (ptr_ != nullptr) cudaFreeHost(ptr_);  // errors cannot be reported from here
-  }
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-
-  absl::Status Allocate(size_t bytes) {
-    if (bytes == 0) return absl::OkStatus();
-    MESA_CUDA_RETURN_IF_ERROR(cudaMallocHost(&ptr_, bytes));
-    bytes_ = bytes;
-    return absl::OkStatus();
-  }
-  char* data() { return static_cast<char*>(ptr_); }
-  const char* data() const { return static_cast<const char*>(ptr_); }
-  size_t bytes() const { return bytes_; }
-
- private:
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
-};
-
-// Offsets (in floats) of one layer's state inside a slot: the CPU runner's LayerStateLayout.
-struct LayerStateLayout {
-  int64_t h_kk = 0, h_kv = 0, conv_q = 0, conv_k = 0, stride = 0;
-};
-
-LayerStateLayout StateLayoutFor(const MesaConfig& c) {
-  const int64_t kk = static_cast<int64_t>(c.num_heads) * c.head_dim * c.head_dim;
-  const int64_t conv = static_cast<int64_t>(c.conv_size - 1) * c.key_dim();
-  LayerStateLayout l;
-  l.h_kk = 0;
-  l.h_kv = kk;
-  l.conv_q = 2 * kk;
-  l.conv_k = 2 * kk + conv;
-  l.stride = 2 * kk + 2 * conv;
-  return l;
-}
-
-// Byte offsets of one layer's weights in the weight arena.
-struct LayerWeightOffsets {
-  size_t attn_norm, in_proj, a_bias, b_bias, lambda, q_conv, k_conv, o_norm, o_proj, mlp_norm,
-      gate_up, down;
-};
-
-struct WeightOffsets {
-  size_t embeddings = 0, final_norm = 0, output = 0;
-  std::vector<LayerWeightOffsets> layers;
-};
-
-// Frees the host copies of the matrices once they are on the device (a large model would
-// otherwise be held twice); rows, cols and type stay for the GEMM shapes.
-void ReleaseHostData(MesaWeights& w) {
-  auto release = [](WeightMatrix& m) {
-    std::vector<uint16_t>().swap(m.half);
-    std::vector<float>().swap(m.full);
-  };
-  release(w.embeddings);
-  release(w.lm_head);
-  for (MesaLayerWeights& l : w.layers) {
-    release(l.in_proj);
-    release(l.o_proj);
-    release(l.gate_up);
-    release(l.down);
-  }
-}
-
-template <typename T>
-size_t AddVector(ArenaLayout& arena, const std::vector<T>& v) {
-  return arena.Add(v.size() * sizeof(T), v.data());
-}
-size_t AddMatrix(ArenaLayout& arena, const WeightMatrix& m) { return arena.Add(m.bytes(), m.data()); }
-
-WeightOffsets LayOutWeights(const MesaWeights& w, ArenaLayout& arena) {
-  WeightOffsets o;
-  o.embeddings = AddMatrix(arena, w.embeddings);
-  o.final_norm = AddVector(arena, w.final_norm);
-  o.output = w.config.tie_word_embeddings ? o.embeddings : AddMatrix(arena, w.lm_head);
-  for (const MesaLayerWeights& l : w.layers) {
-    LayerWeightOffsets lo;
-    lo.attn_norm = AddVector(arena, l.attn_norm);
-    lo.in_proj = AddMatrix(arena, l.in_proj);
-    lo.a_bias = AddVector(arena, l.a_bias);
-    lo.b_bias = AddVector(arena, l.b_bias);
-    lo.lambda = AddVector(arena, l.lambda);
-    lo.q_conv = AddVector(arena, l.q_conv);
-    lo.k_conv = AddVector(arena, l.k_conv);
-    lo.o_norm = AddVector(arena, l.o_norm);
-    lo.o_proj = AddMatrix(arena, l.o_proj);
-    lo.mlp_norm = AddVector(arena, l.mlp_norm);
-    lo.gate_up = AddMatrix(arena, l.gate_up);
-    lo.down = AddMatrix(arena, l.down);
-    o.layers.push_back(lo);
-  }
-  return o;
-}
-
-// Byte offsets of the activations and per-step tables in the workspace arena, sized for
-// `rows` rows. Activations "act" are in the model dtype, GEMM outputs fp32.
-struct Workspace {
-  size_t x, u, proj, q, k, v, z, mix, log_decay, beta, gemm_out, mlp, swiglu, logits, iters,
-      residual, args, chosen, seen, logprobs, top;
-  size_t args_bytes;
-  // Prefill only: the chunk kernel's fp32 output, its workspace, and the call's token ids.
-  size_t mix_f, prefill, prefill_tokens;
-  int64_t prefill_max_tokens;
-};
-
-// The per-step arguments uploaded in one copy, for a step of b rows: the state pointer tables
-// [L][4][b] (h_kk, h_kv, conv_q, conv_k), the CG controls [b], the token ids [b] and the token
-// choices [b] the runner makes itself.
-struct StepArgsLayout {
-  size_t tables = 0, cg = 0, tokens = 0, choices = 0, bytes = 0;
-  static StepArgsLayout For(int64_t layers, int64_t b) {
-    StepArgsLayout a;
-    a.tables = 0;
-    a.cg = AlignUp(static_cast<size_t>(layers) * 4 * b * sizeof(float*));
-    a.tokens = AlignUp(a.cg + b * sizeof(CgControl));
-    a.choices = AlignUp(a.tokens + b * sizeof(int32_t));
-    a.bytes = a.choices + b * sizeof(gpu::RowChoice);
-    return a;
-  }
-};
-
-Workspace LayOutWorkspace(const MesaConfig& c, int64_t rows, ArenaLayout& arena) {
-  const size_t act = c.dtype == ScalarType::kFp32 ? 4 : 2;
-  const int64_t d = c.hidden_size, dk = c.key_dim(), inter = c.intermediate_size;
-  const int64_t H = c.num_heads, L = c.num_hidden_layers;
-  const int64_t proj_rows = InProjLayout::For(c).rows;
-  Workspace ws;
-  ws.x = arena.Add(rows * d * act);
-  ws.u = arena.Add(rows * d * act);
-  ws.proj = arena.Add(rows * proj_rows * sizeof(float));
-  // q, k, v: the model dtype in decode, fp32 in prefill (what the chunk kernel reads).
-  ws.q = arena.Add(rows * dk * sizeof(float));
-  ws.k = arena.Add(rows * dk * sizeof(float));
-  ws.v = arena.Add(rows * dk * sizeof(float));
-  ws.z = arena.Add(rows * dk * act);
-  ws.mix = arena.Add(rows * dk * act);
-  ws.log_decay = arena.Add(rows * H * sizeof(float));
-  ws.beta = arena.Add(rows * H * sizeof(float));
-  ws.gemm_out = arena.Add(rows * d * sizeof(float));
-  ws.mlp = arena.Add(rows * 2 * inter * sizeof(float));
-  ws.swiglu = arena.Add(rows * inter * act);
-  ws.logits = arena.Add(rows * static_cast<int64_t>(c.vocab_size) * sizeof(float));
-  ws.iters = arena.Add(L * rows * H * sizeof(int32_t));
-  ws.residual = arena.Add(L * rows * H * sizeof(float));
-  ws.args_bytes = StepArgsLayout::For(L, rows).bytes;
-  ws.args = arena.Add(ws.args_bytes);
-  ws.chosen = arena.Add(rows * sizeof(int32_t));
-  ws.seen = arena.Add(kSeenCapacity * sizeof(gpu::SeenEntry));
-  ws.logprobs = arena.Add(rows * sizeof(float));
-  ws.top = arena.Add(rows * gpu::kMaxTopLogprobs * sizeof(gpu::TopLogprob));
-  ws.mix_f = arena.Add(rows * dk * sizeof(float));
-  ws.prefill = arena.Add(gpu::MesaPrefillWorkspaceBytes(static_cast<int32_t>(H), c.head_dim,
-                                                         static_cast<int32_t>(rows)));
-  ws.prefill_max_tokens = rows;
-  ws.prefill_tokens = arena.Add(rows * sizeof(int32_t));
-  return ws;
-}
-
-}  // namespace
-
-int64_t CudaDecodeBucket(int64_t rows, int64_t max_batch) {
-  int64_t bucket = rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4
-                 : rows <= 64 ? (rows + 7) / 8 * 8 : (rows + 31) / 32 * 32;
-  return std::max<int64_t>(rows, std::min(bucket, max_batch));
-}
-
-namespace {
 
 class CudaModelRunnerImpl final : public CudaModelRunner {
  public:
@@ -340,10 +145,10 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
     return gpu::Gemm(cublas_, p);
   }
 
-  // One decode step of at most max_batch_ rows (choices: one per row, or none); result rows
-  // start at `row0`.
+  // One decode step of at most max_batch_ rows (choices: one per row, or none; penalties_fit:
+  // DeviceChooses' argument); result rows start at `row0`.
   absl::Status DecodeChunk(absl::Span<const DecodeRow> rows, absl::Span<const PlainChoice> choices,
-                           int64_t row0, DecodeResult* result);
+                           bool penalties_fit, int64_t row0, DecodeResult* result);
   absl::Status Layer(int layer, int64_t b, const StepArgsLayout& args);
   // The part of a layer before the token mixer on `b` rows: u = attn_norm(x), proj = u W_in^T
   // (fp32; the mixer-input kernels add the gate biases and round).
@@ -404,7 +209,6 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   int64_t ws_rows_ = 0;       // rows the workspaces hold: max(max_batch_, prefill_rows_)
   std::vector<int64_t> positions_;
   bool poisoned_ = false;
-  bool penalties_fit_ = true;  // this DecodeAndChoose call's seen tokens fit one upload
   CudaMemoryPlan plan_;
 
   cudaStream_t stream_ = nullptr;
@@ -414,10 +218,9 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   DeviceBuffer weights_;
   DeviceBuffer workspace_;
   DeviceBuffer states_;
-  // Host staging: [args | logits | iters | residual], page-locked.
+  // Host staging, page-locked (HostStaging has its layout).
   PinnedBuffer host_;
-  size_t host_logits_ = 0, host_iters_ = 0, host_residual_ = 0, host_chosen_ = 0, host_seen_ = 0,
-         host_logprobs_ = 0, host_top_ = 0;
+  HostStaging hs_;
   struct StepGraph {
     int eager_steps = 0;
     cudaGraphExec_t exec = nullptr;
@@ -477,16 +280,8 @@ absl::Status CudaModelRunnerImpl::Init() {
   MESA_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
   ReleaseHostData(w_);
 
-  const int64_t H = c_.num_heads, L = c_.num_hidden_layers;
-  host_logits_ = AlignUp(ws_.args_bytes);
-  host_iters_ = AlignUp(host_logits_ + ws_rows_ * c_.vocab_size * sizeof(float));
-  host_residual_ = AlignUp(host_iters_ + L * ws_rows_ * H * sizeof(int32_t));
-  host_chosen_ = AlignUp(host_residual_ + L * ws_rows_ * H * sizeof(float));
-  host_seen_ = AlignUp(host_chosen_ + ws_rows_ * sizeof(int32_t));
-  host_logprobs_ = AlignUp(host_seen_ + kSeenCapacity * sizeof(gpu::SeenEntry));
-  host_top_ = AlignUp(host_logprobs_ + ws_rows_ * sizeof(float));
-  MESA_RETURN_IF_ERROR(
-      host_.Allocate(host_top_ + ws_rows_ * gpu::kMaxTopLogprobs * sizeof(gpu::TopLogprob)));
+  hs_ = HostStaging::For(c_, ws_rows_, ws_.args_bytes);
+  MESA_RETURN_IF_ERROR(host_.Allocate(hs_.bytes));
 
   // Warm-up: all-pad steps (no state is read or written) at every bucket, twice with CUDA
   // graphs (the first runs eagerly, the second captures), so that lazy kernel loading,
@@ -496,7 +291,7 @@ absl::Status CudaModelRunnerImpl::Init() {
     std::vector<DecodeRow> pads(bucket);
     DecodeResult ignored;
     for (int pass = 0; pass < (options_.cuda_graphs ? 2 : 1); ++pass) {
-      MESA_RETURN_IF_ERROR(DecodeChunk(pads, {}, 0, &ignored));
+      MESA_RETURN_IF_ERROR(DecodeChunk(pads, {}, true, 0, &ignored));
     }
   }
   return absl::OkStatus();
@@ -633,21 +428,21 @@ absl::Status CudaModelRunnerImpl::PrefillPackStep(absl::Span<const PrefillReques
     MESA_RETURN_IF_ERROR(
         Gemm(Ws(ws_.logits), Ws(ws_.u), logit_rows, w_.output_matrix(), wo_.output));
     MESA_RETURN_IF_ERROR(gpu::RoundInPlace(Ws<float>(ws_.logits), logit_rows * vocab, act, stream_));
-    MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + host_logits_, Ws(ws_.logits),
+    MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + hs_.logits, Ws(ws_.logits),
                                               logit_rows * vocab * sizeof(float),
                                               cudaMemcpyDeviceToHost, stream_));
   }
   const size_t stat_count = static_cast<size_t>(L * n * H);
   if (want_stats) {
-    MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + host_iters_, Ws(ws_.iters),
+    MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + hs_.iters, Ws(ws_.iters),
                                               stat_count * sizeof(int32_t),
                                               cudaMemcpyDeviceToHost, stream_));
-    MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + host_residual_, Ws(ws_.residual),
+    MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + hs_.residual, Ws(ws_.residual),
                                               stat_count * sizeof(float), cudaMemcpyDeviceToHost,
                                               stream_));
   }
   MESA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-  const auto* logits = reinterpret_cast<const float*>(host_.data() + host_logits_);
+  const auto* logits = reinterpret_cast<const float*>(host_.data() + hs_.logits);
   for (size_t i = 0; i < pack.size(); ++i) {
     const PrefillPiece& piece = pack[i];
     const PrefillRequest& req = requests[piece.request];
@@ -665,8 +460,8 @@ absl::Status CudaModelRunnerImpl::PrefillPackStep(absl::Span<const PrefillReques
 void CudaModelRunnerImpl::CopyStats(int64_t rows, int64_t src_row, int64_t count, int64_t dst_row,
                                     CgStats* stats) const {
   const int64_t L = c_.num_hidden_layers, H = c_.num_heads;
-  const auto* iters = reinterpret_cast<const int32_t*>(host_.data() + host_iters_);
-  const auto* residual = reinterpret_cast<const float*>(host_.data() + host_residual_);
+  const auto* iters = reinterpret_cast<const int32_t*>(host_.data() + hs_.iters);
+  const auto* residual = reinterpret_cast<const float*>(host_.data() + hs_.residual);
   for (int64_t l = 0; l < L; ++l) {
     for (int64_t r = 0; r < count; ++r) {
       for (int64_t h = 0; h < H; ++h) {
@@ -694,15 +489,17 @@ absl::Status CudaModelRunnerImpl::DecodeAndChoose(absl::Span<const DecodeRow> ro
   result->stats.Resize(static_cast<int32_t>(b), c_.num_hidden_layers, c_.num_heads);
   // Penalised rows go to the device only if all their seen tokens fit one upload.
   int64_t seen_total = 0;
-  for (const PlainChoice& c : choices) seen_total += static_cast<int64_t>(c.seen.size());
-  penalties_fit_ = seen_total <= kSeenCapacity;
+  bool any_logprobs = false;
+  for (const PlainChoice& c : choices) {
+    seen_total += static_cast<int64_t>(c.seen.size());
+    any_logprobs = any_logprobs || c.top_logprobs > 0;
+  }
+  const bool penalties_fit = seen_total <= kSeenCapacity;
   // Logits only where the caller samples (model_runner.h): rows it does not read are not filled.
   bool host_rows = choices.empty();
   for (size_t i = 0; i < choices.size() && !host_rows; ++i) {
-    host_rows = rows[i].slot != kPadSlot && !DeviceChooses(choices[i], penalties_fit_);
+    host_rows = rows[i].slot != kPadSlot && !DeviceChooses(choices[i], penalties_fit);
   }
-  bool any_logprobs = false;
-  for (const PlainChoice& c : choices) any_logprobs = any_logprobs || c.top_logprobs > 0;
   if (any_logprobs) {
     result->logprobs.assign(b, 0.0f);
     result->top_logprobs.assign(b * kMaxDeviceTopLogprobs, TokenLogprob{});
@@ -728,7 +525,8 @@ absl::Status CudaModelRunnerImpl::DecodeAndChoose(absl::Span<const DecodeRow> ro
     const absl::Span<const DecodeRow> piece = rows.subspan(start, n);
     const absl::Span<const PlainChoice> piece_choices =
         choices.empty() ? choices : choices.subspan(start, n);
-    MESA_RETURN_IF_ERROR(NoteFailure(DecodeChunk(piece, piece_choices, start, result)));
+    MESA_RETURN_IF_ERROR(
+        NoteFailure(DecodeChunk(piece, piece_choices, penalties_fit, start, result)));
     for (const DecodeRow& row : piece) {
       if (row.slot != kPadSlot) positions_[row.slot] += 1;
     }
@@ -774,7 +572,8 @@ absl::Status CudaModelRunnerImpl::RunStep(int64_t b, const StepArgsLayout& args)
 }
 
 absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows,
-                                              absl::Span<const PlainChoice> choices, int64_t row0,
+                                              absl::Span<const PlainChoice> choices,
+                                              bool penalties_fit, int64_t row0,
                                               DecodeResult* result) {
   const int64_t b = static_cast<int64_t>(rows.size());
   const int64_t L = c_.num_hidden_layers, H = c_.num_heads;
@@ -794,33 +593,20 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows,
   bool any_truncated = false;  // ... with truncation (a second kernel)
   bool any_logprobs = false;   // ... with logprobs to report
   int64_t seen_used = 0;       // seen tokens staged for the penalties
-  auto* seen = reinterpret_cast<gpu::SeenEntry*>(host_.data() + host_seen_);
+  auto* seen = reinterpret_cast<gpu::SeenEntry*>(host_.data() + hs_.seen);
   for (int64_t i = 0; i < n; ++i) {
     const bool pad = i >= b || rows[i].slot == kPadSlot;
     tokens[i] = pad ? 0 : rows[i].token;
     cg[i] = i < b ? rows[i].cg : CgControl{};
-    gpu::RowChoice rc;
-    if (!pad && !choices.empty() && DeviceChooses(choices[i], penalties_fit_)) {
-      const bool truncated = choices[i].kind == PlainChoice::Kind::kTruncated;
-      if (!choices[i].seen.empty()) {
-        rc.repetition_penalty = choices[i].repetition_penalty;
-        rc.presence_penalty = choices[i].presence_penalty;
-        rc.frequency_penalty = choices[i].frequency_penalty;
-        rc.seen_offset = static_cast<int32_t>(seen_used);
-        rc.seen_count = static_cast<int32_t>(choices[i].seen.size());
-        for (const SeenToken& s : choices[i].seen) seen[seen_used++] = {s.token, s.count};
-      }
-      rc.kind = static_cast<int32_t>(choices[i].kind);
-      rc.temperature = choices[i].temperature;
-      rc.draw = choices[i].draw;
-      rc.valid_vocab = choices[i].valid_vocab;
-      rc.top_k = choices[i].top_k;
-      rc.top_p = choices[i].top_p;
-      rc.min_p = choices[i].min_p;
-      rc.top_logprobs = std::min(choices[i].top_logprobs, gpu::kMaxTopLogprobs);
+    gpu::RowChoice rc;  // kind 0: not the device's
+    if (!pad && !choices.empty() && DeviceChooses(choices[i], penalties_fit)) {
+      rc = cuda_runner::RowChoiceFor(choices[i]);
+      rc.seen_offset = static_cast<int32_t>(seen_used);
+      rc.seen_count = static_cast<int32_t>(choices[i].seen.size());
+      for (const SeenToken& s : choices[i].seen) seen[seen_used++] = {s.token, s.count};
       any_logprobs = any_logprobs || rc.top_logprobs > 0;
       any_chosen = true;
-      any_truncated = any_truncated || truncated;
+      any_truncated = any_truncated || choices[i].kind == PlainChoice::Kind::kTruncated;
     }
     row_choices[i] = rc;
     for (int64_t l = 0; l < L; ++l) {
@@ -844,15 +630,8 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows,
   // some: then runs of the others, and the chosen tokens) and the CG statistics, then wait:
   // the step's result is needed now (the host staging buffer is reused by the next step,
   // which also orders the args upload).
-  auto host_row = [&](int64_t i) {
-    return rows[i].slot != kPadSlot && reinterpret_cast<const gpu::RowChoice*>(
-                                           staged + args.choices)[i].kind == 0;
-  };
-  if (!any_chosen) {
-    MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + host_logits_, Ws(ws_.logits),
-                                              b * vocab * sizeof(float), cudaMemcpyDeviceToHost,
-                                              stream_));
-  } else {
+  auto host_row = [&](int64_t i) { return rows[i].slot != kPadSlot && row_choices[i].kind == 0; };
+  if (any_chosen) {
     gpu::SampleRowsParams sp;
     sp.rows = static_cast<int32_t>(b);  // the bucket's pad rows choose nothing
     sp.vocab = static_cast<int32_t>(vocab);
@@ -867,62 +646,57 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows,
     sp.any_logprobs = any_logprobs;
     sp.stream = stream_;
     MESA_RETURN_IF_ERROR(gpu::SampleRows(sp));
-    MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + host_chosen_, Ws(ws_.chosen),
+    MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + hs_.chosen, Ws(ws_.chosen),
                                               b * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
     if (any_logprobs) {
-      MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + host_logprobs_, Ws(ws_.logprobs),
+      MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + hs_.logprobs, Ws(ws_.logprobs),
                                                 b * sizeof(float), cudaMemcpyDeviceToHost, stream_));
       MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(
-          host_.data() + host_top_, Ws(ws_.top), b * gpu::kMaxTopLogprobs * sizeof(gpu::TopLogprob),
+          host_.data() + hs_.top, Ws(ws_.top), b * gpu::kMaxTopLogprobs * sizeof(gpu::TopLogprob),
           cudaMemcpyDeviceToHost, stream_));
-    }
-    for (int64_t i = 0; i < b;) {
-      if (!host_row(i)) {
-        ++i;
-        continue;
-      }
-      int64_t end = i + 1;
-      while (end < b && host_row(end)) ++end;
-      MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(
-          host_.data() + host_logits_ + i * vocab * sizeof(float),
-          Ws<float>(ws_.logits) + i * vocab, (end - i) * vocab * sizeof(float),
-          cudaMemcpyDeviceToHost, stream_));
-      i = end;
     }
   }
+  for (int64_t i = 0; i < b;) {  // runs of host rows, one copy each
+    if (!host_row(i)) {
+      ++i;
+      continue;
+    }
+    int64_t end = i + 1;
+    while (end < b && host_row(end)) ++end;
+    MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + hs_.logits + i * vocab * sizeof(float),
+                                              Ws<float>(ws_.logits) + i * vocab,
+                                              (end - i) * vocab * sizeof(float),
+                                              cudaMemcpyDeviceToHost, stream_));
+    i = end;
+  }
   const size_t stat_count = static_cast<size_t>(L * n * H);  // [L, n, H] on the device
-  MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + host_iters_, Ws(ws_.iters),
+  MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + hs_.iters, Ws(ws_.iters),
                                             stat_count * sizeof(int32_t), cudaMemcpyDeviceToHost,
                                             stream_));
-  MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + host_residual_, Ws(ws_.residual),
+  MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + hs_.residual, Ws(ws_.residual),
                                             stat_count * sizeof(float), cudaMemcpyDeviceToHost,
                                             stream_));
   MESA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
 
-  const auto* logits = reinterpret_cast<const float*>(host_.data() + host_logits_);
-  const auto* chosen = reinterpret_cast<const int32_t*>(host_.data() + host_chosen_);
+  const auto* logits = reinterpret_cast<const float*>(host_.data() + hs_.logits);
+  const auto* chosen = reinterpret_cast<const int32_t*>(host_.data() + hs_.chosen);
+  const auto* logprobs = reinterpret_cast<const float*>(host_.data() + hs_.logprobs);
+  const auto* top = reinterpret_cast<const gpu::TopLogprob*>(host_.data() + hs_.top);
   for (int64_t i = 0; i < b; ++i) {
-    // Pad rows get zero logits, as on the CPU (their statistics are zero from the kernel);
-    // rows whose token the device chose get none.
-    if (!host_row(i) || result->logits.empty()) {
-      if (any_chosen && rows[i].slot != kPadSlot) {
-        result->tokens[row0 + i] = chosen[i];
-        const int32_t n_top = reinterpret_cast<const gpu::RowChoice*>(staged + args.choices)[i].top_logprobs;
-        if (n_top > 0) {
-          result->logprobs[row0 + i] = reinterpret_cast<const float*>(host_.data() + host_logprobs_)[i];
-          const auto* top = reinterpret_cast<const gpu::TopLogprob*>(host_.data() + host_top_) +
-                            i * gpu::kMaxTopLogprobs;
-          for (int32_t a = 0; a < n_top; ++a) {
-            result->top_logprobs[(row0 + i) * kMaxDeviceTopLogprobs + a] = {top[a].token, top[a].logprob};
-          }
-        }
+    const int64_t r = row0 + i;
+    if (host_row(i)) {
+      std::memcpy(&result->logits[r * vocab], &logits[i * vocab], vocab * sizeof(float));
+    } else if (rows[i].slot == kPadSlot) {
+      // Zero logits, as on the CPU (the statistics are zero from the kernel).
+      if (!result->logits.empty()) std::fill_n(&result->logits[r * vocab], vocab, 0.0f);
+    } else {  // the device chose the token: no logits
+      result->tokens[r] = chosen[i];
+      if (row_choices[i].top_logprobs > 0) result->logprobs[r] = logprobs[i];
+      for (int32_t a = 0; a < row_choices[i].top_logprobs; ++a) {
+        const gpu::TopLogprob& t = top[i * gpu::kMaxTopLogprobs + a];
+        result->top_logprobs[r * kMaxDeviceTopLogprobs + a] = {t.token, t.logprob};
       }
-      if (rows[i].slot == kPadSlot && !result->logits.empty()) {
-        std::fill_n(&result->logits[(row0 + i) * vocab], vocab, 0.0f);
-      }
-      continue;
     }
-    std::memcpy(&result->logits[(row0 + i) * vocab], &logits[i * vocab], vocab * sizeof(float));
   }
   if (!result->stats.iters.empty()) CopyStats(n, 0, b, row0, &result->stats);
   return absl::OkStatus();
@@ -1005,53 +779,6 @@ absl::Status CudaModelRunnerImpl::LayerTail(int layer, int64_t b) {
 }
 
 }  // namespace
-
-size_t CudaStateBytesPerSlot(const MesaConfig& c) {
-  return static_cast<size_t>(StateLayoutFor(c).stride) * c.num_hidden_layers * sizeof(float);
-}
-
-namespace {
-
-// Bytes the plan needs besides its slots, and how many slots fit next to them in free_bytes.
-size_t FixedBytes(const CudaMemoryPlan& plan) {
-  return plan.weight_bytes + plan.workspace_bytes + plan.reserve_bytes;
-}
-size_t SlotsFitting(const CudaMemoryPlan& plan, size_t free_bytes) {
-  const size_t fixed = FixedBytes(plan);
-  return free_bytes > fixed && plan.state_bytes_per_slot > 0
-             ? (free_bytes - fixed) / plan.state_bytes_per_slot
-             : 0;
-}
-
-}  // namespace
-
-absl::Status CheckCudaMemoryPlan(const CudaMemoryPlan& plan, size_t free_bytes) {
-  if (plan.total_bytes() <= free_bytes) return absl::OkStatus();
-  const size_t fit = SlotsFitting(plan, free_bytes);
-  constexpr double kMiB = 1024.0 * 1024.0;
-  return absl::ResourceExhaustedError(absl::StrCat(
-      "CUDA state pool does not fit: ", plan.num_slots, " slots need ", plan.total_bytes(),
-      " bytes (", plan.total_bytes() / kMiB, " MiB: weights ", plan.weight_bytes,
-      ", workspaces ", plan.workspace_bytes, ", ", plan.state_bytes_per_slot,
-      " per slot, reserve ", plan.reserve_bytes, ") but ", free_bytes, " bytes (",
-      free_bytes / kMiB, " MiB) are free on the device; ", fit,
-      " slots would fit (lower --slots)"));
-}
-
-absl::StatusOr<int32_t> CudaSlotsThatFit(const CudaMemoryPlan& plan, size_t free_bytes, int32_t cap) {
-  const size_t fixed = FixedBytes(plan);
-  const size_t fit = SlotsFitting(plan, free_bytes);
-  if (fit < 1) {
-    constexpr double kMiB = 1024.0 * 1024.0;
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "no CUDA state slot fits: weights ", plan.weight_bytes, " + workspaces ",
-        plan.workspace_bytes, " + reserve ", plan.reserve_bytes, " bytes leave ",
-        free_bytes > fixed ? free_bytes - fixed : 0, " of the ", free_bytes, " bytes (",
-        free_bytes / kMiB, " MiB) free on the device, and one slot needs ",
-        plan.state_bytes_per_slot));
-  }
-  return static_cast<int32_t>(std::min<size_t>(fit, static_cast<size_t>(cap)));
-}
 
 absl::StatusOr<std::unique_ptr<CudaModelRunner>> CreateCudaModelRunner(
     MesaWeights weights, const CudaRunnerOptions& options) {

@@ -17,6 +17,7 @@
 #include "base/half.h"
 #include "engine/cpu_model_runner.h"
 #include "engine/cuda_model_runner.h"
+#include "engine/cuda_runner_layout.h"
 #include "engine/sampler.h"
 #include "gtest/gtest.h"
 #include "kernels/cuda/sampling.h"
@@ -43,24 +44,12 @@ std::vector<float> Logits(std::mt19937& rng, int rows, int vocab, float spread) 
   return l;
 }
 
+// The runner's conversion, with the seen tokens appended to `seen`.
 gpu::RowChoice ToRow(const PlainChoice& c, std::vector<gpu::SeenEntry>* seen) {
-  gpu::RowChoice rc;
-  rc.kind = static_cast<int32_t>(c.kind);
-  rc.temperature = c.temperature;
-  rc.draw = c.draw;
-  rc.valid_vocab = c.valid_vocab;
-  rc.top_k = c.top_k;
-  rc.top_p = c.top_p;
-  rc.min_p = c.min_p;
-  rc.top_logprobs = c.top_logprobs;
-  if (!c.seen.empty()) {
-    rc.repetition_penalty = c.repetition_penalty;
-    rc.presence_penalty = c.presence_penalty;
-    rc.frequency_penalty = c.frequency_penalty;
-    rc.seen_offset = static_cast<int32_t>(seen->size());
-    rc.seen_count = static_cast<int32_t>(c.seen.size());
-    for (const SeenToken& s : c.seen) seen->push_back({s.token, s.count});
-  }
+  gpu::RowChoice rc = cuda_runner::RowChoiceFor(c);
+  rc.seen_offset = static_cast<int32_t>(seen->size());
+  rc.seen_count = static_cast<int32_t>(c.seen.size());
+  for (const SeenToken& s : c.seen) seen->push_back({s.token, s.count});
   return rc;
 }
 
@@ -257,7 +246,9 @@ TEST_F(DeviceSamplingTest, LogprobsMatchTheSampler) {
           const float* row = logits.data() + static_cast<size_t>(r) * vocab;
           const float value = row[want_top[r][a].token];
           const bool tied = std::count(row, row + vocab, value) > 1;
-          if (!tied) EXPECT_EQ(g.token, want_top[r][a].token) << "entry " << a;
+          if (!tied) {
+            EXPECT_EQ(g.token, want_top[r][a].token) << "entry " << a;
+          }
         }
       }
       std::cout << "[ device logprobs ] vocab " << vocab << " top " << n_top
