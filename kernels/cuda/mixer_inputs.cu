@@ -194,18 +194,9 @@ absl::Status MixerInputsPrefill(const MixerInputsPrefillParams& p) {
     using T = typename decltype(tag)::type;
     const int64_t rows = static_cast<int64_t>(p.seqs.rows()) * p.num_heads;
     const unsigned blocks = static_cast<unsigned>((rows + kPrefillWarps - 1) / kPrefillWarps);
-    const int per = (p.head_dim + 31) / 32;  // 1..32 (CheckPrefill: head_dim <= 1024)
-    if (per <= 1) {
-      MixerInputsPrefillKernel<T, 1><<<blocks, 32 * kPrefillWarps, 0, p.stream>>>(p);
-    } else if (per <= 2) {
-      MixerInputsPrefillKernel<T, 2><<<blocks, 32 * kPrefillWarps, 0, p.stream>>>(p);
-    } else if (per <= 4) {
-      MixerInputsPrefillKernel<T, 4><<<blocks, 32 * kPrefillWarps, 0, p.stream>>>(p);
-    } else if (per <= 8) {
-      MixerInputsPrefillKernel<T, 8><<<blocks, 32 * kPrefillWarps, 0, p.stream>>>(p);
-    } else {
-      MixerInputsPrefillKernel<T, 32><<<blocks, 32 * kPrefillWarps, 0, p.stream>>>(p);
-    }
+    DispatchChannelsPerLane(p.head_dim, [&](auto per) {  // head_dim <= 1024 (CheckPrefill)
+      MixerInputsPrefillKernel<T, decltype(per)::value><<<blocks, 32 * kPrefillWarps, 0, p.stream>>>(p);
+    });
     MESA_CUDA_RETURN_IF_LAUNCH_FAILED("MixerInputsPrefillKernel");
     return absl::OkStatus();
   });

@@ -136,22 +136,10 @@ absl::Status HeadRmsNorm(void* out, const void* o, const void* z, const float* w
     using T = typename decltype(tag)::type;
     const int64_t units = rows * heads;
     const unsigned blocks = static_cast<unsigned>((units + kHeadWarps - 1) / kHeadWarps);
-    auto launch = [&](auto kernel) {
-      kernel<<<blocks, 32 * kHeadWarps, 0, stream>>>(static_cast<T*>(out), static_cast<const T*>(o),
-                                                     static_cast<const T*>(z), w, units, k, eps);
-    };
-    const int64_t per = (k + 31) / 32;
-    if (per <= 1) {
-      launch(HeadRmsNormKernel<T, 1>);
-    } else if (per <= 2) {
-      launch(HeadRmsNormKernel<T, 2>);
-    } else if (per <= 4) {
-      launch(HeadRmsNormKernel<T, 4>);
-    } else if (per <= 8) {
-      launch(HeadRmsNormKernel<T, 8>);
-    } else {
-      launch(HeadRmsNormKernel<T, 32>);
-    }
+    DispatchChannelsPerLane(k, [&](auto per) {
+      HeadRmsNormKernel<T, decltype(per)::value><<<blocks, 32 * kHeadWarps, 0, stream>>>(
+          static_cast<T*>(out), static_cast<const T*>(o), static_cast<const T*>(z), w, units, k, eps);
+    });
     MESA_CUDA_RETURN_IF_LAUNCH_FAILED("HeadRmsNormKernel");
     return absl::OkStatus();
   });

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/device_math.cuh"
 
 namespace mesa::gpu {
 namespace {
@@ -56,9 +57,9 @@ __device__ double BlockExclusiveSum(double v, double* scratch, double* total) {
   return before + incl - v;
 }
 
-__device__ __forceinline__ float WarpSumFloat(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
+// The ids [0, n) a row's choice may take: its valid_vocab when set and shorter than the row.
+__device__ __forceinline__ int ChoosableIds(const RowChoice& c, int vocab) {
+  return c.valid_vocab > 0 && c.valid_vocab < vocab ? c.valid_vocab : vocab;
 }
 
 __device__ __forceinline__ float Prob(float z) { return static_cast<float>(exp(static_cast<double>(z))); }
@@ -69,7 +70,7 @@ __global__ void ApplyPenaltiesKernel(SampleRowsParams p) {
   const RowChoice c = p.choices[row];
   if (c.kind == 0 || c.seen_count == 0) return;
   float* l = p.logits + static_cast<int64_t>(row) * p.vocab;
-  const int n = c.valid_vocab > 0 && c.valid_vocab < p.vocab ? c.valid_vocab : p.vocab;
+  const int n = ChoosableIds(c, p.vocab);
   for (int e = threadIdx.x; e < c.seen_count; e += blockDim.x) {
     const SeenEntry s = p.seen[c.seen_offset + e];
     if (s.token < 0 || s.token >= n) continue;
@@ -95,7 +96,7 @@ __global__ void __launch_bounds__(kThreads) SampleRowsKernel(SampleRowsParams p)
   }
   if (c.kind == 3) return;  // TruncatedSampleKernel
   const float* l = p.logits + static_cast<int64_t>(row) * p.vocab;
-  const int n = c.valid_vocab > 0 && c.valid_vocab < p.vocab ? c.valid_vocab : p.vocab;
+  const int n = ChoosableIds(c, p.vocab);
   const int span = (n + kThreads - 1) / kThreads;
   const int begin = min(n, static_cast<int>(threadIdx.x) * span), end = min(n, begin + span);
   Best mine{-FLT_MAX, n};
@@ -232,7 +233,7 @@ __global__ void __launch_bounds__(kThreads) TruncatedSampleKernel(SampleRowsPara
   const RowChoice c = p.choices[row];
   if (c.kind != 3) return;
   const float* l = p.logits + static_cast<int64_t>(row) * p.vocab;
-  const int n = c.valid_vocab > 0 && c.valid_vocab < p.vocab ? c.valid_vocab : p.vocab;
+  const int n = ChoosableIds(c, p.vocab);
   Best mine{-FLT_MAX, n};
   for (int i = threadIdx.x; i < n; i += blockDim.x) mine = Better(mine, Best{l[i], i});
   const float top = BlockBest(mine, best_scratch).value;
@@ -312,13 +313,13 @@ __global__ void __launch_bounds__(kThreads) LogprobsKernel(SampleRowsParams p) {
   const RowChoice c = p.choices[row];
   if (c.kind == 0 || c.top_logprobs <= 0) return;
   const float* l = p.logits + static_cast<int64_t>(row) * p.vocab;
-  const int n = c.valid_vocab > 0 && c.valid_vocab < p.vocab ? c.valid_vocab : p.vocab;
+  const int n = ChoosableIds(c, p.vocab);
   Best mine{-FLT_MAX, n};
   for (int i = threadIdx.x; i < n; i += blockDim.x) mine = Better(mine, Best{l[i], i});
   const float mx = BlockBest(mine, best_scratch).value;
   float part = 0.0f;
   for (int i = threadIdx.x; i < n; i += blockDim.x) part += expf(l[i] - mx);
-  part = WarpSumFloat(part);
+  part = WarpSum(part);
   if ((threadIdx.x & 31) == 0) sum_scratch[threadIdx.x >> 5] = part;
   __syncthreads();
   float sum = 0.0f;
