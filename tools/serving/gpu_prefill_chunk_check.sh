@@ -19,7 +19,7 @@ for chunk in ${CHUNKS:-256 1024 2048}; do
   "$BIN" serve --model /tmp/m13 --device cuda --slots 16 --prefill-chunk "$chunk" \
     --listen 127.0.0.1:50091 --metrics-listen "" > /tmp/chunk_server.log 2>&1 &
   SERVER=$!
-  for i in $(seq 120); do "$BIN" health --address 127.0.0.1:50091 >/dev/null 2>&1 && break; sleep 1; done
+  wait_serving 127.0.0.1:50091 120
   echo "== --prefill-chunk $chunk" | tee -a "$LOG"
   "$BIN" loadtest --address 127.0.0.1:50091 --concurrency "${CONC:-4}" --requests "${REQS:-16}" \
     --warmup "${CONC:-4}" --prompt-tokens "${PROMPT:-2048}" --max-new-tokens "${NEW:-32}" \

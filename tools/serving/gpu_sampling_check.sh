@@ -20,7 +20,7 @@ for setting in ${SETTINGS:-on off}; do
     --listen 127.0.0.1:50093 --metrics-listen "" > /tmp/sampling_server.log 2>&1 &
   SERVER=$!
   T0=$(date +%s.%N)
-  for i in $(seq 600); do "$BIN" health --address 127.0.0.1:50093 >/dev/null 2>&1 && break; sleep 0.2; done
+  wait_serving 127.0.0.1:50093 120
   echo "== device sampling $setting: serving after $(awk "BEGIN {printf \"%.1f\", $(date +%s.%N) - $T0}") s" | tee -a "$LOG"
   for sampling in "--temperature 1.0" "--temperature 0" "--temperature 0.8 --top-p 0.9" \
                   "--temperature 0.8 --repetition-penalty 1.2" "--temperature 0.8 --top-logprobs 5"; do

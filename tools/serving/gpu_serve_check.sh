@@ -14,7 +14,7 @@ nvidia-smi --query-gpu=name --format=csv,noheader | tee "$LOG"
 "$BIN" serve --device cuda --slots ${SLOTS:-0} --listen 127.0.0.1:50081 --metrics-listen 127.0.0.1:19181 \
   > /tmp/gpu_server.log 2>&1 &
 SERVER=$!
-for i in $(seq 60); do "$BIN" health --address 127.0.0.1:50081 >/dev/null 2>&1 && break; sleep 1; done
+wait_serving 127.0.0.1:50081 60
 "$BIN" health --address 127.0.0.1:50081 2>&1 | tee -a "$LOG"
 grep -m1 "state slots" /tmp/gpu_server.log | tee -a "$LOG"
 for c in 1 8 64; do
