@@ -108,8 +108,9 @@ int RunBench(const std::vector<std::string>& args) {
   // The engine load runs first: its engine thread must not share the cores with OpenMP workers
   // left over from this thread's earlier parallel regions (seen to cost 2x).
   if (!engine_concurrency.empty()) {
-    std::printf("engine load (prompt %lld, %lld new tokens, closed loop)\n%-12s %10s %12s %12s\n",
-                static_cast<long long>(load_prompt), static_cast<long long>(load_new), "concurrency",
+    std::printf("engine load (prompt %lld, %lld new tokens, closed loop, %s)\n%-12s %10s %12s %12s\n",
+                static_cast<long long>(load_prompt), static_cast<long long>(load_new),
+                loaded->tokenizer ? "detokenized" : "no tokenizer", "concurrency",
                 "requests", "requests/s", "tokens/s");
     for (absl::string_view part : absl::StrSplit(engine_concurrency, ',', absl::SkipWhitespace())) {
       int32_t c = 0;
@@ -119,8 +120,9 @@ int RunBench(const std::vector<std::string>& args) {
       auto fresh = LoadModel(model_flags, /*need_tokenizer=*/false, c);
       if (!fresh.ok()) return Fail(std::string(fresh.status().message()));
       const int32_t n = load_requests > 0 ? static_cast<int32_t>(load_requests) : 25 * c;
-      auto r = RunEngineLoad(std::move(fresh->runner), fresh->cg, c, n, static_cast<int32_t>(load_prompt),
-                             static_cast<int32_t>(load_new));
+      // With the model's tokenizer, if it has one: the server's engine detokenizes every token.
+      auto r = RunEngineLoad(std::move(fresh->runner), fresh->tokenizer.get(), fresh->cg, c, n,
+                             static_cast<int32_t>(load_prompt), static_cast<int32_t>(load_new));
       if (!r.ok()) return Fail(std::string(r.status().message()));
       std::printf("%-12d %10lld %12.2f %12.1f\n", c, static_cast<long long>(r->requests),
                   r->requests / r->seconds, r->tokens / r->seconds);

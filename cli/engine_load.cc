@@ -38,6 +38,7 @@ class CountingSink : public GenerationSink {
 }  // namespace
 
 absl::StatusOr<EngineLoadResult> RunEngineLoad(std::unique_ptr<ModelRunner> runner,
+                                               const Tokenizer* tokenizer,
                                                const CgSettings& cg, int32_t concurrency,
                                                int32_t requests, int32_t prompt_tokens,
                                                int32_t max_new_tokens) {
@@ -45,7 +46,7 @@ absl::StatusOr<EngineLoadResult> RunEngineLoad(std::unique_ptr<ModelRunner> runn
   EngineOptions options;
   options.max_waiting = requests;
   MESA_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
-                        Engine::Create(std::move(runner), nullptr, nullptr, options));
+                        Engine::Create(std::move(runner), tokenizer, nullptr, options));
   std::mutex mu;
   std::condition_variable cv;
   int64_t tokens = 0;

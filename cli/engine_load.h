@@ -1,5 +1,6 @@
-// Engine-only load: the serving engine (continuous batching, sampling, stop checks) driven
-// in-process by closed-loop clients, without gRPC. The baseline for the server's throughput.
+// Engine-only load: the serving engine (continuous batching, sampling, detokenization, stop
+// checks) driven in-process by closed-loop clients, without gRPC. The baseline for the
+// server's throughput.
 #pragma once
 
 #include <cstdint>
@@ -8,6 +9,7 @@
 #include "absl/status/statusor.h"
 #include "engine/cg_settings.h"
 #include "engine/model_runner.h"
+#include "models/tokenizer.h"
 
 namespace mesa::cli {
 
@@ -18,8 +20,10 @@ struct EngineLoadResult {
 };
 
 // Runs `requests` requests of `prompt_tokens` random token ids and exactly `max_new_tokens`
-// generated tokens, `concurrency` at a time, through an Engine on `runner`.
+// generated tokens, `concurrency` at a time, through an Engine on `runner`. With a tokenizer
+// (which must outlive the call) the engine detokenizes every token as it does in the server.
 absl::StatusOr<EngineLoadResult> RunEngineLoad(std::unique_ptr<ModelRunner> runner,
+                                               const Tokenizer* tokenizer,
                                                const CgSettings& cg, int32_t concurrency,
                                                int32_t requests, int32_t prompt_tokens,
                                                int32_t max_new_tokens);

@@ -142,6 +142,7 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
     p.in_type = c_.dtype;
     p.out_type = out_type;
     p.stream = stream_;
+    p.algo_rows = gemm_algo_rows_;
     return gpu::Gemm(cublas_, p);
   }
 
@@ -205,6 +206,13 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   LayerStateLayout layer_;
   int64_t slot_floats_ = 0;
   int64_t max_batch_ = 0;
+  int64_t gemm_algo_rows_ = 0;  // GemmParams::algo_rows of the GEMMs being enqueued
+  // Sets gemm_algo_rows_ for the GEMMs of one step, and back to 0 after it.
+  struct GemmAlgoRowsScope {
+    GemmAlgoRowsScope(int64_t* rows, int64_t value) : rows_(rows) { *rows_ = value; }
+    ~GemmAlgoRowsScope() { *rows_ = 0; }
+    int64_t* rows_;
+  };
   int64_t prefill_rows_ = 0;  // longest prefill segment (a multiple of the 64-token chunk)
   int64_t ws_rows_ = 0;       // rows the workspaces hold: max(max_batch_, prefill_rows_)
   std::vector<int64_t> positions_;
@@ -361,6 +369,10 @@ absl::Status CudaModelRunnerImpl::PrefillPackStep(absl::Span<const PrefillReques
   }
   MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(Ws(ws_.prefill_tokens), host_.data(),
                                             n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+  // Batch invariance covers prefill too: a launch's GEMMs have one row per token of every
+  // packed prompt, so without pinning a prompt's states would depend on what it was packed with.
+  const GemmAlgoRowsScope pinned(&gemm_algo_rows_,
+                                 options_.batch_invariant_rows > 0 ? prefill_rows_ : 0);
   MESA_RETURN_IF_ERROR(gpu::Embed(Ws(ws_.x), Wt(wo_.embeddings), Ws<int32_t>(ws_.prefill_tokens),
                                   n, d, vocab, act, stream_));
   for (int layer = 0; layer < L; ++layer) {
@@ -536,6 +548,8 @@ absl::Status CudaModelRunnerImpl::DecodeAndChoose(absl::Span<const DecodeRow> ro
 
 absl::Status CudaModelRunnerImpl::StepKernels(int64_t b, const StepArgsLayout& args) {
   const int64_t d = c_.hidden_size, vocab = c_.vocab_size;
+  // Decode GEMMs with one algorithm for every bucket when asked (CudaRunnerOptions).
+  const GemmAlgoRowsScope pinned(&gemm_algo_rows_, options_.batch_invariant_rows);
   MESA_RETURN_IF_ERROR(gpu::Embed(Ws(ws_.x), Wt(wo_.embeddings), Ws<int32_t>(ws_.args + args.tokens),
                                   b, d, vocab, c_.dtype, stream_));
   for (int layer = 0; layer < c_.num_hidden_layers; ++layer) {
@@ -793,6 +807,10 @@ absl::StatusOr<std::unique_ptr<CudaModelRunner>> CreateCudaModelRunner(
   if (options.max_decode_batch < 0) {
     return absl::InvalidArgumentError(absl::StrCat("max_decode_batch must not be negative, got ",
                                                    options.max_decode_batch));
+  }
+  if (options.batch_invariant_rows < 0 || options.batch_invariant_rows > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("batch_invariant_rows ", options.batch_invariant_rows,
+                                                   " is outside [0, 65535]"));
   }
   auto runner = std::make_unique<CudaModelRunnerImpl>(std::move(weights), options);
   MESA_RETURN_IF_ERROR(runner->Init());

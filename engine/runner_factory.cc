@@ -60,6 +60,7 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> CreateModelRunner(MesaWeights weigh
 #if MESA_HAVE_CUDA
   CudaRunnerOptions options;
   options.num_slots = spec.num_slots;
+  options.batch_invariant_rows = spec.batch_invariant ? kCudaBatchInvariantRows : 0;
   MESA_ASSIGN_OR_RETURN(std::unique_ptr<CudaModelRunner> runner,
                         CreateCudaModelRunner(std::move(weights), options));
   return std::unique_ptr<ModelRunner>(std::move(runner));

@@ -29,6 +29,10 @@ Device ResolveDevice(Device device);
 struct RunnerSpec {
   Device device = Device::kAuto;
   int32_t num_slots = 1;  // 0: the CUDA runner takes as many as fit its device (CPU: an error)
+  // Decode results of a row that do not depend on the other rows of the step, bit for bit. The
+  // CPU runner always has it; the CUDA runner then pins its decode GEMMs' algorithms
+  // (kCudaBatchInvariantRows).
+  bool batch_invariant = false;
 };
 
 // Creates the runner on the resolved device. --device cuda in a build without the CUDA backend

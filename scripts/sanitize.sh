@@ -6,7 +6,7 @@
 # asan: build-asan, gcc -fsanitize=address,undefined (UBSan fatal), RelWithDebInfo at -O1, CUDA
 #       off; ctest labels unit, model, cli, integration (the Python and shell integration tests
 #       start the sanitized `mesaserve`).
-# tsan: build-tsan, gcc -fsanitize=thread; the engine/sampler/metrics unit tests and the
+# tsan: build-tsan, gcc -fsanitize=thread; the engine/sampler/metrics/task-pool unit tests and the
 #       integration label (engine thread, gRPC callback reactors, metrics exposer), run with
 #       OMP_NUM_THREADS=1 (libgomp is not instrumented) and tests/sanitizers/tsan.supp.
 #
@@ -110,7 +110,7 @@ CMAKE
       cmake_extra=(-DCMAKE_PROJECT_INCLUDE="$ROOT/$dir/tsan-uninstrumented-kernels.cmake")
       # The threaded unit tests (engine thread and sinks, sampler, metrics from many threads;
       # the rest is single-threaded numerics that asan covers), then every integration test.
-      selections=('^unit$@^(EngineTest|StopMatcherTest|SamplerTest|MetricsTest)\.' '^integration$@')
+      selections=('^unit$@^(EngineTest|StopMatcherTest|SamplerTest|MetricsTest|TaskPoolTest)\.' '^integration$@')
       ;;
   esac
   logdir="$ROOT/$dir/sanitizer-logs"

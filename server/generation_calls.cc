@@ -31,7 +31,12 @@ class UnaryGenerateCall::Sink : public GenerationSink {
       finish = call_;
       call_ = nullptr;  // nothing touches the call after Finish
     }
-    finish->Finish(status);
+    // The call stays alive until this Finish runs: OnDone comes only after it.
+    if (finish->ctx_.delivery != nullptr) {
+      finish->ctx_.delivery->Post([finish, status] { finish->Finish(status); });
+    } else {
+      finish->Finish(status);
+    }
   }
   size_t Backlog() const override { return 0; }  // the response is built in place
   void Detach() {
@@ -92,7 +97,7 @@ class StreamGenerateCall::Sink : public GenerationSink {
       std::lock_guard<std::mutex> lock(mu_);
       call = call_;
     }
-    if (call != nullptr) call->Enqueue(std::move(event));
+    if (call != nullptr) call->Accept(std::move(event));
   }
   size_t Backlog() const override {
     StreamGenerateCall* call;
@@ -136,87 +141,105 @@ StreamGenerateCall* StreamGenerateCall::Start(const CallContext& ctx, Generation
   return call;
 }
 
-void StreamGenerateCall::Enqueue(GenerationEvent event) {
-  std::unique_lock<std::mutex> lock(mu_);
-  if (finished_ || have_final_) return;
-  v1::GenerateStreamResponse msg;
-  msg.set_request_id(client_id_);
-  msg.set_text(std::move(event.text));
-  AppendTokens(event.tokens, top_logprobs_ > 0, ctx_.tokenizer, msg.mutable_token_ids(),
-               msg.mutable_logprobs());
-  if (event.final) {
-    have_final_ = true;
-    final_status_ = ToGrpcStatus(event.status);
-    if (event.status.ok()) {
-      msg.set_finish_reason(ToProto(event.finish));
-      FillSummary(event.summary, msg.mutable_usage(), msg.mutable_timings(), msg.mutable_cg());
-      queue_.push_back(std::move(msg));
-    } else if (!msg.text().empty() || msg.token_ids_size() > 0) {
-      queue_.push_back(std::move(msg));
+void StreamGenerateCall::Accept(GenerationEvent event) {
+  bool take_ownership = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (have_final_) return;  // the engine sends nothing after its final event
+    if (event.final) have_final_ = true;
+    if (broken_) {
+      if (!event.final) return;  // nobody reads any more; only the end matters
+      event.text.clear();
+      event.tokens.clear();
     }
-  } else if (!queue_.empty()) {
-    // A write is in flight and messages wait: merge into the last one, so a client that lags
-    // gets fewer, larger messages instead of one write per token.
-    v1::GenerateStreamResponse& last = queue_.back();
-    last.mutable_text()->append(msg.text());
-    last.mutable_token_ids()->MergeFrom(msg.token_ids());
-    last.mutable_logprobs()->MergeFrom(msg.logprobs());
-    queued_tokens_ += msg.token_ids_size();
+    inbox_tokens_ += event.tokens.size();
+    inbox_.push_back(std::move(event));
+    if (!busy_) busy_ = take_ownership = true;
+  }
+  if (!take_ownership) return;  // the owner drains the inbox when its write completes
+  // Safe to run later: while busy_ is set nobody else drains, so the call cannot finish (and
+  // be deleted in OnDone) before this drain has run.
+  if (ctx_.delivery != nullptr) {
+    ctx_.delivery->Post([this] { Drain(); });
   } else {
-    queued_tokens_ += msg.token_ids_size();
-    queue_.push_back(std::move(msg));
+    Drain();
   }
-  const Next next = writing_ ? Next::kNothing : PlanNextLocked();
-  lock.unlock();
-  Run(next);
 }
 
-StreamGenerateCall::Next StreamGenerateCall::PlanNextLocked() {
-  if (!queue_.empty()) {
-    current_ = std::move(queue_.front());
-    queue_.pop_front();
-    queued_tokens_ -= std::min<size_t>(queued_tokens_, current_.token_ids_size());
-    writing_ = true;
-    return Next::kWrite;
-  }
-  if (have_final_ && !finished_) {
-    finished_ = true;
-    return Next::kFinish;
-  }
-  return Next::kNothing;
-}
-
-void StreamGenerateCall::Run(Next next) {
-  // current_ and final_status_ are not modified again until this write or finish completes.
-  if (next == Next::kWrite) {
+void StreamGenerateCall::Drain() {
+  while (true) {
+    std::vector<GenerationEvent>& events = drained_;
+    events.clear();
+    bool broken = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (inbox_.empty()) {
+        if (!have_final_ || finished_) {
+          busy_ = false;  // the next event hands the call to a delivery thread again
+          return;
+        }
+        finished_ = true;  // the final event was written (or had nothing to write)
+      } else {
+        events.swap(inbox_);  // inbox_ keeps the capacity: no allocation per engine event
+        inbox_tokens_ = 0;
+        broken = broken_;
+      }
+    }
+    if (events.empty()) {
+      Finish(final_status_);  // the call's last operation; OnDone follows
+      return;
+    }
+    // Everything that waited goes out as one message: a client that lags gets fewer, larger
+    // messages instead of one write per token.
+    current_.Clear();
+    current_.set_request_id(client_id_);
+    bool failed = false;
+    for (GenerationEvent& e : events) {
+      current_.mutable_text()->append(e.text);
+      AppendTokens(e.tokens, top_logprobs_ > 0, ctx_.tokenizer, current_.mutable_token_ids(),
+                   current_.mutable_logprobs());
+      if (!e.final) continue;
+      final_status_ = ToGrpcStatus(e.status);
+      if (e.status.ok()) {
+        current_.set_finish_reason(ToProto(e.finish));
+        FillSummary(e.summary, current_.mutable_usage(), current_.mutable_timings(), current_.mutable_cg());
+      } else {
+        failed = true;
+      }
+    }
+    const bool empty_failure = failed && current_.text().empty() && current_.token_ids_size() == 0;
+    if (broken || empty_failure) continue;  // nothing to write: finish (or wait for the end)
     std::lock_guard<std::recursive_mutex> order(write_order_);
     StartWrite(&current_);
+    return;  // OnWriteDone drains again
   }
-  if (next == Next::kFinish) Finish(final_status_);
 }
 
 size_t StreamGenerateCall::Backlog() const {
   std::lock_guard<std::mutex> lock(mu_);
   // In tokens (one per engine step), so the --stream-buffer bound keeps its meaning although
-  // queued messages are merged.
-  return queued_tokens_ + (writing_ ? 1 : 0);
+  // waiting events go out as one message; a write or drain in progress counts as one.
+  return inbox_tokens_ + (busy_ ? 1 : 0);
 }
 
 void StreamGenerateCall::OnWriteDone(bool ok) {
   { std::lock_guard<std::recursive_mutex> order(write_order_); }  // see write_order_
-  std::unique_lock<std::mutex> lock(mu_);
-  writing_ = false;
   if (!ok) {
-    // The stream is broken (client gone): drop what is queued and end the request.
-    queue_.clear();
-    queued_tokens_ = 0;
-    if (submitted_ && !have_final_) {
-      ctx_.engine->Cancel(id_, absl::CancelledError("the stream to the client broke"));
+    // The stream is broken (client gone): drop what waits and end the request.
+    bool cancel = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      broken_ = true;
+      for (GenerationEvent& e : inbox_) {
+        e.text.clear();
+        e.tokens.clear();
+      }
+      inbox_tokens_ = 0;
+      cancel = submitted_ && !have_final_;
     }
+    if (cancel) ctx_.engine->Cancel(id_, absl::CancelledError("the stream to the client broke"));
   }
-  const Next next = PlanNextLocked();
-  lock.unlock();
-  Run(next);
+  Drain();
 }
 
 void StreamGenerateCall::OnCancel() {

@@ -24,7 +24,7 @@ grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context, const 
 
 GenerationService::GenerationService(Engine* engine, const Tokenizer* tokenizer,
                                      const ServeConfig* config, Metrics* metrics,
-                                     std::string model_name)
+                                     TaskPool* delivery, std::string model_name)
     : engine_(engine),
       tokenizer_(tokenizer),
       config_(config),
@@ -37,6 +37,7 @@ GenerationService::GenerationService(Engine* engine, const Tokenizer* tokenizer,
   calls_.engine = engine_;
   calls_.tokenizer = tokenizer_;
   calls_.metrics = metrics_;
+  calls_.delivery = delivery;
 }
 
 absl::Status GenerationService::Authorize(grpc::CallbackServerContext* context) {

@@ -15,9 +15,10 @@ namespace mesa::server {
 
 class GenerationService final : public v1::Generation::CallbackService {
  public:
-  // All pointers must outlive the service; metrics may be null.
+  // All pointers must outlive the service and every call it started; metrics and delivery
+  // may be null (CallContext::delivery).
   GenerationService(Engine* engine, const Tokenizer* tokenizer, const ServeConfig* config,
-                    Metrics* metrics, std::string model_name);
+                    Metrics* metrics, TaskPool* delivery, std::string model_name);
 
   grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* context,
                                      const v1::GenerateRequest* request,

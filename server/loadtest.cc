@@ -41,6 +41,7 @@ std::chrono::system_clock::time_point DeadlineIn(double seconds) {
 struct Options {
   std::string address = "127.0.0.1:50051";
   int64_t concurrency = 1;
+  int64_t connections = 1;  // client TCP connections; calls are spread over them
   int64_t requests = 100;
   double duration = 0;
   std::string prompt;
@@ -77,6 +78,17 @@ struct RequestResult {
   double e2e_s = 0;
   std::vector<double> itl_s;
   int64_t tokens = 0;  // token ids received
+  // FNV-1a over the token ids in order: two runs generated the same tokens for a request
+  // exactly when these agree (e.g. greedy alone and in a busy batch).
+  uint64_t token_hash = 14695981039346656037ull;
+  void HashTokens(const google::protobuf::RepeatedField<int32_t>& ids) {
+    for (int32_t id : ids) {
+      for (int b = 0; b < 4; ++b) {
+        token_hash ^= (static_cast<uint32_t>(id) >> (8 * b)) & 0xFFu;
+        token_hash *= 1099511628211ull;
+      }
+    }
+  }
   int64_t messages = 0;
   int64_t prompt_tokens = 0;
   int64_t completion_tokens = 0;
@@ -124,8 +136,11 @@ struct Distribution {
 
 class LoadTest {
  public:
-  LoadTest(const Options& o, std::shared_ptr<grpc::Channel> channel, int32_t vocab_size)
-      : o_(o), stub_(v1::Generation::NewStub(channel)), vocab_size_(vocab_size) {}
+  LoadTest(const Options& o, const std::vector<std::shared_ptr<grpc::Channel>>& channels,
+           int32_t vocab_size)
+      : o_(o), vocab_size_(vocab_size) {
+    for (const auto& channel : channels) stubs_.push_back(v1::Generation::NewStub(channel));
+  }
 
   // Runs `requests` calls (or, with a duration, as many as start before it ends) with
   // o_.concurrency calls in flight. Indices start at `first_index`, so warm-up and measured
@@ -139,12 +154,14 @@ class LoadTest {
         start + std::chrono::microseconds(static_cast<int64_t>(duration * 1e6));
     std::vector<std::thread> workers;
     for (int64_t w = 0; w < o_.concurrency; ++w) {
-      workers.emplace_back([&] {
+      // Client thread w keeps its calls on connection w mod --connections.
+      v1::Generation::Stub* stub = stubs_[w % stubs_.size()].get();
+      workers.emplace_back([&, stub] {
         for (;;) {
           if (duration > 0 && Clock::now() >= end) return;
           const int64_t i = next.fetch_add(1);
           if (requests > 0 && i >= requests) return;
-          RequestResult r = Run(first_index + i, start);
+          RequestResult r = Run(*stub, first_index + i, start);
           r.index = i;
           std::lock_guard<std::mutex> lock(mu);
           phase.requests.push_back(std::move(r));
@@ -226,7 +243,7 @@ class LoadTest {
     }
   }
 
-  RequestResult Run(int64_t index, Clock::time_point phase_start) {
+  RequestResult Run(v1::Generation::Stub& stub, int64_t index, Clock::time_point phase_start) {
     const v1::GenerateRequest req = BuildRequest(index);  // outside the timed span
     RequestResult r;
     grpc::ClientContext ctx;
@@ -236,7 +253,7 @@ class LoadTest {
     grpc::Status status;
     if (o_.mode == "stream") {
       std::unique_ptr<grpc::ClientReader<v1::GenerateStreamResponse>> reader =
-          stub_->GenerateStream(&ctx, req);
+          stub.GenerateStream(&ctx, req);
       v1::GenerateStreamResponse msg;
       Clock::time_point last;
       while (reader->Read(&msg)) {
@@ -245,9 +262,11 @@ class LoadTest {
         const int n = msg.token_ids_size();
         if (n > 0) {
           if (r.ttft_s < 0) {
-            // Tokens beyond the first in the first message have no earlier token to measure
-            // a gap from; they add no ITL sample.
+            // Tokens beyond the first in the first message (the server merges what waits
+            // while it delivers) arrived with it: a gap of 0 each, so that every token after
+            // the first has one ITL sample.
             r.ttft_s = Seconds(t0, now);
+            for (int k = 1; k < n; ++k) r.itl_s.push_back(0.0);
           } else {
             // A message that carries several tokens shares its gap among them, so ITL stays
             // per token whatever the server's message batching.
@@ -256,15 +275,17 @@ class LoadTest {
           }
           last = now;
           r.tokens += n;
+          r.HashTokens(msg.token_ids());
         }
         TakeSummary(msg, r);
       }
       status = reader->Finish();
     } else {
       v1::GenerateResponse resp;
-      status = stub_->Generate(&ctx, req, &resp);
+      status = stub.Generate(&ctx, req, &resp);
       r.messages = 1;
       r.tokens = resp.token_ids_size();
+      r.HashTokens(resp.token_ids());
       TakeSummary(resp, r);
     }
     r.e2e_s = Seconds(t0, Clock::now());
@@ -285,7 +306,7 @@ class LoadTest {
   }
 
   const Options& o_;
-  std::unique_ptr<v1::Generation::Stub> stub_;
+  std::vector<std::unique_ptr<v1::Generation::Stub>> stubs_;
   int32_t vocab_size_;
 };
 
@@ -353,8 +374,9 @@ void PrintReport(const Options& o, const v1::ModelInfo& info, const Summary& s,
   const std::string prompt =
       o.prompt.empty() ? absl::StrCat(o.prompt_tokens, " random token ids (seed ", o.seed, ")")
                        : absl::StrCat("text of ", o.prompt.size(), " bytes");
-  std::printf("  mode %s, concurrency %lld, prompt %s, max_new_tokens %lld%s, temperature %s%s, CG %s\n",
-              o.mode.c_str(), static_cast<long long>(o.concurrency), prompt.c_str(),
+  std::printf("  mode %s, concurrency %lld over %lld connection%s, prompt %s, max_new_tokens %lld%s, temperature %s%s, CG %s\n",
+              o.mode.c_str(), static_cast<long long>(o.concurrency),
+              static_cast<long long>(o.connections), o.connections == 1 ? "" : "s", prompt.c_str(),
               static_cast<long long>(o.max_new_tokens), o.ignore_eos ? " (ignore_eos)" : "",
               o.temperature < 0 ? "server default" : absl::StrFormat("%g", o.temperature).c_str(),
               absl::StrCat((o.top_k > 0 || o.top_p < 1.0)
@@ -417,6 +439,7 @@ absl::Status WriteJson(const Options& o, const v1::ModelInfo& info, const PhaseR
   j["config"] = {{"address", o.address},
                  {"mode", o.mode},
                  {"concurrency", o.concurrency},
+                 {"connections", o.connections},
                  {"requests", o.requests},
                  {"duration_s", o.duration},
                  {"warmup", o.warmup},
@@ -480,6 +503,7 @@ absl::Status WriteJson(const Options& o, const v1::ModelInfo& info, const PhaseR
                         {"cg_head_tokens", r.cg_head_tokens},
                         {"cg_iterations", r.cg_iterations},
                         {"cg_cap_hits", r.cg_cap_hits},
+                        {"token_hash", absl::StrFormat("%016x", r.token_hash)},
                         {"itl_s", r.itl_s}});
   }
   j["requests"] = std::move(requests);
@@ -491,6 +515,10 @@ absl::Status WriteJson(const Options& o, const v1::ModelInfo& info, const PhaseR
 }
 
 absl::Status Validate(const Options& o) {
+  if (o.connections < 1 || o.connections > o.concurrency) {
+    return absl::InvalidArgumentError(absl::StrCat("--connections ", o.connections, " is outside [1, --concurrency ",
+                                                   o.concurrency, "]"));
+  }
   if (o.concurrency < 1 || o.concurrency > 4096) {
     return absl::InvalidArgumentError(absl::StrCat("--concurrency ", o.concurrency, " is outside [1, 4096]"));
   }
@@ -538,6 +566,9 @@ int RunLoadTest(const std::vector<std::string>& args) {
             "Exit code 0 when every request succeeded, 1 otherwise.");
   f.String("address", &o.address, "server address host:port");
   f.Int("concurrency", &o.concurrency, "calls in flight (one client thread each)");
+  f.Int("connections", &o.connections,
+        "client connections (HTTP/2 over TCP) the calls are spread over, like that many clients; "
+        "at most --concurrency");
   f.Int("requests", &o.requests, "requests to send in total (with --duration: at most this many; 0 = no cap)");
   f.Float("duration", &o.duration, "seconds to keep starting requests (0 = until --requests are done)");
   f.String("prompt", &o.prompt, "prompt text (tokenized by the server); empty = random token ids");
@@ -599,7 +630,15 @@ int RunLoadTest(const std::vector<std::string>& args) {
     return 1;
   }
 
-  LoadTest test(o, channel, info.vocab_size());
+  // Distinct channel arguments give each channel its own connection (gRPC shares one between
+  // channels with equal arguments).
+  std::vector<std::shared_ptr<grpc::Channel>> channels{channel};
+  for (int64_t i = 1; i < o.connections; ++i) {
+    grpc::ChannelArguments args;
+    args.SetInt("mesa.loadtest.connection", static_cast<int>(i));
+    channels.push_back(grpc::CreateCustomChannel(o.address, grpc::InsecureChannelCredentials(), args));
+  }
+  LoadTest test(o, channels, info.vocab_size());
   std::unique_ptr<Summary> warmup;
   if (o.warmup > 0) {
     warmup = std::make_unique<Summary>(Summarize(test.RunPhase(o.warmup, 0, /*first_index=*/0)));

@@ -31,6 +31,9 @@ constexpr char kServiceName[] = "mesa.v1.Generation";
 // Everything a running server owns, torn down in reverse order.
 struct Server {
   ServeConfig config;
+  // Outlives the engine and the gRPC server: calls post their writes and finishes to it until
+  // the last one is done.
+  std::unique_ptr<TaskPool> delivery;
   std::unique_ptr<Tokenizer> tokenizer;
   std::unique_ptr<Metrics> metrics;
   std::unique_ptr<MetricsObserver> observer;
@@ -86,10 +89,12 @@ absl::Status Start(Server& s) {
   RunnerSpec spec;
   spec.device = device;
   spec.num_slots = slots;
+  spec.batch_invariant = c.batch_invariant;
   MESA_ASSIGN_OR_RETURN(std::unique_ptr<ModelRunner> runner, CreateModelRunner(std::move(weights), spec));
   slots = runner->num_slots();
   MESA_LOG(INFO) << "backend " << runner->backend_name() << " (--device " << c.device << "), "
-                 << slots << " state slots of " << state_bytes << " bytes";
+                 << slots << " state slots of " << state_bytes << " bytes"
+                 << (c.batch_invariant ? ", batch-invariant decode" : "");
   // Test-only fault hook (fault tests start the real server with it).
   if (const char* faults = std::getenv("MESA_FAULT_INJECTION"); faults != nullptr && *faults != '\0') {
     MESA_LOG(WARNING) << "MESA_FAULT_INJECTION=" << faults << ": engine steps will fail on purpose";
@@ -120,8 +125,10 @@ absl::Status Start(Server& s) {
   eo.threads = c.threads > 0 ? c.threads : cores;
   MESA_ASSIGN_OR_RETURN(s.engine, Engine::Create(std::move(runner), s.tokenizer.get(),
                                                  s.observer.get(), eo));
+  if (c.delivery_threads > 0) s.delivery = std::make_unique<TaskPool>(c.delivery_threads, "mesa-delivery");
   s.service = std::make_unique<GenerationService>(s.engine.get(), s.tokenizer.get(), &s.config,
-                                                  s.metrics.get(), dir.filename().string());
+                                                  s.metrics.get(), s.delivery.get(),
+                                                  dir.filename().string());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -161,7 +168,8 @@ absl::Status Start(Server& s) {
                  << weight_bytes / 1e6 << " MB of weights) on gRPC port " << port << " ("
                  << c.listen << "), metrics " << metrics_where << "; " << slots << " state slots of "
                  << state_bytes / 1e6 << " MB, CG " << CgModeName(c.cg.mode) << " tol " << c.cg.tol
-                 << ", " << eo.threads << " engine threads, prefill chunk " << eo.prefill_chunk;
+                 << ", " << eo.threads << " engine threads, " << c.delivery_threads
+                 << " delivery threads, prefill chunk " << eo.prefill_chunk;
   // A line for scripts that start the server on port 0 and need the port.
   std::printf("mesaserve listening grpc=%d metrics=%d health=%d\n", port,
               s.metrics && !s.metrics->ListeningPorts().empty() ? s.metrics->ListeningPorts()[0] : 0,

@@ -45,6 +45,8 @@ struct ServeConfig {
   int32_t slots = 0;             // 0 = from state_memory_mb
   int64_t state_memory_mb = 0;   // 0 = 25% of available memory, at most 4096
   int32_t threads = 0;
+  int32_t delivery_threads = 1;  // 0 = gRPC writes start on the engine thread
+  bool batch_invariant = false;  // RunnerSpec::batch_invariant
   double drain_timeout_seconds = 30.0;
   std::string log_level = "info";
   CgSettings cg;                 // server defaults
@@ -59,6 +61,10 @@ struct ServeConfig {
 // halved the time to first token (85 against 166 ms p50) and raised throughput 1.6x, with a
 // longer worst inter-token gap (p99 45 against 22 ms); docs/benchmarks.md.
 int32_t PrefillChunkFor(bool gpu);
+
+// Threads that start gRPC writes when --delivery-threads is not given: one per four cores,
+// at least 1 and at most 4.
+int32_t DefaultDeliveryThreads();
 
 // Parses the flags of `serve` (after the command name) and MESA_* variables; help_requested
 // is set on --help (the usage text goes to *usage).

@@ -6,6 +6,7 @@
 #include <cublasLt.h>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "kernels/cuda/cuda_status.h"
 
 namespace mesa::gpu {
@@ -43,8 +44,8 @@ cublasLtHandle_t Lt(void* p) { return static_cast<cublasLtHandle_t>(p); }
 // cuBLAS is column-major: row-major y[m, n] is a column-major n x m matrix (ld = ldy), and
 // y^T = W x^T where W's row-major storage is a column-major k x n matrix (ld = k), taken
 // transposed, and x's storage is a column-major k x m matrix (ld = ldx).
-absl::StatusOr<std::unique_ptr<GemmPlan>> MakePlan(cublasLtHandle_t lt, const GemmParams& p,
-                                                   int64_t ldx, int64_t ldy) {
+absl::StatusOr<std::unique_ptr<GemmPlan>> MakeDescriptors(const GemmParams& p, int64_t ldx,
+                                                          int64_t ldy) {
   auto plan = std::make_unique<GemmPlan>();
   MESA_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescCreate(&plan->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t trans = CUBLAS_OP_T, no_trans = CUBLAS_OP_N;
@@ -58,12 +59,18 @@ absl::StatusOr<std::unique_ptr<GemmPlan>> MakePlan(cublasLtHandle_t lt, const Ge
       cublasLtMatrixLayoutCreate(&plan->x, CudaType(p.in_type), p.k, p.m, ldx));
   MESA_CUBLAS_RETURN_IF_ERROR(
       cublasLtMatrixLayoutCreate(&plan->y, CudaType(p.out_type), p.n, p.m, ldy));
+  return plan;
+}
 
+// cuBLASLt's first choice for the plan's descriptors. Split-K partial sums only ever in fp32
+// (the compute type), never in the output type; with `split_k` false not at all, so that each
+// output is one dot product summed in the kernel's fixed order.
+absl::Status ChooseAlgorithm(cublasLtHandle_t lt, const GemmParams& p, bool split_k, GemmPlan* plan) {
   cublasLtMatmulPreference_t pref = nullptr;
   MESA_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceCreate(&pref));
   const uint64_t ws = kGemmWorkspaceBytes;
-  // Split-K partial sums only in fp32 (the compute type), never in the output type.
-  const uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+  const uint32_t schemes = split_k ? CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE
+                                   : CUBLASLT_REDUCTION_SCHEME_NONE;
   cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(
       pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
   if (st == CUBLAS_STATUS_SUCCESS) {
@@ -84,6 +91,20 @@ absl::StatusOr<std::unique_ptr<GemmPlan>> MakePlan(cublasLtHandle_t lt, const Ge
                                             ScalarTypeName(p.out_type)));
   }
   plan->algo = result.algo;
+  if (!split_k) {
+    // The preference's scheme mask should exclude split-K already; make it explicit.
+    const int32_t one = 1;
+    MESA_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulAlgoConfigSetAttribute(
+        &plan->algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &one, sizeof(one)));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<GemmPlan>> MakePlan(cublasLtHandle_t lt, const GemmParams& p,
+                                                   int64_t ldx, int64_t ldy) {
+  absl::StatusOr<std::unique_ptr<GemmPlan>> plan = MakeDescriptors(p, ldx, ldy);
+  if (!plan.ok()) return plan.status();
+  MESA_RETURN_IF_ERROR(ChooseAlgorithm(lt, p, /*split_k=*/true, plan->get()));
   return plan;
 }
 
@@ -104,23 +125,58 @@ absl::StatusOr<CublasHandle> CublasHandle::Create() {
 
 CublasHandle::~CublasHandle() {
   plans_.clear();
+  pinned_.clear();
   if (lt_ != nullptr) cublasLtDestroy(Lt(lt_));
 }
 
 CublasHandle::CublasHandle(CublasHandle&& other) noexcept
     : lt_(std::exchange(other.lt_, nullptr)),
       workspace_(std::move(other.workspace_)),
-      plans_(std::move(other.plans_)) {}
+      plans_(std::move(other.plans_)),
+      pinned_(std::move(other.pinned_)) {}
 
 CublasHandle& CublasHandle::operator=(CublasHandle&& other) noexcept {
   if (this != &other) {
     plans_.clear();
+    pinned_.clear();
     if (lt_ != nullptr) cublasLtDestroy(Lt(lt_));
     lt_ = std::exchange(other.lt_, nullptr);
     workspace_ = std::move(other.workspace_);
     plans_ = std::move(other.plans_);
+    pinned_ = std::move(other.pinned_);
   }
   return *this;
+}
+
+// A plan for p.m rows with the algorithm chosen once, without split-K, for p.algo_rows rows of
+// the same shape (kept in handle.pinned_), so every m of that shape runs the same kernel.
+absl::StatusOr<std::unique_ptr<GemmPlan>> MakePinnedPlan(CublasHandle& handle, const GemmParams& p,
+                                                         int64_t ldx, int64_t ldy) {
+  cublasLtHandle_t lt = Lt(handle.lt_);
+  const CublasHandle::PlanKey ref_key{p.algo_rows, p.n, p.k, ldx, ldy, static_cast<int>(p.in_type),
+                                      static_cast<int>(p.out_type), p.algo_rows};
+  auto ref = handle.pinned_.find(ref_key);
+  if (ref == handle.pinned_.end()) {
+    GemmParams rp = p;
+    rp.m = p.algo_rows;
+    absl::StatusOr<std::unique_ptr<GemmPlan>> plan = MakeDescriptors(rp, ldx, ldy);
+    if (!plan.ok()) return plan.status();
+    MESA_RETURN_IF_ERROR(ChooseAlgorithm(lt, rp, /*split_k=*/false, plan->get()));
+    ref = handle.pinned_.emplace(ref_key, std::move(*plan)).first;
+  }
+  absl::StatusOr<std::unique_ptr<GemmPlan>> plan = MakeDescriptors(p, ldx, ldy);
+  if (!plan.ok()) return plan.status();
+  (*plan)->algo = ref->second->algo;
+  cublasLtMatmulHeuristicResult_t check{};
+  const cublasStatus_t st = cublasLtMatmulAlgoCheck(lt, (*plan)->op, (*plan)->w, (*plan)->x,
+                                                    (*plan)->y, (*plan)->y, &(*plan)->algo, &check);
+  if (st != CUBLAS_STATUS_SUCCESS || check.workspaceSize > kGemmWorkspaceBytes) {
+    return absl::InternalError(absl::StrCat(
+        "Gemm: the algorithm chosen for ", p.algo_rows, " rows (n=", p.n, " k=", p.k,
+        ") does not run ", p.m, " rows (", cublasLtGetStatusString(st),
+        "); a row-invariant plan needs one algorithm for every row count"));
+  }
+  return plan;
 }
 
 absl::Status Gemm(CublasHandle& handle, const GemmParams& p) {
@@ -145,11 +201,15 @@ absl::Status Gemm(CublasHandle& handle, const GemmParams& p) {
     MESA_CUDA_RETURN_IF_ERROR(cudaMemset2DAsync(p.y, pitch, 0, row, p.m, p.stream));
     return absl::OkStatus();
   }
+  if (p.algo_rows < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("Gemm: algo_rows ", p.algo_rows, " is negative"));
+  }
   const CublasHandle::PlanKey key{p.m, p.n, p.k, ldx, ldy, static_cast<int>(p.in_type),
-                                  static_cast<int>(p.out_type)};
+                                  static_cast<int>(p.out_type), p.algo_rows};
   auto it = handle.plans_.find(key);
   if (it == handle.plans_.end()) {
-    absl::StatusOr<std::unique_ptr<GemmPlan>> plan = MakePlan(Lt(handle.lt_), p, ldx, ldy);
+    absl::StatusOr<std::unique_ptr<GemmPlan>> plan =
+        p.algo_rows > 0 ? MakePinnedPlan(handle, p, ldx, ldy) : MakePlan(Lt(handle.lt_), p, ldx, ldy);
     if (!plan.ok()) return plan.status();
     it = handle.plans_.emplace(key, std::move(*plan)).first;
   }

@@ -10,9 +10,11 @@
 // a workspace allocated once at creation (no allocation on the request path, and what CUDA
 // graphs need).
 //
-// Not row-invariant: a different m may get a different algorithm, hence a different summation
-// order, so a row's result can change in its last bits with the batch size (the CPU decode
-// uses MatMulRowInvariant to avoid that; see docs/cuda-backend.md).
+// By default not row-invariant: a different m may get a different algorithm, hence a different
+// summation order, so a row's result can change in its last bits with the batch size.
+// GemmParams::algo_rows pins one algorithm (without split-K) for every m of a shape, which
+// makes each row's result independent of the other rows (the decode steps use it, as the CPU
+// decode uses MatMulRowInvariant; see docs/cuda-backend.md).
 #pragma once
 
 #include <cstddef>
@@ -51,11 +53,16 @@ class CublasHandle {
 
  private:
   friend absl::Status Gemm(CublasHandle& handle, const struct GemmParams& p);
-  using PlanKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int, int>;
+  friend absl::StatusOr<std::unique_ptr<GemmPlan>> MakePinnedPlan(CublasHandle& handle,
+                                                                  const struct GemmParams& p,
+                                                                  int64_t ldx, int64_t ldy);
+  // (m, n, k, ldx, ldy, in type, out type, algo_rows)
+  using PlanKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int64_t>;
 
   void* lt_ = nullptr;  // cublasLtHandle_t (kept opaque: this header needs no cuBLAS header)
   DeviceBuffer workspace_;
   std::map<PlanKey, std::unique_ptr<GemmPlan>> plans_;
+  std::map<PlanKey, std::unique_ptr<GemmPlan>> pinned_;  // the algorithms chosen for algo_rows
 };
 
 // All pointers are device pointers, row-major.
@@ -71,6 +78,9 @@ struct GemmParams {
   ScalarType in_type = ScalarType::kBf16;
   ScalarType out_type = ScalarType::kFp32;  // kFp32, or the same as in_type
   cudaStream_t stream = nullptr;
+  // 0: cuBLASLt's choice for this m. > 0: the algorithm chosen (without split-K) for that many
+  // rows of the same shape, for every m: a row's result then does not depend on m.
+  int64_t algo_rows = 0;
 };
 
 // Enqueues the product on p.stream. The first call for a shape chooses its plan (host work,

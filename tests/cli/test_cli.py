@@ -119,6 +119,23 @@ class CliTest(unittest.TestCase):
         self.assertIn("CG iterations per head-token", proc.stdout)
         self.assertNotIn("[###", proc.stderr)  # no progress bar when stderr is not a terminal
 
+    def test_bench_engine_load_counts_every_token(self):
+        # The engine-only baseline of docs/serving-benchmarks.md: closed-loop requests through the
+        # serving engine, detokenized when the model has a tokenizer (as in the server).
+        for model, kind in ((self.model, "detokenized"), (self.bare, "no tokenizer")):
+            proc = run("bench", "--model", model, "--batches", "1", "--steps", "2", "--context", "4",
+                       "--prefill-tokens", "8", "--copy-mb", "16", "--engine-concurrency", "1,3",
+                       "--load-requests", "4", "--load-prompt-tokens", "5", "--load-new-tokens", "6")
+            self.assertIn(f"engine load (prompt 5, 6 new tokens, closed loop, {kind})", proc.stdout)
+            rows = {}
+            for line in proc.stdout.splitlines():
+                parts = line.split()
+                if len(parts) == 4 and parts[0] in ("1", "3") and parts[1] == "4":
+                    rows[parts[0]] = float(parts[3])
+            self.assertEqual(sorted(rows), ["1", "3"], proc.stdout)
+            for tokens_per_s in rows.values():
+                self.assertGreater(tokens_per_s, 0.0)
+
     def test_help(self):
         for cmd in ("generate", "logits", "perplexity"):
             proc = run(cmd, "--help")

@@ -452,6 +452,99 @@ TEST_P(CudaRunnerTest, GraphReplayMatchesEagerBitExactly) {
   }
 }
 
+// With batch_invariant_rows (serve --batch-invariant's value, more than the 72 rows of the
+// largest step here, as in a server with fewer slots), a row's decode is the same bit for bit
+// whatever else is in the step: one sequence prefilled with a 70-token prompt and decoded alone,
+// then prefilled in one call with two other prompts (one packed launch) and decoded at different
+// positions inside batches of 2 to 72 rows (buckets 2, 4, 8, 40, 64 and 72, each with its own
+// GEMM shapes and CUDA graph) next to other sequences, gives the same prefill logits and CG
+// counts, the same logits, CG counts and residuals at every decode step and the same state.
+TEST_P(CudaRunnerTest, BatchInvariantDecodeGivesEveryRowTheSameBits) {
+  const ModelCase& c = GetParam();
+  auto weights = testing::LoadCaseWeights(c);
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  CudaRunnerOptions options;
+  options.num_slots = 72;
+  options.batch_invariant_rows = kCudaBatchInvariantRows;  // what serve --batch-invariant uses
+  auto made = CreateCudaModelRunner(std::move(*weights), options);
+  ASSERT_TRUE(made.ok()) << made.status();
+  CudaModelRunner& gpu = **made;
+  const int32_t vocab = gpu.config().vocab_size;
+  const size_t per_row = static_cast<size_t>(gpu.config().num_hidden_layers) * gpu.config().num_heads;
+  constexpr int kInvariantSteps = 4;
+  constexpr SlotId kWatched = 5;
+  auto token = [&](int step, size_t row) {
+    return static_cast<int32_t>((13 * step + 7 * row + 5) % vocab);
+  };
+  auto prompt = [&](int length, int salt) {
+    std::vector<int32_t> p(length);
+    for (int i = 0; i < length; ++i) p[i] = static_cast<int32_t>((31 * i + 17 * salt + 3) % vocab);
+    return p;
+  };
+  const std::vector<int32_t> watched_prompt = prompt(70, 0), before = prompt(33, 1), after = prompt(150, 2);
+  for (const CgControl& cg : {kFixed, kAdaptive}) {
+    // Alone.
+    for (SlotId slot = 0; slot < 72; ++slot) ASSERT_TRUE(gpu.ResetSlot(slot).ok());
+    PrefillResult prefill_alone;
+    {
+      const PrefillRequest req{kWatched, watched_prompt, cg, false, true};
+      ASSERT_TRUE(gpu.Prefill({&req, 1}, {&prefill_alone, 1}).ok());
+    }
+    std::vector<std::vector<float>> logits;
+    std::vector<std::vector<int32_t>> iters;
+    std::vector<std::vector<float>> residuals;
+    for (int step = 0; step < kInvariantSteps; ++step) {
+      DecodeResult r;
+      ASSERT_TRUE(gpu.Decode({{kWatched, token(step, 0), cg}}, &r).ok());
+      logits.push_back(r.logits);
+      iters.push_back(r.stats.iters);
+      residuals.push_back(r.stats.residual);
+    }
+    const size_t n_state = gpu.state_bytes_per_slot() / sizeof(float);
+    std::vector<float> alone_state(n_state);
+    ASSERT_TRUE(gpu.ReadSlotState(kWatched, absl::MakeSpan(alone_state)).ok());
+    // In company: the watched row at position `at` of `batch` rows.
+    for (const int batch : {2, 3, 8, 37, 64, 72}) {
+      const size_t at = static_cast<size_t>(batch) / 2;
+      for (SlotId slot = 0; slot < 72; ++slot) ASSERT_TRUE(gpu.ResetSlot(slot).ok());
+      const PrefillRequest reqs[3] = {{0, before, cg, false, true},
+                                      {kWatched, watched_prompt, cg, false, true},
+                                      {1, after, cg, false, true}};
+      PrefillResult packed[3];
+      ASSERT_TRUE(gpu.Prefill(reqs, packed).ok());
+      ASSERT_EQ(packed[1].logits, prefill_alone.logits) << c.name << ": prefill, batch " << batch;
+      ASSERT_EQ(packed[1].stats.iters, prefill_alone.stats.iters) << c.name << ": prefill, batch " << batch;
+      for (int step = 0; step < kInvariantSteps; ++step) {
+        std::vector<DecodeRow> rows;
+        for (int i = 0, other = 0; i < batch; ++i) {
+          if (static_cast<size_t>(i) == at) {
+            rows.push_back({kWatched, token(step, 0), cg});
+          } else {
+            const SlotId slot = other < kWatched ? other : other + 1;
+            rows.push_back({slot, token(step, static_cast<size_t>(i) + 1), cg});
+            ++other;
+          }
+        }
+        DecodeResult r;
+        ASSERT_TRUE(gpu.Decode(rows, &r).ok());
+        const std::vector<float> row_logits(r.logits.begin() + at * vocab,
+                                            r.logits.begin() + (at + 1) * vocab);
+        const std::vector<int32_t> row_iters(r.stats.iters.begin() + at * per_row,
+                                             r.stats.iters.begin() + (at + 1) * per_row);
+        const std::vector<float> row_residuals(r.stats.residual.begin() + at * per_row,
+                                               r.stats.residual.begin() + (at + 1) * per_row);
+        ASSERT_EQ(row_logits, logits[step]) << c.name << ": batch " << batch << ", step " << step;
+        ASSERT_EQ(row_iters, iters[step]) << c.name << ": batch " << batch << ", step " << step;
+        ASSERT_EQ(row_residuals, residuals[step]) << c.name << ": batch " << batch << ", step " << step;
+      }
+      std::vector<float> state(n_state);
+      ASSERT_TRUE(gpu.ReadSlotState(kWatched, absl::MakeSpan(state)).ok());
+      EXPECT_EQ(state, alone_state) << c.name << ": batch " << batch;
+    }
+  }
+  EXPECT_FALSE(gpu.poisoned());
+}
+
 TEST_P(CudaRunnerTest, ResetSlotZeroesOnTheDevice) {
   auto gpu = MakeGpuRunner(GetParam());
   ASSERT_TRUE(gpu);

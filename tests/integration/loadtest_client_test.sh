@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # C++ client test of the gRPC server: starts the real `mesaserve serve` on free ports, drives it
-# with `mesaserve loadtest` (8 concurrent streams, 32 requests of 16 tokens, then a few unary
-# calls), checks the JSON results, and expects a clean SIGTERM drain (exit 0).
+# with `mesaserve loadtest` (8 concurrent streams over 2 connections, 32 requests of 16 tokens,
+# then a few unary calls, then the same 8 greedy requests one at a time and 8 at once, which must
+# generate the same tokens), checks the JSON results, and expects a clean SIGTERM drain (exit 0).
 #
 # usage: loadtest_client_test.sh [MESASERVE]   (default: $MESASERVE, else build/cli/mesaserve)
 # Environment: MESA_TEST_MODEL = model directory (default: the server's bundled model);
@@ -46,7 +47,7 @@ echo "server pid $server_pid listening on grpc port $port"
 
 rc=0
 "$MESASERVE" loadtest --address "127.0.0.1:$port" --concurrency 8 --requests 32 \
-  --max-new-tokens 16 --json "$tmp/stream.json" || rc=$?
+  --connections 2 --max-new-tokens 16 --json "$tmp/stream.json" || rc=$?
 [[ $rc -eq 0 ]] || fail "loadtest (stream) exited with $rc"
 
 rc=0
@@ -54,7 +55,16 @@ rc=0
   --max-new-tokens 8 --json "$tmp/unary.json" || rc=$?
 [[ $rc -eq 0 ]] || fail "loadtest (unary) exited with $rc"
 
-"$PYTHON" - "$tmp/stream.json" "$tmp/unary.json" <<'PY' || fail "the loadtest JSON does not show what was asked for"
+# Greedy requests give the same tokens alone and in a full batch (the same 8 prompts: the
+# prompts and seeds follow the request index).
+for c in 1 8; do
+  rc=0
+  "$MESASERVE" loadtest --address "127.0.0.1:$port" --concurrency $c --requests 8 --temperature 0 \
+    --max-new-tokens 24 --json "$tmp/greedy_c$c.json" || rc=$?
+  [[ $rc -eq 0 ]] || fail "loadtest (greedy, concurrency $c) exited with $rc"
+done
+
+"$PYTHON" - "$tmp/stream.json" "$tmp/unary.json" "$tmp/greedy_c1.json" "$tmp/greedy_c8.json" <<'PY' || fail "the loadtest JSON does not show what was asked for"
 import json, sys
 
 def check(path, requests, tokens, stream):
@@ -80,6 +90,11 @@ def check(path, requests, tokens, stream):
 
 check(sys.argv[1], 32, 16, True)
 check(sys.argv[2], 8, 8, False)
+alone, batched = ([(q["index"], q["tokens"], q["token_hash"]) for q in json.load(open(p))["requests"]]
+                  for p in sys.argv[3:5])
+assert len(alone) == 8 and all(t == 24 for _, t, _ in alone), alone
+assert len({h for _, _, h in alone}) > 1, ("different prompts should give different tokens", alone)
+assert alone == batched, ("greedy tokens changed with the batch", alone, batched)
 print("loadtest JSON checks passed")
 PY
 

@@ -9,11 +9,12 @@
 //   mesaserve-bench model --model DIR       a checkpoint in fla's layout (e.g. the bundled one)
 //   mesaserve-bench model --random-1.3b     fla's MesaNet defaults with random bf16 weights
 //   [--batches 1,8,64,256] [--steps 20] [--eager] [--prefill 2048]
-//   [--prefill-segment N] [--prefill-seqs S]
+//   [--prefill-segment N] [--prefill-seqs S] [--batch-invariant-rows R]
 //   (--eager: no CUDA graphs; --prefill T: also time one T-token prefill at B = 1, 0 = skip;
 //   --prefill-segment: the runner's longest prefill segment, CudaRunnerOptions::max_prefill_tokens;
 //   --prefill-seqs S: the T tokens as S prompts of T / S in S slots, in one Prefill call (packed
-//   launches), and also as one call per prompt)
+//   launches), and also as one call per prompt; --batch-invariant-rows R: decode GEMMs with the
+//   algorithm chosen for R rows at every batch, CudaRunnerOptions::batch_invariant_rows)
 //
 // A step is one ModelRunner::DecodeAndChoose call as the engine makes it for greedy requests:
 // the per-row tables go up, every layer runs, the tokens are chosen on the device, the token ids
@@ -31,6 +32,7 @@
 #include <cuda_runtime_api.h>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "base/half.h"
 #include "engine/cuda_model_runner.h"
@@ -53,6 +55,7 @@ struct Args {
   int prefill = 2048;  // prompt length of the prefill timing (0: none)
   int prefill_segment = 0;  // 0: the runner's default
   int prefill_seqs = 1;
+  int batch_invariant_rows = 0;
   std::vector<int> batches = {1, 8, 64, 256};
   int steps = 20;
 };
@@ -77,6 +80,9 @@ Args ParseArgs(int argc, char** argv) {
     } else if (flag == "--prefill-seqs" && value != nullptr &&
                absl::SimpleAtoi(value, &a.prefill_seqs) && a.prefill_seqs > 0) {
       ++i;
+    } else if (flag == "--batch-invariant-rows" && value != nullptr &&
+               absl::SimpleAtoi(value, &a.batch_invariant_rows) && a.batch_invariant_rows >= 0) {
+      ++i;
     } else if (flag == "--steps" && value != nullptr && absl::SimpleAtoi(value, &a.steps) && a.steps > 0) {
       ++i;
     } else if (flag == "--batches" && value != nullptr) {
@@ -88,7 +94,7 @@ Args ParseArgs(int argc, char** argv) {
       }
       ++i;
     } else {
-      Die("usage: mesaserve-bench model (--model DIR | --random-1.3b) [--batches 1,8,64,256] [--steps N] [--eager] [--prefill T] [--prefill-segment N] [--prefill-seqs S]");
+      Die("usage: mesaserve-bench model (--model DIR | --random-1.3b) [--batches 1,8,64,256] [--steps N] [--eager] [--prefill T] [--prefill-segment N] [--prefill-seqs S] [--batch-invariant-rows R]");
     }
   }
   if (a.model.empty() == !a.random_13b) Die("give exactly one of --model DIR and --random-1.3b");
@@ -230,6 +236,7 @@ int ModelMain(int argc, char** argv) {
   CudaRunnerOptions options;
   options.num_slots = std::max(max_b, args.prefill_seqs);
   options.cuda_graphs = !args.eager;
+  options.batch_invariant_rows = args.batch_invariant_rows;
   if (args.prefill_segment > 0) options.max_prefill_tokens = args.prefill_segment;
   auto runner = CreateCudaModelRunner(std::move(*weights), options);
   if (!runner.ok()) Die(runner.status().ToString());
@@ -238,7 +245,10 @@ int ModelMain(int argc, char** argv) {
   std::printf("# mesaserve-bench model on %s: %s, %s\n\ncopy bandwidth (read + write): %.0f GB/s; "
               "bf16 GEMM %.0f TFLOP/s; weights read per step %.3f GB; state %.1f MB per sequence\n\n",
               prop.name, args.random_13b ? "random 1.3B (fla defaults)" : args.model.c_str(),
-              args.eager ? "eager launches" : "CUDA graphs",
+              args.eager ? "eager launches"
+              : args.batch_invariant_rows > 0
+                  ? absl::StrCat("CUDA graphs, decode GEMMs pinned to ", args.batch_invariant_rows, " rows").c_str()
+                  : "CUDA graphs",
               bw / 1e9, gemm_rate / 1e12, read_bytes / 1e9, state_bytes / 1e6);
   if (args.prefill > 0) {
     // The dense projections' FLOPs (every weight matrix but the tables, once per token) at the

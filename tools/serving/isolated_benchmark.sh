@@ -11,9 +11,7 @@
 set -u
 OUTDIR=${OUT:-/tmp/out}; mkdir -p "$OUTDIR"
 if [ -f build-server/server.tar.xz ]; then
-  tar xJf build-server/server.tar.xz -C /tmp
-  export LD_LIBRARY_PATH=/tmp/mserve/lib
-  BIN=/tmp/mserve/mesaserve
+  . tools/serving/gpu_server_env.sh  # BIN, LD_LIBRARY_PATH (a CUDA build needs the machine's cuBLAS)
 else
   BIN=${MESASERVE:-build/cli/mesaserve}
 fi
@@ -23,11 +21,13 @@ CLIENT_CPUS=${CLIENT_CPUS:-4-7}
 THREADS=${THREADS:-2}
 SERVER_CPUS=${SERVER_CPUS:-$ENGINE_CPUS}  # e.g. one core more than the engine's, for gRPC
 REPS=${REPS:-3}
-LOG="$OUTDIR/isolated_t${THREADS}_server${SERVER_CPUS}.txt"
+SERVER_ARGS=${SERVER_ARGS:-}  # extra serve flags, e.g. "--delivery-threads 0"
+LOG="$OUTDIR/isolated_t${THREADS}_server${SERVER_CPUS}${SERVER_ARGS:+_$(echo "$SERVER_ARGS" | tr -c 'a-z0-9\n' '_')}.txt"
 : > "$LOG"
-echo "cpus: $(nproc), $(lscpu | sed -n 's/^Model name: *//p'); engine-only on $ENGINE_CPUS, server on $SERVER_CPUS ($THREADS engine threads each), client on $CLIENT_CPUS" | tee -a "$LOG"
-taskset -c "$SERVER_CPUS" "$BIN" serve --model "$M" --threads "$THREADS" --slots 8 \
-  --listen 127.0.0.1:50071 --metrics-listen "" > /tmp/isolated_server.log 2>&1 &
+echo "cpus: $(nproc), $(lscpu | sed -n 's/^Model name: *//p'); engine-only on $ENGINE_CPUS, server on $SERVER_CPUS ($THREADS engine threads each; serve flags: ${SERVER_ARGS:-none}), client on $CLIENT_CPUS" | tee -a "$LOG"
+# shellcheck disable=SC2086  # SERVER_ARGS is a list of flags
+taskset -c "$SERVER_CPUS" "$BIN" serve --device cpu --model "$M" --threads "$THREADS" --slots 8 \
+  --listen 127.0.0.1:50071 --metrics-listen "" $SERVER_ARGS > /tmp/isolated_server.log 2>&1 &
 SERVER=$!
 taskset -c "$CLIENT_CPUS" "$BIN" loadtest --address 127.0.0.1:50071 --requests 4 --connect-timeout 60 > /dev/null 2>&1
 for rep in $(seq "$REPS"); do
