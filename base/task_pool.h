@@ -4,7 +4,8 @@
 // a loopback or TCP socket runs the transport (and, on loopback, the receiver's network
 // stack) inline, about 76 us per message on the 2-core development machine, which the engine
 // thread would otherwise spend between two decode steps (docs/serving-benchmarks.md).
-// Posting costs a lock and, only when a worker sleeps, a wake-up.
+// Posting costs a lock and, only when the queue outgrows the workers that are awake, a wake-up:
+// a burst (one engine step's events for 64 streams) wakes a few workers, not one per task.
 #pragma once
 
 #include <condition_variable>
@@ -37,7 +38,8 @@ class TaskPool {
   std::mutex mu_;
   std::condition_variable wake_;
   std::deque<std::function<void()>> tasks_;
-  int32_t sleeping_ = 0;
+  int32_t sleeping_ = 0;  // workers waiting on wake_ (including those signalled, not yet up)
+  int32_t signalled_ = 0;  // notify_one calls whose worker has not woken yet
   bool stop_ = false;
   std::vector<std::thread> workers_;
 };

@@ -64,6 +64,47 @@ TEST(TaskPoolTest, ManyPostersAndWorkersRunEveryTaskOnce) {
   EXPECT_EQ(workers.count(std::this_thread::get_id()), 0u) << "tasks must not run on the poster";
 }
 
+TEST(TaskPoolTest, ABurstOfSlowTasksWakesSeveralWorkers) {
+  // Posts wake workers only as the queue outgrows the awake ones; a burst of tasks that take a
+  // while must still spread over the pool rather than wait for one worker.
+  std::mutex mu;
+  std::set<std::thread::id> workers;
+  const auto start = std::chrono::steady_clock::now();
+  {
+    TaskPool pool(4, "test-pool");
+    for (int i = 0; i < 32; ++i) {
+      pool.Post([&] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        std::lock_guard<std::mutex> lock(mu);
+        workers.insert(std::this_thread::get_id());
+      });
+    }
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(workers.size(), 4u);
+  EXPECT_LT(seconds, 32 * 0.005) << "the 32 tasks of 5 ms ran one after the other";
+}
+
+TEST(TaskPoolTest, EveryTaskRunsWhileThePoolLives) {
+  // Bursts of 1 to 4 short tasks, sometimes after a pause in which the workers fall asleep:
+  // each burst must run without waiting for the destructor (a wake-up left uncounted would
+  // leave a task queued with every worker asleep).
+  TaskPool pool(2, "test-pool");
+  std::atomic<int> ran{0};
+  int posted = 0;
+  for (int round = 0; round < 400; ++round) {
+    const int burst = 1 + round % 4;
+    for (int i = 0; i < burst; ++i) pool.Post([&ran] { ++ran; });
+    posted += burst;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (ran.load() < posted && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+    }
+    ASSERT_EQ(ran.load(), posted) << "round " << round << ": a task was left queued";
+    if (round % 3 == 0) std::this_thread::sleep_for(std::chrono::microseconds(300));
+  }
+}
+
 TEST(TaskPoolTest, SleepingWorkerWakesForALatePost) {
   TaskPool pool(1, "test-pool");
   std::this_thread::sleep_for(std::chrono::milliseconds(20));  // the worker is asleep now
