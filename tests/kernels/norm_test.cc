@@ -83,7 +83,7 @@ TEST_P(NormTest, FusedAddRmsNormMatchesCpu) {
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, NormTest,
-    ::testing::Combine(::testing::Values(1, 5), ::testing::Values(64, 96, 1000, 2048),
+    ::testing::Combine(::testing::Values(1, 5), ::testing::Values(64, 96, 1000, 2048, 4100, 9000),
                        ::testing::Values(ScalarType::kBf16, ScalarType::kFp16,
                                          ScalarType::kFp32)),
     [](const ::testing::TestParamInfo<NormShape>& info) {
