@@ -10,6 +10,9 @@
 // a workspace allocated once at creation (no allocation on the request path, and what CUDA
 // graphs need).
 //
+// Products of at most kGemvMaxRows rows with fp32 output go to Gemv (kernels/cuda/gemv.h)
+// unless algo_rows is set.
+//
 // By default not row-invariant: a different m may get a different algorithm, hence a different
 // summation order, so a row's result can change in its last bits with the batch size.
 // GemmParams::algo_rows pins one algorithm (without split-K) for every m of a shape, which

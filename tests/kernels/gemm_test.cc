@@ -102,7 +102,14 @@ INSTANTIATE_TEST_SUITE_P(
                       GemmShape{5, 384, 256, ScalarType::kFp32, false},
                       GemmShape{64, 512, 2048, ScalarType::kBf16, false},
                       GemmShape{64, 512, 2048, ScalarType::kFp32, false},
-                      GemmShape{17, 300, 1000, ScalarType::kFp16, true}),
+                      GemmShape{17, 300, 1000, ScalarType::kFp16, true},
+                      // Gemv (one row, fp32 out): a 1.3B model's gate_up and down at batch 1,
+                      // and odd column counts.
+                      GemmShape{1, 11264, 2048, ScalarType::kBf16, false},
+                      GemmShape{1, 2048, 5632, ScalarType::kBf16, false},
+                      GemmShape{1, 1001, 1000, ScalarType::kFp16, false},
+                      GemmShape{1, 37, 104, ScalarType::kFp16, false},
+                      GemmShape{4, 2048, 5632, ScalarType::kBf16, false}),
     [](const ::testing::TestParamInfo<GemmShape>& info) {
       const ScalarType t = std::get<3>(info.param);
       return absl::StrCat("m", std::get<0>(info.param), "_n", std::get<1>(info.param), "_k",

@@ -1,0 +1,32 @@
+// y = x W^T for one row of x: the decode steps' batch-1 GEMMs, where cuBLASLt's kernels reached
+// about half the memory bandwidth that streaming the weights needs (Nsight Compute on an H200,
+// random 1.3B at batch 1: 50 us per layer for 26 us of weight bytes). One warp per output
+// column streams that row of W with 16-byte loads; x comes from L1. Inputs bf16 or fp16, fp32
+// accumulation and output, like Gemm's fp32-output case (the sum's order differs, within Gemm's
+// tolerance). Measured (H200, 2026-11-26 21:42 UTC, with and without it alternated in one call):
+// a batch-1 step of the random 1.3B 2.17 -> 2.08 ms fixed 30, 1.76 -> 1.67 ms adaptive; the
+// bundled model 0.37 -> 0.35 ms. The same kernel for 2 and 4 rows was slower than cuBLASLt
+// (21:40 UTC: 2.21 -> 2.32 ms and 2.27 -> 2.46 ms), hence one row.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+#include "absl/status/status.h"
+#include "base/half.h"
+
+namespace mesa::gpu {
+
+inline constexpr int64_t kGemvMaxRows = 1;
+
+// Whether Gemv takes this product: kGemvMaxRows (one) row, bf16/fp16 inputs, k a multiple of 8
+// and x and W 16-byte aligned (W's rows then are too).
+bool GemvApplies(int64_t m, int64_t k, int64_t ldx, const void* x, const void* w, ScalarType in_type);
+
+// y[m, n] (row stride ldy, fp32) = x[m, k] (row stride ldx) W[n, k]^T; requires GemvApplies.
+// (m, ldx and ldy keep Gemm's interface.)
+absl::Status Gemv(float* y, int64_t ldy, const void* x, int64_t ldx, const void* w, int64_t m,
+                  int64_t n, int64_t k, ScalarType in_type, cudaStream_t stream);
+
+}  // namespace mesa::gpu
