@@ -18,6 +18,7 @@
 #include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/gemv.h"
 #include "kernels/cuda/mesa_decode.h"
 #include "kernels/cuda/mesa_prefill.h"
 #include "kernels/cuda/mixer_inputs.h"
@@ -787,6 +788,12 @@ absl::Status CudaModelRunnerImpl::LayerTail(int layer, int64_t b) {
   // SwiGLU MLP and the second residual.
   MESA_RETURN_IF_ERROR(Gemm(Ws(ws_.mlp), Ws(ws_.u), b, lw.gate_up, lo.gate_up));
   MESA_RETURN_IF_ERROR(gpu::SwiGlu(Ws(ws_.swiglu), Ws<float>(ws_.mlp), b, inter, act, stream_));
+  if (b == 1 && gemm_algo_rows_ == 0 &&
+      gpu::GemvApplies(1, lw.down.cols, lw.down.cols, Ws(ws_.swiglu), Wt(lo.down), act)) {
+    // The down projection and the residual add in one launch (the same bits).
+    return gpu::GemvAddResidual(Ws(ws_.x), Ws(ws_.swiglu), Wt(lo.down), lw.down.rows, lw.down.cols,
+                                act, stream_);
+  }
   MESA_RETURN_IF_ERROR(Gemm(Ws(ws_.gemm_out), Ws(ws_.swiglu), b, lw.down, lo.down));
   MESA_RETURN_IF_ERROR(gpu::AddResidual(Ws(ws_.x), Ws<float>(ws_.gemm_out), b * d, act, stream_));
   return absl::OkStatus();

@@ -47,9 +47,11 @@ __device__ __forceinline__ uint4 LoadStreaming(const uint4* p) {
   return v;
 }
 
+// With `residual` set, y is not written: residual[col] takes AddResidual's update instead.
 template <typename T>
 __global__ void __launch_bounds__(32 * kWarps)
-GemvKernel(float* __restrict__ y, const T* __restrict__ x, const T* __restrict__ w, int n, int k) {
+GemvKernel(float* __restrict__ y, T* residual, const T* __restrict__ x, const T* __restrict__ w,
+           int n, int k) {
   const int col = blockIdx.x * kWarps + (threadIdx.x >> 5);
   if (col >= n) return;
   const int lane = threadIdx.x & 31;
@@ -65,7 +67,12 @@ GemvKernel(float* __restrict__ y, const T* __restrict__ x, const T* __restrict__
     for (int e = 0; e < 8; ++e) acc = fmaf(xf[e], wf[e], acc);
   }
   acc = WarpSum(acc);
-  if (lane == 0) y[col] = acc;
+  if (lane != 0) return;
+  if (residual != nullptr) {
+    residual[col] = FromFloat<T>(ToFloat<T>(residual[col]) + RoundTo<T>(acc));  // AddResidualKernel's
+  } else {
+    y[col] = acc;
+  }
 }
 
 bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
@@ -92,7 +99,31 @@ absl::Status Gemv(float* y, int64_t ldy, const void* x, int64_t ldx, const void*
       return absl::InternalError("Gemv: float32 inputs");  // excluded by GemvApplies
     } else {
       const unsigned blocks = static_cast<unsigned>((n + kWarps - 1) / kWarps);
-      GemvKernel<T><<<blocks, 32 * kWarps, 0, stream>>>(y, static_cast<const T*>(x),
+      GemvKernel<T><<<blocks, 32 * kWarps, 0, stream>>>(y, nullptr, static_cast<const T*>(x),
+                                                        static_cast<const T*>(w),
+                                                        static_cast<int>(n), static_cast<int>(k));
+      MESA_CUDA_RETURN_IF_LAUNCH_FAILED("GemvKernel");
+      return absl::OkStatus();
+    }
+  });
+}
+
+absl::Status GemvAddResidual(void* x, const void* row, const void* w, int64_t n, int64_t k,
+                             ScalarType in_type, cudaStream_t stream) {
+  if (!GemvApplies(1, k, k, row, w, in_type) || x == nullptr || n < 0 || n > 0x7fffffff) {
+    return absl::InvalidArgumentError(absl::StrCat("GemvAddResidual: n=", n, " k=", k, " ",
+                                                   ScalarTypeName(in_type),
+                                                   " is not a product Gemv takes"));
+  }
+  if (n == 0) return absl::OkStatus();
+  return DispatchActType(in_type, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if constexpr (std::is_same_v<T, float>) {
+      return absl::InternalError("GemvAddResidual: float32 inputs");  // excluded by GemvApplies
+    } else {
+      const unsigned blocks = static_cast<unsigned>((n + kWarps - 1) / kWarps);
+      GemvKernel<T><<<blocks, 32 * kWarps, 0, stream>>>(nullptr, static_cast<T*>(x),
+                                                        static_cast<const T*>(row),
                                                         static_cast<const T*>(w),
                                                         static_cast<int>(n), static_cast<int>(k));
       MESA_CUDA_RETURN_IF_LAUNCH_FAILED("GemvKernel");

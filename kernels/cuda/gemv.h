@@ -29,4 +29,10 @@ bool GemvApplies(int64_t m, int64_t k, int64_t ldx, const void* x, const void* w
 absl::Status Gemv(float* y, int64_t ldy, const void* x, int64_t ldx, const void* w, int64_t m,
                   int64_t n, int64_t k, ScalarType in_type, cudaStream_t stream);
 
+// x[0, n] += y as AddResidual does (x in the model dtype `in_type`, y rounded to it first) for
+// y = row[0, k] W[n, k]^T, without writing y: the batch-1 down projection and its residual in
+// one launch. Bit for bit Gemv then AddResidual. Requires GemvApplies(1, k, k, row, w, in_type).
+absl::Status GemvAddResidual(void* x, const void* row, const void* w, int64_t n, int64_t k,
+                             ScalarType in_type, cudaStream_t stream);
+
 }  // namespace mesa::gpu
