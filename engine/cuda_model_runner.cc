@@ -789,7 +789,7 @@ absl::Status CudaModelRunnerImpl::LayerTail(int layer, int64_t b) {
   MESA_RETURN_IF_ERROR(Gemm(Ws(ws_.mlp), Ws(ws_.u), b, lw.gate_up, lo.gate_up));
   MESA_RETURN_IF_ERROR(gpu::SwiGlu(Ws(ws_.swiglu), Ws<float>(ws_.mlp), b, inter, act, stream_));
   if (b == 1 && gemm_algo_rows_ == 0 &&
-      gpu::GemvApplies(1, lw.down.cols, lw.down.cols, Ws(ws_.swiglu), Wt(lo.down), act)) {
+      gpu::GemvApplies(1, lw.down.cols, Ws(ws_.swiglu), Wt(lo.down), act)) {
     // The down projection and the residual add in one launch (the same bits).
     return gpu::GemvAddResidual(Ws(ws_.x), Ws(ws_.swiglu), Wt(lo.down), lw.down.rows, lw.down.cols,
                                 act, stream_);

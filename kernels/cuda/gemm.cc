@@ -208,8 +208,8 @@ absl::Status Gemm(CublasHandle& handle, const GemmParams& p) {
   // A few rows with fp32 output: our weight-streaming kernel (gemv.h). Not with algo_rows, whose
   // point is one kernel for every row count.
   if (p.algo_rows == 0 && p.out_type == ScalarType::kFp32 &&
-      GemvApplies(p.m, p.k, ldx, p.x, p.w, p.in_type)) {
-    return Gemv(static_cast<float*>(p.y), ldy, p.x, ldx, p.w, p.m, p.n, p.k, p.in_type, p.stream);
+      GemvApplies(p.m, p.k, p.x, p.w, p.in_type)) {
+    return Gemv(static_cast<float*>(p.y), p.x, p.w, p.n, p.k, p.in_type, p.stream);
   }
   const CublasHandle::PlanKey key{p.m, p.n, p.k, ldx, ldy, static_cast<int>(p.in_type),
                                   static_cast<int>(p.out_type), p.algo_rows};

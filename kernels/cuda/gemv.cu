@@ -77,41 +77,12 @@ GemvKernel(float* __restrict__ y, T* residual, const T* __restrict__ x, const T*
 
 bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-}  // namespace
-
-bool GemvApplies(int64_t m, int64_t k, int64_t ldx, const void* x, const void* w, ScalarType in_type) {
-  (void)ldx;  // one row: its stride does not matter
-  return m >= 1 && m <= kGemvMaxRows && in_type != ScalarType::kFp32 && k >= 8 && k % 8 == 0 &&
-         k <= 0x7fffffff && Aligned16(x) && Aligned16(w);
-}
-
-absl::Status Gemv(float* y, int64_t ldy, const void* x, int64_t ldx, const void* w, int64_t m,
-                  int64_t n, int64_t k, ScalarType in_type, cudaStream_t stream) {
-  if (!GemvApplies(m, k, ldx, x, w, in_type) || n < 0 || n > 0x7fffffff || ldy < n) {
-    return absl::InvalidArgumentError(absl::StrCat("Gemv: m=", m, " n=", n, " k=", k, " ldx=", ldx,
-                                                   " ldy=", ldy, " ", ScalarTypeName(in_type),
-                                                   " is not a product Gemv takes"));
-  }
-  if (n == 0) return absl::OkStatus();
-  return DispatchActType(in_type, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    if constexpr (std::is_same_v<T, float>) {
-      return absl::InternalError("Gemv: float32 inputs");  // excluded by GemvApplies
-    } else {
-      const unsigned blocks = static_cast<unsigned>((n + kWarps - 1) / kWarps);
-      GemvKernel<T><<<blocks, 32 * kWarps, 0, stream>>>(y, nullptr, static_cast<const T*>(x),
-                                                        static_cast<const T*>(w),
-                                                        static_cast<int>(n), static_cast<int>(k));
-      MESA_CUDA_RETURN_IF_LAUNCH_FAILED("GemvKernel");
-      return absl::OkStatus();
-    }
-  });
-}
-
-absl::Status GemvAddResidual(void* x, const void* row, const void* w, int64_t n, int64_t k,
-                             ScalarType in_type, cudaStream_t stream) {
-  if (!GemvApplies(1, k, k, row, w, in_type) || x == nullptr || n < 0 || n > 0x7fffffff) {
-    return absl::InvalidArgumentError(absl::StrCat("GemvAddResidual: n=", n, " k=", k, " ",
+// Gemv and GemvAddResidual: y written, or (y null) `residual` updated.
+absl::Status LaunchGemv(const char* op, float* y, void* residual, const void* x, const void* w,
+                        int64_t n, int64_t k, ScalarType in_type, cudaStream_t stream) {
+  if (!GemvApplies(1, k, x, w, in_type) || (y == nullptr) == (residual == nullptr) || n < 0 ||
+      n > 0x7fffffff) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": n=", n, " k=", k, " ",
                                                    ScalarTypeName(in_type),
                                                    " is not a product Gemv takes"));
   }
@@ -119,17 +90,33 @@ absl::Status GemvAddResidual(void* x, const void* row, const void* w, int64_t n,
   return DispatchActType(in_type, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (std::is_same_v<T, float>) {
-      return absl::InternalError("GemvAddResidual: float32 inputs");  // excluded by GemvApplies
+      return absl::InternalError(absl::StrCat(op, ": float32 inputs"));  // excluded above
     } else {
       const unsigned blocks = static_cast<unsigned>((n + kWarps - 1) / kWarps);
-      GemvKernel<T><<<blocks, 32 * kWarps, 0, stream>>>(nullptr, static_cast<T*>(x),
-                                                        static_cast<const T*>(row),
-                                                        static_cast<const T*>(w),
-                                                        static_cast<int>(n), static_cast<int>(k));
+      GemvKernel<T><<<blocks, 32 * kWarps, 0, stream>>>(
+          y, static_cast<T*>(residual), static_cast<const T*>(x), static_cast<const T*>(w),
+          static_cast<int>(n), static_cast<int>(k));
       MESA_CUDA_RETURN_IF_LAUNCH_FAILED("GemvKernel");
       return absl::OkStatus();
     }
   });
+}
+
+}  // namespace
+
+bool GemvApplies(int64_t m, int64_t k, const void* x, const void* w, ScalarType in_type) {
+  return m >= 1 && m <= kGemvMaxRows && in_type != ScalarType::kFp32 && k >= 8 && k % 8 == 0 &&
+         k <= 0x7fffffff && Aligned16(x) && Aligned16(w);
+}
+
+absl::Status Gemv(float* y, const void* x, const void* w, int64_t n, int64_t k, ScalarType in_type,
+                  cudaStream_t stream) {
+  return LaunchGemv("Gemv", y, nullptr, x, w, n, k, in_type, stream);
+}
+
+absl::Status GemvAddResidual(void* x, const void* row, const void* w, int64_t n, int64_t k,
+                             ScalarType in_type, cudaStream_t stream) {
+  return LaunchGemv("GemvAddResidual", nullptr, x, row, w, n, k, in_type, stream);
 }
 
 }  // namespace mesa::gpu

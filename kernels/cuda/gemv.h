@@ -20,18 +20,17 @@ namespace mesa::gpu {
 
 inline constexpr int64_t kGemvMaxRows = 1;
 
-// Whether Gemv takes this product: kGemvMaxRows (one) row, bf16/fp16 inputs, k a multiple of 8
-// and x and W 16-byte aligned (W's rows then are too).
-bool GemvApplies(int64_t m, int64_t k, int64_t ldx, const void* x, const void* w, ScalarType in_type);
+// Whether Gemv takes a product of m rows: kGemvMaxRows (one) row, bf16/fp16 inputs, k a
+// multiple of 8 and x and W 16-byte aligned (W's rows then are too). One row has no strides.
+bool GemvApplies(int64_t m, int64_t k, const void* x, const void* w, ScalarType in_type);
 
-// y[m, n] (row stride ldy, fp32) = x[m, k] (row stride ldx) W[n, k]^T; requires GemvApplies.
-// (m, ldx and ldy keep Gemm's interface.)
-absl::Status Gemv(float* y, int64_t ldy, const void* x, int64_t ldx, const void* w, int64_t m,
-                  int64_t n, int64_t k, ScalarType in_type, cudaStream_t stream);
+// y[n] (fp32) = W[n, k] x[k]; requires GemvApplies(1, k, x, w, in_type).
+absl::Status Gemv(float* y, const void* x, const void* w, int64_t n, int64_t k, ScalarType in_type,
+                  cudaStream_t stream);
 
-// x[0, n] += y as AddResidual does (x in the model dtype `in_type`, y rounded to it first) for
-// y = row[0, k] W[n, k]^T, without writing y: the batch-1 down projection and its residual in
-// one launch. Bit for bit Gemv then AddResidual. Requires GemvApplies(1, k, k, row, w, in_type).
+// x[n] += y as AddResidual does (x in the model dtype `in_type`, y rounded to it first) for
+// y = W[n, k] row[k], without writing y: the batch-1 down projection and its residual in one
+// launch. Bit for bit Gemv then AddResidual. Requires GemvApplies(1, k, row, w, in_type).
 absl::Status GemvAddResidual(void* x, const void* row, const void* w, int64_t n, int64_t k,
                              ScalarType in_type, cudaStream_t stream);
 

@@ -32,7 +32,7 @@ TEST_P(GemvAddResidualTest, IsGemvThenAddResidualBitForBit) {
   MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_y, Upload(std::vector<float>(n, 0.0f)));
   MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_two, UploadAct(residual, type));
   MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_fused, UploadAct(residual, type));
-  MESA_ASSERT_OK(Gemv(d_y.as<float>(), n, d_row.data(), k, d_w.data(), 1, n, k, type, nullptr));
+  MESA_ASSERT_OK(Gemv(d_y.as<float>(), d_row.data(), d_w.data(), n, k, type, nullptr));
   MESA_ASSERT_OK(AddResidual(d_two.data(), d_y.as<float>(), n, type, nullptr));
   MESA_ASSERT_OK(GemvAddResidual(d_fused.data(), d_row.data(), d_w.data(), n, k, type, nullptr));
   MESA_ASSERT_OK(Sync());
@@ -53,9 +53,9 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST_F(GpuTest, GemvRefusesWhatItDoesNotTake) {
   // Two rows, float32 inputs, k not a multiple of 8: Gemm's business, named in the error.
-  EXPECT_FALSE(GemvApplies(2, 64, 64, nullptr, nullptr, ScalarType::kBf16));
-  EXPECT_FALSE(GemvApplies(1, 64, 64, nullptr, nullptr, ScalarType::kFp32));
-  EXPECT_FALSE(GemvApplies(1, 60, 60, nullptr, nullptr, ScalarType::kBf16));
+  EXPECT_FALSE(GemvApplies(2, 64, nullptr, nullptr, ScalarType::kBf16));
+  EXPECT_FALSE(GemvApplies(1, 64, nullptr, nullptr, ScalarType::kFp32));
+  EXPECT_FALSE(GemvApplies(1, 60, nullptr, nullptr, ScalarType::kBf16));
   const absl::Status s = GemvAddResidual(nullptr, nullptr, nullptr, 8, 60, ScalarType::kBf16, nullptr);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("k=60"), std::string::npos) << s;
