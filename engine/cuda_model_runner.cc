@@ -15,6 +15,7 @@
 #include "engine/prefill_packing.h"
 #include "engine/runner_checks.h"
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/dependent_launch.h"
 #include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gemm.h"
@@ -551,6 +552,7 @@ absl::Status CudaModelRunnerImpl::StepKernels(int64_t b, const StepArgsLayout& a
   const int64_t d = c_.hidden_size, vocab = c_.vocab_size;
   // Decode GEMMs with one algorithm for every bucket when asked (CudaRunnerOptions).
   const GemmAlgoRowsScope pinned(&gemm_algo_rows_, options_.batch_invariant_rows);
+  const gpu::DependentLaunchScope dependent(b <= options_.dependent_launch_rows);
   MESA_RETURN_IF_ERROR(gpu::Embed(Ws(ws_.x), Wt(wo_.embeddings), Ws<int32_t>(ws_.args + args.tokens),
                                   b, d, vocab, c_.dtype, stream_));
   for (int layer = 0; layer < c_.num_hidden_layers; ++layer) {
@@ -818,6 +820,10 @@ absl::StatusOr<std::unique_ptr<CudaModelRunner>> CreateCudaModelRunner(
   if (options.batch_invariant_rows < 0 || options.batch_invariant_rows > 65535) {
     return absl::InvalidArgumentError(absl::StrCat("batch_invariant_rows ", options.batch_invariant_rows,
                                                    " is outside [0, 65535]"));
+  }
+  if (options.dependent_launch_rows < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("dependent_launch_rows ", options.dependent_launch_rows,
+                                                   " is negative"));
   }
   auto runner = std::make_unique<CudaModelRunnerImpl>(std::move(weights), options);
   MESA_RETURN_IF_ERROR(runner->Init());

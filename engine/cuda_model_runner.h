@@ -21,6 +21,12 @@
 
 namespace mesa {
 
+// Rows up to which decode steps launch dependently by default (CudaRunnerOptions). H200,
+// random 1.3B, steps alternated in one call (docs/benchmarks.md): batch 1 10-12 % faster,
+// 2 and 4 3-5 %; at 8 and above it gained 0-3 % except batch 8 with 30 fixed CG steps, 3.5 %
+// slower, so larger steps keep ordinary launches.
+inline constexpr int32_t kCudaDependentLaunchRows = 4;
+
 struct CudaRunnerOptions {
   // State slots; 0 = as many as fit the device's free memory after the weights, workspaces
   // and reserve_bytes, at most max_auto_slots (the runner's num_slots() tells the result).
@@ -38,6 +44,12 @@ struct CudaRunnerOptions {
   // Replay decode steps as CUDA graphs, one per batch bucket (CudaDecodeBucket), captured at
   // creation (off: every step launches its kernels one by one; same results).
   bool cuda_graphs = true;
+  // Decode steps of at most this many rows (their bucket) launch their kernels as programmatic
+  // dependent launches (kernels/cuda/dependent_launch.h): each may start while the previous
+  // one finishes, and the one-row GEMMs and the decode kernel load their weights and states
+  // before waiting for it. 0: never (every kernel starts after the previous one has finished).
+  // Same results either way.
+  int32_t dependent_launch_rows = kCudaDependentLaunchRows;
   // 0: each GEMM uses cuBLASLt's choice for its row count, so a row's logits may change in
   // their last bits with the batch (the decode bucket, or the prompts packed into a prefill
   // launch). > 0: every decode GEMM uses the algorithm (without split-K) chosen for this many

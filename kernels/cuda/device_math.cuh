@@ -71,12 +71,12 @@ __device__ __forceinline__ float BlockSum(float v, float* scratch) {
 
 inline int RoundUpToWarp(int n) { return (n + 31) / 32 * 32; }
 
-// For kernels that spread a row of `width` <= 1024 channels over one warp: calls
+// For kernels that spread a row of `width` <= 1024 channels over one warp: returns
 // fn(std::integral_constant<int, N>{}) with N the channels per lane, the smallest of 1, 2, 4, 8
 // and 32 with 32 N >= width, so that per-lane arrays have a compile-time size and stay in
 // registers.
 template <typename Fn>
-void DispatchChannelsPerLane(int64_t width, Fn&& fn) {
+auto DispatchChannelsPerLane(int64_t width, Fn&& fn) {
   const int64_t per = (width + 31) / 32;
   if (per <= 1) return fn(std::integral_constant<int, 1>{});
   if (per <= 2) return fn(std::integral_constant<int, 2>{});

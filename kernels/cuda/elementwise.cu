@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/dependent_launch.h"
 #include "kernels/cuda/device_math.cuh"
 
 namespace mesa::gpu {
@@ -20,6 +21,8 @@ unsigned BlocksFor(int64_t n) {
 // which made a flat index cost 75 us per 2048 x 5632 call on an H200 (about 3x its traffic).
 template <typename T>
 __global__ void SwiGluKernel(T* out, const float* gate_up, int64_t rows, int64_t inter) {
+  WaitForPriorKernels();
+  StartNextKernel();
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     const float* g = gate_up + r * 2 * inter;
     T* o = out + r * inter;
@@ -38,6 +41,8 @@ dim3 RowGrid(int64_t rows, int64_t width) {
 
 template <typename T>
 __global__ void AddResidualKernel(T* x, const float* u, int64_t n) {
+  WaitForPriorKernels();
+  StartNextKernel();
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     x[e] = FromFloat<T>(ToFloat<T>(x[e]) + RoundTo<T>(u[e]));
@@ -46,6 +51,8 @@ __global__ void AddResidualKernel(T* x, const float* u, int64_t n) {
 
 template <typename T>
 __global__ void RoundInPlaceKernel(float* y, int64_t n) {
+  WaitForPriorKernels();
+  StartNextKernel();
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     y[e] = RoundTo<T>(y[e]);
@@ -54,6 +61,8 @@ __global__ void RoundInPlaceKernel(float* y, int64_t n) {
 
 template <typename T>
 __global__ void ToActKernel(T* out, const float* in, int64_t n) {
+  WaitForPriorKernels();
+  StartNextKernel();
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     out[e] = FromFloat<T>(in[e]);
@@ -63,6 +72,8 @@ __global__ void ToActKernel(T* out, const float* in, int64_t n) {
 template <typename T>
 __global__ void EmbedKernel(T* x, const T* table, const int32_t* tokens, int64_t rows, int64_t d,
                             int64_t vocab) {
+  WaitForPriorKernels();
+  StartNextKernel();
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     const int64_t t = min(max(static_cast<int64_t>(tokens[r]), int64_t{0}), vocab - 1);
     for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < d;
@@ -88,10 +99,8 @@ absl::Status SwiGlu(void* out, const float* gate_up, int64_t rows, int64_t inter
   if (rows == 0) return absl::OkStatus();
   return DispatchActType(act, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    SwiGluKernel<T><<<RowGrid(rows, inter), kThreads, 0, stream>>>(static_cast<T*>(out), gate_up,
-                                                                   rows, inter);
-    MESA_CUDA_RETURN_IF_LAUNCH_FAILED("SwiGluKernel");
-    return absl::OkStatus();
+    return LaunchKernel("SwiGluKernel", SwiGluKernel<T>, RowGrid(rows, inter), kThreads, 0, stream,
+                        static_cast<T*>(out), gate_up, rows, inter);
   });
 }
 
@@ -100,9 +109,8 @@ absl::Status AddResidual(void* x, const float* u, int64_t n, ScalarType act, cud
   if (!ok.ok() || n == 0) return ok;
   return DispatchActType(act, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    AddResidualKernel<T><<<BlocksFor(n), kThreads, 0, stream>>>(static_cast<T*>(x), u, n);
-    MESA_CUDA_RETURN_IF_LAUNCH_FAILED("AddResidualKernel");
-    return absl::OkStatus();
+    return LaunchKernel("AddResidualKernel", AddResidualKernel<T>, BlocksFor(n), kThreads, 0, stream,
+                        static_cast<T*>(x), u, n);
   });
 }
 
@@ -111,9 +119,8 @@ absl::Status RoundInPlace(float* y, int64_t n, ScalarType act, cudaStream_t stre
   if (!ok.ok() || n == 0 || act == ScalarType::kFp32) return ok;
   return DispatchActType(act, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    RoundInPlaceKernel<T><<<BlocksFor(n), kThreads, 0, stream>>>(y, n);
-    MESA_CUDA_RETURN_IF_LAUNCH_FAILED("RoundInPlaceKernel");
-    return absl::OkStatus();
+    return LaunchKernel("RoundInPlaceKernel", RoundInPlaceKernel<T>, BlocksFor(n), kThreads, 0,
+                        stream, y, n);
   });
 }
 
@@ -122,9 +129,8 @@ absl::Status ToAct(void* out, const float* in, int64_t n, ScalarType act, cudaSt
   if (!ok.ok() || n == 0) return ok;
   return DispatchActType(act, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    ToActKernel<T><<<BlocksFor(n), kThreads, 0, stream>>>(static_cast<T*>(out), in, n);
-    MESA_CUDA_RETURN_IF_LAUNCH_FAILED("ToActKernel");
-    return absl::OkStatus();
+    return LaunchKernel("ToActKernel", ToActKernel<T>, BlocksFor(n), kThreads, 0, stream,
+                        static_cast<T*>(out), in, n);
   });
 }
 
@@ -137,10 +143,8 @@ absl::Status Embed(void* x, const void* table, const int32_t* tokens, int64_t ro
   if (rows == 0) return absl::OkStatus();
   return DispatchActType(act, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    EmbedKernel<T><<<RowGrid(rows, d), kThreads, 0, stream>>>(
-        static_cast<T*>(x), static_cast<const T*>(table), tokens, rows, d, vocab);
-    MESA_CUDA_RETURN_IF_LAUNCH_FAILED("EmbedKernel");
-    return absl::OkStatus();
+    return LaunchKernel("EmbedKernel", EmbedKernel<T>, RowGrid(rows, d), kThreads, 0, stream,
+                        static_cast<T*>(x), static_cast<const T*>(table), tokens, rows, d, vocab);
   });
 }
 

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/dependent_launch.h"
 #include "kernels/cuda/device_math.cuh"
 
 namespace mesa::gpu {
@@ -47,25 +48,44 @@ __device__ __forceinline__ uint4 LoadStreaming(const uint4* p) {
   return v;
 }
 
+// Pieces of its weight row each lane loads before waiting for the kernel that writes x: under
+// a dependent launch (dependent_launch.h) they arrive while that kernel still runs.
+constexpr int kEarlyPieces = 4;
+
 // With `residual` set, y is not written: residual[col] takes AddResidual's update instead.
 template <typename T>
 __global__ void __launch_bounds__(32 * kWarps)
 GemvKernel(float* __restrict__ y, T* residual, const T* __restrict__ x, const T* __restrict__ w,
            int n, int k) {
   const int col = blockIdx.x * kWarps + (threadIdx.x >> 5);
-  if (col >= n) return;
   const int lane = threadIdx.x & 31;
   const int pieces = k / 8;
   const uint4* wr = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(col) * k);
+  uint4 early[kEarlyPieces];
+  if (col < n) {
+#pragma unroll
+    for (int e = 0; e < kEarlyPieces; ++e) {
+      if (lane + 32 * e < pieces) early[e] = LoadStreaming(wr + lane + 32 * e);
+    }
+  }
+  WaitForPriorKernels();
+  StartNextKernel();
+  if (col >= n) return;
+  // Pieces lane, lane + 32, ... in that order (the early ones first): one summation order.
   float acc = 0.0f;
-#pragma unroll 4
-  for (int c = lane; c < pieces; c += 32) {
+  auto add = [&](const uint4& piece, int c) {
     float wf[8], xf[8];
-    Unpack8<T>(LoadStreaming(wr + c), wf);
+    Unpack8<T>(piece, wf);
     Unpack8<T>(*reinterpret_cast<const uint4*>(x + 8 * c), xf);
 #pragma unroll
     for (int e = 0; e < 8; ++e) acc = fmaf(xf[e], wf[e], acc);
+  };
+#pragma unroll
+  for (int e = 0; e < kEarlyPieces; ++e) {
+    if (lane + 32 * e < pieces) add(early[e], lane + 32 * e);
   }
+#pragma unroll 4
+  for (int c = lane + 32 * kEarlyPieces; c < pieces; c += 32) add(LoadStreaming(wr + c), c);
   acc = WarpSum(acc);
   if (lane != 0) return;
   if (residual != nullptr) {
@@ -93,11 +113,9 @@ absl::Status LaunchGemv(const char* op, float* y, void* residual, const void* x,
       return absl::InternalError(absl::StrCat(op, ": float32 inputs"));  // excluded above
     } else {
       const unsigned blocks = static_cast<unsigned>((n + kWarps - 1) / kWarps);
-      GemvKernel<T><<<blocks, 32 * kWarps, 0, stream>>>(
-          y, static_cast<T*>(residual), static_cast<const T*>(x), static_cast<const T*>(w),
-          static_cast<int>(n), static_cast<int>(k));
-      MESA_CUDA_RETURN_IF_LAUNCH_FAILED("GemvKernel");
-      return absl::OkStatus();
+      return LaunchKernel("GemvKernel", GemvKernel<T>, blocks, 32 * kWarps, 0, stream, y,
+                          static_cast<T*>(residual), static_cast<const T*>(x),
+                          static_cast<const T*>(w), static_cast<int>(n), static_cast<int>(k));
     }
   });
 }

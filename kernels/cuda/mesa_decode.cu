@@ -29,6 +29,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/dependent_launch.h"
 #include "kernels/cuda/device_math.cuh"
 
 namespace mesa::gpu {
@@ -89,7 +90,12 @@ __global__ void __launch_bounds__(kThreads, 2) MesaDecodeKernel(MesaDecodeParams
   const int64_t vec = bh * K;  // [B, H*K] offset of this (row, head)
   T* out = static_cast<T*>(p.out);
 
+  // The slot tables come with the step's arguments, copied before its first kernel: they may be
+  // read before waiting for the mixer-input kernel (dependent_launch.h), and so may the states:
+  // no kernel of the step before this one touches them.
   if (p.h_kk[b] == nullptr) {  // pad row: the whole block leaves together
+    WaitForPriorKernels();
+    StartNextKernel();
     if (owner) out[vec + t] = FromFloat<T>(0.0f);
     if (t == 0) {
       if (p.cg_iters != nullptr) p.cg_iters[bh] = 0;
@@ -125,6 +131,9 @@ __global__ void __launch_bounds__(kThreads, 2) MesaDecodeKernel(MesaDecodeParams
       hkk[r][c] = (i < K && j < K) ? g_hkk[i * K + j] : 0.0f;
     }
   }
+  // q, k, v and the gates come from the kernel before this one.
+  WaitForPriorKernels();
+  StartNextKernel();
   const T* q = static_cast<const T*>(p.q);
   const T* kvec = static_cast<const T*>(p.k);
   const T* v = static_cast<const T*>(p.v);
@@ -249,9 +258,8 @@ absl::Status LaunchK(const MesaDecodeParams& p) {
       static_cast<int>(SharedFloats(KMAX, KMAX) * sizeof(float)));
   MESA_CUDA_RETURN_IF_ERROR(attr);
   const dim3 grid(p.num_heads, p.batch);
-  MesaDecodeKernel<T, KMAX><<<grid, kThreads, MesaDecodeSharedBytes(p.head_dim), p.stream>>>(p);
-  MESA_CUDA_RETURN_IF_LAUNCH_FAILED("MesaDecodeKernel");
-  return absl::OkStatus();
+  return LaunchKernel("MesaDecodeKernel", MesaDecodeKernel<T, KMAX>, grid, kThreads,
+                      MesaDecodeSharedBytes(p.head_dim), p.stream, p);
 }
 
 template <typename T>

@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/dependent_launch.h"
 #include "kernels/cuda/device_math.cuh"
 
 namespace mesa::gpu {
@@ -42,6 +43,8 @@ __device__ __forceinline__ void MesaGates(const Params& p, const float* pr, int 
 // grid (H, B), blockDim = K rounded up to a warp.
 template <typename T>
 __global__ void MixerInputsDecodeKernel(MixerInputsDecodeParams p) {
+  WaitForPriorKernels();
+  StartNextKernel();
   __shared__ float scratch[32];
   const int h = blockIdx.x;
   const int b = blockIdx.y;
@@ -233,9 +236,8 @@ absl::Status MixerInputsDecode(const MixerInputsDecodeParams& p) {
   return DispatchActType(p.act, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const dim3 grid(p.num_heads, p.batch);
-    MixerInputsDecodeKernel<T><<<grid, RoundUpToWarp(p.head_dim), 0, p.stream>>>(p);
-    MESA_CUDA_RETURN_IF_LAUNCH_FAILED("MixerInputsDecodeKernel");
-    return absl::OkStatus();
+    return LaunchKernel("MixerInputsDecodeKernel", MixerInputsDecodeKernel<T>, grid,
+                        RoundUpToWarp(p.head_dim), 0, p.stream, p);
   });
 }
 

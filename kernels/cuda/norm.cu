@@ -1,8 +1,11 @@
 #include "kernels/cuda/norm.h"
 
+#include <optional>
+
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/dependent_launch.h"
 #include "kernels/cuda/device_math.cuh"
 
 namespace mesa::gpu {
@@ -16,6 +19,8 @@ constexpr int kRowThreads = 256;
 template <typename T>
 __global__ void __launch_bounds__(kRowThreads)
 RmsNormKernel(T* out, const T* x, const float* w, int64_t d, float eps) {
+  WaitForPriorKernels();
+  StartNextKernel();
   __shared__ float scratch[32];
   const T* xr = x + blockIdx.x * d;
   T* yr = out + blockIdx.x * d;
@@ -35,6 +40,8 @@ template <typename T>
 __global__ void __launch_bounds__(kRowThreads)
 FusedAddRmsNormKernel(T* out, T* residual_out, const float* x, const T* residual, const float* w,
                       int64_t d, float eps) {
+  WaitForPriorKernels();
+  StartNextKernel();
   __shared__ float scratch[32];
   const int64_t base = blockIdx.x * d;
   float ss = 0.0f;
@@ -74,6 +81,8 @@ __device__ __forceinline__ float InvRmsOfRegisters(const float (&v)[kPer], int d
 template <typename T, int kPer>
 __global__ void __launch_bounds__(kRowThreads)
 RmsNormRegsKernel(T* out, const T* x, const float* w, int d, float eps) {
+  WaitForPriorKernels();
+  StartNextKernel();
   __shared__ float scratch[32];
   const T* xr = x + static_cast<int64_t>(blockIdx.x) * d;
   T* yr = out + static_cast<int64_t>(blockIdx.x) * d;
@@ -96,6 +105,8 @@ template <typename T, int kPer>
 __global__ void __launch_bounds__(kRowThreads)
 FusedAddRmsNormRegsKernel(T* out, T* residual_out, const float* x, const T* residual,
                           const float* w, int d, float eps) {
+  WaitForPriorKernels();
+  StartNextKernel();
   __shared__ float scratch[32];
   const int64_t base = static_cast<int64_t>(blockIdx.x) * d;
   float s[kPer], wr[kPer];
@@ -115,18 +126,19 @@ FusedAddRmsNormRegsKernel(T* out, T* residual_out, const float* x, const T* resi
   }
 }
 
-// Calls fn(std::integral_constant<int, N>{}) with N the smallest of 1, 2, 4, 8, 16 and 32 with
-// kRowThreads * N >= d (rows up to 8192 wide), and returns false (fn not called) for wider rows.
+// Returns fn(std::integral_constant<int, N>{}) (a launch's Status) with N the smallest of 1, 2,
+// 4, 8, 16 and 32 with kRowThreads * N >= d (rows up to 8192 wide), or nothing (fn not called)
+// for wider rows.
 template <typename Fn>
-bool DispatchRowRegisters(int64_t d, Fn&& fn) {
+std::optional<absl::Status> DispatchRowRegisters(int64_t d, Fn&& fn) {
   const int64_t per = (d + kRowThreads - 1) / kRowThreads;
-  if (per <= 1) return fn(std::integral_constant<int, 1>{}), true;
-  if (per <= 2) return fn(std::integral_constant<int, 2>{}), true;
-  if (per <= 4) return fn(std::integral_constant<int, 4>{}), true;
-  if (per <= 8) return fn(std::integral_constant<int, 8>{}), true;
-  if (per <= 16) return fn(std::integral_constant<int, 16>{}), true;
-  if (per <= 32) return fn(std::integral_constant<int, 32>{}), true;
-  return false;
+  if (per <= 1) return fn(std::integral_constant<int, 1>{});
+  if (per <= 2) return fn(std::integral_constant<int, 2>{});
+  if (per <= 4) return fn(std::integral_constant<int, 4>{});
+  if (per <= 8) return fn(std::integral_constant<int, 8>{});
+  if (per <= 16) return fn(std::integral_constant<int, 16>{});
+  if (per <= 32) return fn(std::integral_constant<int, 32>{});
+  return std::nullopt;
 }
 
 // One warp per (row, head), kHeadWarps per block: lane l takes channels l, l + 32, ... (kPer
@@ -139,6 +151,8 @@ template <typename T, int kPer>
 __global__ void __launch_bounds__(32 * kHeadWarps)
 HeadRmsNormKernel(T* out, const T* o, const T* z, const float* w, int64_t units, int64_t k,
                   float eps) {
+  WaitForPriorKernels();
+  StartNextKernel();
   const int64_t unit = static_cast<int64_t>(blockIdx.x) * kHeadWarps + (threadIdx.x >> 5);
   if (unit >= units) return;
   const int lane = threadIdx.x & 31;
@@ -179,16 +193,14 @@ absl::Status RmsNorm(void* out, const void* x, const float* w, int64_t rows, int
   if (rows == 0) return absl::OkStatus();
   return DispatchActType(act, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const bool in_registers = DispatchRowRegisters(d, [&](auto per) {
-      RmsNormRegsKernel<T, decltype(per)::value><<<static_cast<unsigned>(rows), kRowThreads, 0, stream>>>(
-          static_cast<T*>(out), static_cast<const T*>(x), w, static_cast<int>(d), eps);
+    const std::optional<absl::Status> in_registers = DispatchRowRegisters(d, [&](auto per) {
+      return LaunchKernel("RmsNormRegsKernel", RmsNormRegsKernel<T, decltype(per)::value>,
+                          static_cast<unsigned>(rows), kRowThreads, 0, stream, static_cast<T*>(out),
+                          static_cast<const T*>(x), w, static_cast<int>(d), eps);
     });
-    if (!in_registers) {
-      RmsNormKernel<T><<<static_cast<unsigned>(rows), kRowThreads, 0, stream>>>(
-          static_cast<T*>(out), static_cast<const T*>(x), w, d, eps);
-    }
-    MESA_CUDA_RETURN_IF_LAUNCH_FAILED("RmsNormKernel");
-    return absl::OkStatus();
+    if (in_registers.has_value()) return *in_registers;
+    return LaunchKernel("RmsNormKernel", RmsNormKernel<T>, static_cast<unsigned>(rows), kRowThreads,
+                        0, stream, static_cast<T*>(out), static_cast<const T*>(x), w, d, eps);
   });
 }
 
@@ -199,19 +211,18 @@ absl::Status FusedAddRmsNorm(void* out, void* residual_out, const float* x, cons
   if (rows == 0) return absl::OkStatus();
   return DispatchActType(act, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const bool in_registers = DispatchRowRegisters(d, [&](auto per) {
-      FusedAddRmsNormRegsKernel<T, decltype(per)::value>
-          <<<static_cast<unsigned>(rows), kRowThreads, 0, stream>>>(
-              static_cast<T*>(out), static_cast<T*>(residual_out), x,
-              static_cast<const T*>(residual), w, static_cast<int>(d), eps);
+    const std::optional<absl::Status> in_registers = DispatchRowRegisters(d, [&](auto per) {
+      return LaunchKernel("FusedAddRmsNormRegsKernel",
+                          FusedAddRmsNormRegsKernel<T, decltype(per)::value>,
+                          static_cast<unsigned>(rows), kRowThreads, 0, stream, static_cast<T*>(out),
+                          static_cast<T*>(residual_out), x, static_cast<const T*>(residual), w,
+                          static_cast<int>(d), eps);
     });
-    if (!in_registers) {
-      FusedAddRmsNormKernel<T><<<static_cast<unsigned>(rows), kRowThreads, 0, stream>>>(
-          static_cast<T*>(out), static_cast<T*>(residual_out), x, static_cast<const T*>(residual),
-          w, d, eps);
-    }
-    MESA_CUDA_RETURN_IF_LAUNCH_FAILED("FusedAddRmsNormKernel");
-    return absl::OkStatus();
+    if (in_registers.has_value()) return *in_registers;
+    return LaunchKernel("FusedAddRmsNormKernel", FusedAddRmsNormKernel<T>,
+                        static_cast<unsigned>(rows), kRowThreads, 0, stream, static_cast<T*>(out),
+                        static_cast<T*>(residual_out), x, static_cast<const T*>(residual), w, d,
+                        eps);
   });
 }
 
@@ -228,12 +239,11 @@ absl::Status HeadRmsNorm(void* out, const void* o, const void* z, const float* w
     using T = typename decltype(tag)::type;
     const int64_t units = rows * heads;
     const unsigned blocks = static_cast<unsigned>((units + kHeadWarps - 1) / kHeadWarps);
-    DispatchChannelsPerLane(k, [&](auto per) {
-      HeadRmsNormKernel<T, decltype(per)::value><<<blocks, 32 * kHeadWarps, 0, stream>>>(
-          static_cast<T*>(out), static_cast<const T*>(o), static_cast<const T*>(z), w, units, k, eps);
+    return DispatchChannelsPerLane(k, [&](auto per) {
+      return LaunchKernel("HeadRmsNormKernel", HeadRmsNormKernel<T, decltype(per)::value>, blocks,
+                          32 * kHeadWarps, 0, stream, static_cast<T*>(out),
+                          static_cast<const T*>(o), static_cast<const T*>(z), w, units, k, eps);
     });
-    MESA_CUDA_RETURN_IF_LAUNCH_FAILED("HeadRmsNormKernel");
-    return absl::OkStatus();
   });
 }
 

@@ -9,8 +9,9 @@
 //   mesaserve-bench model --model DIR       a checkpoint in fla's layout (e.g. the bundled one)
 //   mesaserve-bench model --random-1.3b     fla's MesaNet defaults with random bf16 weights
 //   [--batches 1,8,64,256] [--steps 20] [--eager] [--prefill 2048]
-//   [--prefill-segment N] [--prefill-seqs S] [--batch-invariant-rows R]
-//   (--eager: no CUDA graphs; --prefill T: also time one T-token prefill at B = 1, 0 = skip;
+//   [--prefill-segment N] [--prefill-seqs S] [--batch-invariant-rows R] [--dependent-launch-rows N]
+//   (--eager: no CUDA graphs; --dependent-launch-rows N: steps of up to N rows launch their
+//   kernels dependently, 0 = none, CudaRunnerOptions::dependent_launch_rows; --prefill T: also time one T-token prefill at B = 1, 0 = skip;
 //   --prefill-segment: the runner's longest prefill segment, CudaRunnerOptions::max_prefill_tokens;
 //   --prefill-seqs S: the T tokens as S prompts of T / S in S slots, in one Prefill call (packed
 //   launches), and also as one call per prompt; --batch-invariant-rows R: decode GEMMs with the
@@ -52,6 +53,7 @@ struct Args {
   std::string model;
   bool random_13b = false;
   bool eager = false;  // no CUDA graphs
+  int dependent_launch_rows = kCudaDependentLaunchRows;
   int prefill = 2048;  // prompt length of the prefill timing (0: none)
   int prefill_segment = 0;  // 0: the runner's default
   int prefill_seqs = 1;
@@ -72,6 +74,9 @@ Args ParseArgs(int argc, char** argv) {
       a.random_13b = true;
     } else if (flag == "--eager") {
       a.eager = true;
+    } else if (flag == "--dependent-launch-rows" && value != nullptr &&
+               absl::SimpleAtoi(value, &a.dependent_launch_rows) && a.dependent_launch_rows >= 0) {
+      ++i;
     } else if (flag == "--prefill" && value != nullptr && absl::SimpleAtoi(value, &a.prefill) && a.prefill >= 0) {
       ++i;
     } else if (flag == "--prefill-segment" && value != nullptr &&
@@ -94,7 +99,7 @@ Args ParseArgs(int argc, char** argv) {
       }
       ++i;
     } else {
-      Die("usage: mesaserve-bench model (--model DIR | --random-1.3b) [--batches 1,8,64,256] [--steps N] [--eager] [--prefill T] [--prefill-segment N] [--prefill-seqs S] [--batch-invariant-rows R]");
+      Die("usage: mesaserve-bench model (--model DIR | --random-1.3b) [--batches 1,8,64,256] [--steps N] [--eager] [--prefill T] [--prefill-segment N] [--prefill-seqs S] [--batch-invariant-rows R] [--dependent-launch-rows N]");
     }
   }
   if (a.model.empty() == !a.random_13b) Die("give exactly one of --model DIR and --random-1.3b");
@@ -236,20 +241,21 @@ int ModelMain(int argc, char** argv) {
   CudaRunnerOptions options;
   options.num_slots = std::max(max_b, args.prefill_seqs);
   options.cuda_graphs = !args.eager;
+  options.dependent_launch_rows = args.dependent_launch_rows;
   options.batch_invariant_rows = args.batch_invariant_rows;
   if (args.prefill_segment > 0) options.max_prefill_tokens = args.prefill_segment;
   auto runner = CreateCudaModelRunner(std::move(*weights), options);
   if (!runner.ok()) Die(runner.status().ToString());
   const double state_bytes = static_cast<double>((*runner)->state_bytes_per_slot());
 
-  std::printf("# mesaserve-bench model on %s: %s, %s\n\ncopy bandwidth (read + write): %.0f GB/s; "
+  std::printf("# mesaserve-bench model on %s: %s, %s, dependent launch up to %d rows\n\ncopy bandwidth (read + write): %.0f GB/s; "
               "bf16 GEMM %.0f TFLOP/s; weights read per step %.3f GB; state %.1f MB per sequence\n\n",
               prop.name, args.random_13b ? "random 1.3B (fla defaults)" : args.model.c_str(),
               args.eager ? "eager launches"
               : args.batch_invariant_rows > 0
                   ? absl::StrCat("CUDA graphs, decode GEMMs pinned to ", args.batch_invariant_rows, " rows").c_str()
                   : "CUDA graphs",
-              bw / 1e9, gemm_rate / 1e12, read_bytes / 1e9, state_bytes / 1e6);
+              args.dependent_launch_rows, bw / 1e9, gemm_rate / 1e12, read_bytes / 1e9, state_bytes / 1e6);
   if (args.prefill > 0) {
     // The dense projections' FLOPs (every weight matrix but the tables, once per token) at the
     // measured GEMM rate: what no prefill can beat (the chunk kernel's work comes on top).
