@@ -9,12 +9,13 @@
 //    can feed while the state traffic runs).
 //  * H_kv is staged in shared memory with cp.async (all loads in flight while H_kk arrives),
 //    updated there, written back once, and kept for the readout o = H_kv^T x.
-//  * A product (Ap)_j = lambda_j p_j + sum_i H[i][j] p_i: each warp sums its R rows (one FMA
-//    per term, in i order), the 8 partial sums go through shared memory, and the thread that
-//    owns entry j (thread j, j < K) adds them in warp order. CG vectors x, r, p, w live in the
-//    owning threads' registers; dot products are block tree sums with one barrier each (four
-//    barriers per CG step). Both differ from the CPU's
-//    single i-order sum only by rounding order (the tests' tolerances allow for it).
+//  * A product (Ap)_i = lambda_i p_i + sum_j H[i][j] p_j by rows (H_kk is symmetric): each lane
+//    multiplies its columns of the warp's R rows, and the R partial rows are reduced inside the
+//    warp by halving shuffle rounds, so the entry lands in the warp that owns row i with no
+//    exchange between warps. The CG vectors x, r, p, w live by rows too (R rows per warp,
+//    32 / R lanes per row); dot products are a warp reduction plus one barrier each: three
+//    barriers per CG step (p published, two dot products). Sums differ from the CPU's single
+//    j-order sum only by rounding order (the tests' tolerances allow for it).
 //  * About 70 KiB of shared memory and at most 128 registers per thread at K = 128: two blocks
 //    per SM, so one block's state traffic overlaps the other's CG.
 //  * fla's fixed mode keeps fla's iteration (Jacobi start, 1e-5 damping terms); adaptive mode
@@ -60,17 +61,22 @@ __device__ __forceinline__ void StageAsync(float* dst, const float* src, int n, 
   }
 }
 
-// Sum of `v` over the block with one barrier (BlockSum has two): warp sums go to `scratch`,
-// then every thread adds the first `warps` of them in order (the later warps hold only zeros:
-// same bits as summing all). Callers alternate between two scratch buffers, so a write for
-// one call can never race a read from the call before it (a barrier separates them).
-__device__ __forceinline__ float SumOnce(float v, float* scratch, int warps) {
-  v = WarpSum(v);
-  if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
-  __syncthreads();
-  float total = 0.0f;
-  for (int w = 0; w < warps; ++w) total += scratch[w];
-  return total;
+// One round of the row products' reduction across a warp: of the 2 kHalf partial rows each
+// lane holds, lanes with bit kHalf * kCopies set keep the upper kHalf and the others the lower,
+// each adding its partner's partial sums of the rows it keeps; then the next round, until one
+// row is left per lane. (A template, so that every loop is unrolled and `part` stays in
+// registers; a loop over the rounds left it in local memory.)
+template <int kHalf, int kCopies, int N>
+__device__ __forceinline__ void HalveRows(float (&part)[N], int lane) {
+  constexpr int kOffset = kHalf * kCopies;
+  const bool upper = (lane & kOffset) != 0;
+#pragma unroll
+  for (int e = 0; e < kHalf; ++e) {
+    const float send = upper ? part[e] : part[e + kHalf];
+    const float keep = upper ? part[e + kHalf] : part[e];
+    part[e] = keep + __shfl_xor_sync(0xffffffffu, send, kOffset);
+  }
+  if constexpr (kHalf > 1) HalveRows<kHalf / 2, kCopies>(part, lane);
 }
 
 template <typename T, int KMAX>
@@ -115,7 +121,6 @@ __global__ void __launch_bounds__(kThreads, 2) MesaDecodeKernel(MesaDecodeParams
   float* s_part = s_diag + KMAX;
   float* s_red0 = s_part + kWarps * KMAX;  // two reduction buffers, used alternately
   float* s_red1 = s_red0 + 32;
-  const int owner_warps = (K + 31) / 32;
 
   // 1. Stage H_kv (cp.async) and load this thread's H_kk tile into registers, all in flight.
   const bool vec4 = (K % 4 == 0) && (reinterpret_cast<uintptr_t>(g_hkv) & 15) == 0;
@@ -137,10 +142,19 @@ __global__ void __launch_bounds__(kThreads, 2) MesaDecodeKernel(MesaDecodeParams
   const T* q = static_cast<const T*>(p.q);
   const T* kvec = static_cast<const T*>(p.k);
   const T* v = static_cast<const T*>(p.v);
-  float qj = 0.0f, lam = 0.0f;
+  // The CG vectors are kept by rows: lane l of warp w holds entry i = w R + l / kCopies (the
+  // row its product lands in), as do the other kCopies - 1 lanes of that row.
+  constexpr int kCopies = 32 / R;
+  constexpr int kRowBits = R == 16 ? 4 : R == 8 ? 3 : 2;  // log2 R (KMAX 128, 64, 32)
+  static_assert(R << (5 - kRowBits) == 32, "R must be 4, 8 or 16");
+  const int i_row = warp * R + lane / kCopies;
+  const bool row_live = i_row < K;
+  float qi = 0.0f, lami = 0.0f;
+  if (row_live) {
+    qi = ToFloat<T>(q[vec + i_row]);
+    lami = p.lambda[static_cast<int64_t>(h) * K + i_row];
+  }
   if (owner) {
-    qj = ToFloat<T>(q[vec + t]);
-    lam = p.lambda[static_cast<int64_t>(h) * K + t];
     s_k[t] = ToFloat<T>(kvec[vec + t]);
     s_v[t] = ToFloat<T>(v[vec + t]);
   }
@@ -179,8 +193,9 @@ __global__ void __launch_bounds__(kThreads, 2) MesaDecodeKernel(MesaDecodeParams
   }
   __syncthreads();
 
-  // sum_i M[i][j] vec_i for the owner's j, M's tile given by `tile(r, c)`; vec in shared memory
-  // (synced by the caller). Ends with every thread past a barrier.
+  // sum_i M[i][j] vec_i for the owner's j (thread j < K), M's tile given by `tile(r, c)`; vec
+  // in shared memory (synced by the caller). Ends with every thread past a barrier. The
+  // readout's product (H_kv is not symmetric, so it cannot take row_product below).
   auto product = [&](const float* s_vec, auto tile) {
     float acc[C];
 #pragma unroll
@@ -201,43 +216,78 @@ __global__ void __launch_bounds__(kThreads, 2) MesaDecodeKernel(MesaDecodeParams
     }
     return sum;
   };
-  auto kk_tile = [&](int r, int c) { return hkk[r][c]; };
+  // (H_kk v)_i for this lane's row i, from v in shared memory (synced by the caller). H_kk is
+  // symmetric, so row i of the warp's tile times v is the product's entry i: each lane
+  // multiplies its C columns of the warp's R rows, then the R partial rows are reduced across
+  // the warp by halving exchanges (R values per lane, then R/2, ...: log2 R shuffle rounds),
+  // ending with row i in lanes i * kCopies ... (i + 1) * kCopies - 1. No barrier and no shared
+  // memory exchange between the warps, unlike a column split (the readout's).
+  auto row_product = [&](const float* s_vec) {
+    float part[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) part[r] = 0.0f;
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      const float vc = s_vec[lane + 32 * c];
+#pragma unroll
+      for (int r = 0; r < R; ++r) part[r] = fmaf(hkk[r][c], vc, part[r]);
+    }
+    HalveRows<R / 2, kCopies>(part, lane);
+    float sum = part[0];
+#pragma unroll
+    for (int round = kRowBits; round < 5; ++round) sum += __shfl_xor_sync(0xffffffffu, sum, 16 >> round);
+    return sum;
+  };
+  // Sum over the K entries of a row-held vector, the same bits in every thread: the warp's R
+  // rows (xor rounds over the row bits of the lane: each lane adds the same pairs), then the
+  // warp sums in warp order through `scratch` after one barrier. Callers alternate two
+  // scratch buffers (a barrier always separates a buffer's reads from its next write).
+  auto sum_rows = [&](float v, float* scratch) {
+#pragma unroll
+    for (int round = 0; round < kRowBits; ++round) v += __shfl_xor_sync(0xffffffffu, v, 16 >> round);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) total += scratch[w];
+    return total;
+  };
+  const bool publisher = lane % kCopies == 0;  // writes its row's entry to shared memory
 
   // 3. CG on (H_kk + diag(lambda)) x = q, as SolveCgDecode.
   const bool fixed = cg.mode == CgMode::kFixed;
   const float eps = fixed ? kFlaCgEps : 0.0f;
-  float xj = owner ? qj / (s_diag[t] + lam + eps) : 0.0f;
-  if (owner) s_p[t] = xj;
+  float xi = row_live ? qi / (s_diag[i_row] + lami + eps) : 0.0f;
+  if (publisher) s_p[i_row] = xi;
   __syncthreads();
-  float wj = product(s_p, kk_tile);
-  if (owner) wj = fmaf(lam, xj, wj);
-  float rj = qj - wj;
-  float pj = rj;
-  // Four barriers per step: p published, partial products published, and one per dot product.
-  float delta = SumOnce(rj * rj, s_red1, owner_warps);
-  const float q_norm = sqrtf(SumOnce(qj * qj, s_red0, owner_warps));
+  float wi = fmaf(lami, xi, row_product(s_p));
+  float ri = qi - wi;
+  float pi = ri;
+  // Three barriers per step: p published, and one per dot product.
+  float delta = sum_rows(ri * ri, s_red1);
+  const float q_norm = sqrtf(sum_rows(qi * qi, s_red0));
   const float stop = cg.tol * q_norm;
   int steps = 0;
   for (; steps < cg.max_iters; ++steps) {
     if (!fixed && sqrtf(delta) <= stop) break;
-    // The previous product's readers of s_p and s_part are past the dot products' barriers.
-    if (owner) s_p[t] = pj;
+    // The previous product's readers of s_p are past the dot products' barriers.
+    if (publisher) s_p[i_row] = pi;
     __syncthreads();
-    wj = product(s_p, kk_tile);
-    if (owner) wj = fmaf(lam, pj, wj);
-    const float pw = SumOnce(pj * wj, s_red0, owner_warps);
+    wi = fmaf(lami, pi, row_product(s_p));
+    const float pw = sum_rows(pi * wi, s_red0);
     if (!fixed && !(pw > 0.0f)) break;  // exact solution reached (p = 0) or lost definiteness
     const float alpha = delta / (pw + eps);
-    xj = fmaf(alpha, pj, xj);
-    rj = fmaf(-alpha, wj, rj);
-    const float delta_new = SumOnce(rj * rj, s_red1, owner_warps);
+    xi = fmaf(alpha, pi, xi);
+    ri = fmaf(-alpha, wi, ri);
+    const float delta_new = sum_rows(ri * ri, s_red1);
     const float ratio = delta_new / (delta + eps);
-    pj = fmaf(ratio, pj, rj);
+    pi = fmaf(ratio, pi, ri);
     delta = delta_new;
   }
 
-  // 4. Readout o_j = sum_i x_i H_kv[i][j], split over the warps like the products.
-  if (owner) s_x[t] = xj;
+  // 4. Readout o_j = sum_i x_i H_kv[i][j] (H_kv is not symmetric: split over the warps by
+  //    rows, partial sums exchanged through shared memory).
+  if (publisher) s_x[i_row] = xi;
   __syncthreads();
   const float o = product(s_x, [&](int r, int c) {
     const int i = warp * R + r, j = lane + 32 * c;
