@@ -10,7 +10,7 @@
 namespace mesa::gpu {
 namespace {
 
-constexpr int kWarps = 8;  // output columns per block
+constexpr int kWarps = 8;  // per block
 
 // Eight values of a 16-byte piece as floats.
 template <typename T>
@@ -52,26 +52,38 @@ __device__ __forceinline__ uint4 LoadStreaming(const uint4* p) {
 // a dependent launch (dependent_launch.h) they arrive while that kernel still runs.
 constexpr int kEarlyPieces = 4;
 
-// With `residual` set, y is not written: residual[col] takes AddResidual's update instead.
-template <typename T>
-__global__ void __launch_bounds__(32 * kWarps)
+// Warps that keep the card's memory busy (about 48 of 64 per SM on a 132-SM H100/H200):
+// columns are split into kSplit parts along k until the product has about this many warps.
+constexpr int64_t kTargetWarps = 6144;
+
+// kSplit warps per output column, each summing a contiguous 1/kSplit of the row's 16-byte
+// pieces (lane l: pieces begin + l, begin + l + 32, ...); the parts' warp sums are added in
+// part order. Columns per block: kWarps / kSplit. With `residual` set, y is not written:
+// residual[col] takes AddResidual's update instead.
+template <typename T, int kSplit>
+__global__ void __launch_bounds__(32 * kWarps, 8)  // 32 registers: 64 warps per SM
 GemvKernel(float* __restrict__ y, T* residual, const T* __restrict__ x, const T* __restrict__ w,
            int n, int k) {
-  const int col = blockIdx.x * kWarps + (threadIdx.x >> 5);
+  constexpr int kCols = kWarps / kSplit;
+  const int warp = threadIdx.x >> 5;
+  const int col = blockIdx.x * kCols + warp / kSplit;
+  const int part = warp % kSplit;
+  const bool live = col < n;
   const int lane = threadIdx.x & 31;
   const int pieces = k / 8;
-  const uint4* wr = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(col) * k);
+  const int begin = pieces * part / kSplit, end = pieces * (part + 1) / kSplit;
+  const uint4* wr = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(live ? col : 0) * k);
   uint4 early[kEarlyPieces];
-  if (col < n) {
+  if (live) {
 #pragma unroll
     for (int e = 0; e < kEarlyPieces; ++e) {
-      if (lane + 32 * e < pieces) early[e] = LoadStreaming(wr + lane + 32 * e);
+      const int c = begin + lane + 32 * e;
+      if (c < end) early[e] = LoadStreaming(wr + c);
     }
   }
   WaitForPriorKernels();
   StartNextKernel();
-  if (col >= n) return;
-  // Pieces lane, lane + 32, ... in that order (the early ones first): one summation order.
+  // Pieces in increasing order (the early ones first): one summation order.
   float acc = 0.0f;
   auto add = [&](const uint4& piece, int c) {
     float wf[8], xf[8];
@@ -80,19 +92,50 @@ GemvKernel(float* __restrict__ y, T* residual, const T* __restrict__ x, const T*
 #pragma unroll
     for (int e = 0; e < 8; ++e) acc = fmaf(xf[e], wf[e], acc);
   };
+  if (live) {
 #pragma unroll
-  for (int e = 0; e < kEarlyPieces; ++e) {
-    if (lane + 32 * e < pieces) add(early[e], lane + 32 * e);
-  }
+    for (int e = 0; e < kEarlyPieces; ++e) {
+      const int c = begin + lane + 32 * e;
+      if (c < end) add(early[e], c);
+    }
 #pragma unroll 4
-  for (int c = lane + 32 * kEarlyPieces; c < pieces; c += 32) add(LoadStreaming(wr + c), c);
+    for (int c = begin + lane + 32 * kEarlyPieces; c < end; c += 32) add(LoadStreaming(wr + c), c);
+  }
   acc = WarpSum(acc);
-  if (lane != 0) return;
+  if constexpr (kSplit > 1) {
+    __shared__ float parts[kWarps];
+    if (lane == 0) parts[warp] = acc;
+    __syncthreads();
+    if (part != 0) return;
+    acc = parts[warp];
+#pragma unroll
+    for (int q = 1; q < kSplit; ++q) acc += parts[warp + q];
+  }
+  if (lane != 0 || !live) return;
   if (residual != nullptr) {
     residual[col] = FromFloat<T>(ToFloat<T>(residual[col]) + RoundTo<T>(acc));  // AddResidualKernel's
   } else {
     y[col] = acc;
   }
+}
+
+// Parts per column: doubled while the product has fewer than kTargetWarps warps and every
+// lane of every part still gets two pieces at least.
+int SplitFor(int64_t n, int64_t k) {
+  const int64_t pieces = k / 8;
+  int split = 1;
+  while (split < kWarps && n * split < kTargetWarps && pieces >= 64 * split) split *= 2;
+  return split;
+}
+
+template <typename T, int kSplit>
+absl::Status LaunchSplit(float* y, void* residual, const void* x, const void* w, int64_t n,
+                         int64_t k, cudaStream_t stream) {
+  constexpr int kCols = kWarps / kSplit;
+  const unsigned blocks = static_cast<unsigned>((n + kCols - 1) / kCols);
+  return LaunchKernel("GemvKernel", GemvKernel<T, kSplit>, blocks, 32 * kWarps, 0, stream, y,
+                      static_cast<T*>(residual), static_cast<const T*>(x),
+                      static_cast<const T*>(w), static_cast<int>(n), static_cast<int>(k));
 }
 
 bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
@@ -112,10 +155,12 @@ absl::Status LaunchGemv(const char* op, float* y, void* residual, const void* x,
     if constexpr (std::is_same_v<T, float>) {
       return absl::InternalError(absl::StrCat(op, ": float32 inputs"));  // excluded above
     } else {
-      const unsigned blocks = static_cast<unsigned>((n + kWarps - 1) / kWarps);
-      return LaunchKernel("GemvKernel", GemvKernel<T>, blocks, 32 * kWarps, 0, stream, y,
-                          static_cast<T*>(residual), static_cast<const T*>(x),
-                          static_cast<const T*>(w), static_cast<int>(n), static_cast<int>(k));
+      switch (SplitFor(n, k)) {
+        case 1: return LaunchSplit<T, 1>(y, residual, x, w, n, k, stream);
+        case 2: return LaunchSplit<T, 2>(y, residual, x, w, n, k, stream);
+        case 4: return LaunchSplit<T, 4>(y, residual, x, w, n, k, stream);
+        default: return LaunchSplit<T, 8>(y, residual, x, w, n, k, stream);
+      }
     }
   });
 }

@@ -11,6 +11,11 @@ namespace {
 
 constexpr int kMaxConv = 16;  // models/mesa_config.h kMaxConvSize
 
+// A hint to bring the line holding `p` into L1; no value is waited for.
+__device__ __forceinline__ void PrefetchL1(const void* p) {
+  asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+}
+
 // One channel's causal conv for one new token, then SiLU, rounded to T. `state` ([W-1, dk],
 // oldest first) is shifted by one and takes the new input, unless it is null (pad row).
 // Tap order and FMA accumulation follow kernels/cpu/short_conv.cc.
@@ -43,8 +48,6 @@ __device__ __forceinline__ void MesaGates(const Params& p, const float* pr, int 
 // grid (H, B), blockDim = K rounded up to a warp.
 template <typename T>
 __global__ void MixerInputsDecodeKernel(MixerInputsDecodeParams p) {
-  WaitForPriorKernels();
-  StartNextKernel();
   __shared__ float scratch[32];
   const int h = blockIdx.x;
   const int b = blockIdx.y;
@@ -56,6 +59,21 @@ __global__ void MixerInputsDecodeKernel(MixerInputsDecodeParams p) {
   const int64_t c = static_cast<int64_t>(h) * K + j;
   const float* pr = p.proj + b * p.ld_proj;
   const int64_t out_index = b * dk + c;
+  // The conv taps and conv states are not written by the kernel before this one (the in_proj
+  // product): ask L1 for them while it finishes (dependent_launch.h), so that the conv below
+  // waits only for the projections.
+  if (owner) {
+    PrefetchL1(p.q_conv + c * W);
+    PrefetchL1(p.k_conv + c * W);
+    const float* q_state = p.conv_q_state[b];
+    const float* k_state = p.conv_k_state[b];
+    for (int i = 0; i + 1 < W && q_state != nullptr && k_state != nullptr; ++i) {
+      PrefetchL1(q_state + i * dk + c);
+      PrefetchL1(k_state + i * dk + c);
+    }
+  }
+  WaitForPriorKernels();
+  StartNextKernel();
 
   float qc = 0.0f, kc = 0.0f;
   if (owner) {

@@ -107,6 +107,10 @@ INSTANTIATE_TEST_SUITE_P(
                       // and odd column counts.
                       GemmShape{1, 11264, 2048, ScalarType::kBf16, false},
                       GemmShape{1, 2048, 5632, ScalarType::kBf16, false},
+                      // Columns split along k over 4 warps (o_proj; an fp16 case with one
+                      // piece per lane and part).
+                      GemmShape{1, 2048, 2048, ScalarType::kBf16, false},
+                      GemmShape{1, 3000, 1024, ScalarType::kFp16, false},
                       GemmShape{1, 1001, 1000, ScalarType::kFp16, false},
                       GemmShape{1, 37, 104, ScalarType::kFp16, false},
                       GemmShape{4, 2048, 5632, ScalarType::kBf16, false}),
