@@ -11,6 +11,7 @@ CUPTI=$(ls "$CUDA"/extras/CUPTI/lib64/libcupti.so.13 "$CUDA"/lib64/libcupti.so.1
 [ -n "$CUPTI" ] || { echo "libcupti.so.13 not found (CUDA extras or pip install nvidia-cuda-cupti)" >&2; exit 1; }
 mkdir -p build-timeline
 cp -L "$CUPTI" build-timeline/libcupti.so.13
+# shellcheck disable=SC2016  # a literal $ORIGIN: the linker resolves it
 g++ -O2 -shared -fPIC -std=c++17 -I"$CUDA"/include -I"$CUDA"/extras/CUPTI/include \
   tools/cuda/kernel_timeline.cc -o build-timeline/libmesa_kernel_timeline.so \
   build-timeline/libcupti.so.13 -Wl,-rpath,'$ORIGIN'
