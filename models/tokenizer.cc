@@ -32,7 +32,41 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromSerialized(std::string
   std::unique_ptr<Tokenizer> t(new Tokenizer());
   t->sp_ = std::move(sp);
   t->source_ = source;
+  t->FindMidTexts();
   return t;
+}
+
+void Tokenizer::FindMidTexts() {
+  const int n = sp_->PieceSize();
+  mid_text_.assign(n, std::string());
+  has_mid_text_.assign(n, false);
+  std::string error;
+  // An anchor: a normal piece with text of its own, so that the piece after it is not the
+  // first of the text (whose word marker decoding drops).
+  int anchor = -1;
+  std::string anchor_text;
+  for (int id = 0; id < n && anchor < 0; ++id) {
+    if (sp_->IsNormal(id) && sp_->Decode({id}, &anchor_text, &error) && !anchor_text.empty()) {
+      anchor = id;
+    }
+  }
+  if (anchor < 0) return;
+  const std::string marker = "\xE2\x96\x81";  // U+2581, sentencepiece's word marker
+  std::string both;
+  for (int id = 0; id < n; ++id) {
+    if (!sp_->IsNormal(id)) continue;
+    std::string text = sp_->IdToPiece(id);
+    for (size_t at = text.find(marker); at != std::string::npos; at = text.find(marker, at + 1)) {
+      text.replace(at, marker.size(), " ");
+    }
+    // Kept only where sentencepiece itself decodes the pair to exactly that.
+    if (sp_->Decode({anchor, id}, &both, &error) && both.size() == anchor_text.size() + text.size() &&
+        both.compare(0, anchor_text.size(), anchor_text) == 0 &&
+        both.compare(anchor_text.size(), std::string::npos, text) == 0) {
+      mid_text_[id] = std::move(text);
+      has_mid_text_[id] = true;
+    }
+  }
 }
 
 absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text) const {

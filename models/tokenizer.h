@@ -33,11 +33,25 @@ class Tokenizer {
   absl::StatusOr<std::string> Decode(const std::vector<int32_t>& ids) const;
   std::string IdToPiece(int32_t id) const;
   int32_t piece_count() const;
+  // The text token `id` adds after text that already holds a piece (the piece with its word
+  // marker as a space), for normal pieces whose decoding was checked to be exactly that at
+  // load; null for byte, control, unknown and unused pieces (and ids out of range). Lets a
+  // stream release a token's text without decoding its context again (StreamDecoder).
+  const std::string* MidTextOf(int32_t id) const {
+    return id >= 0 && id < static_cast<int32_t>(mid_text_.size()) && has_mid_text_[id]
+               ? &mid_text_[id]
+               : nullptr;
+  }
 
  private:
   Tokenizer() = default;
+  // Fills mid_text_ and has_mid_text_ (one decode of two pieces per normal piece).
+  void FindMidTexts();
+
   std::unique_ptr<spm::Processor> sp_;
   std::string source_;
+  std::vector<std::string> mid_text_;
+  std::vector<bool> has_mid_text_;
 };
 
 }  // namespace mesa

@@ -42,6 +42,9 @@ class SpmProcessor final : public Processor {
 
   int PieceSize() const override { return sp_.GetPieceSize(); }
   std::string IdToPiece(int id) const override { return sp_.IdToPiece(id); }
+  bool IsNormal(int id) const override {
+    return !sp_.IsByte(id) && !sp_.IsControl(id) && !sp_.IsUnknown(id) && !sp_.IsUnused(id);
+  }
   int bos_id() const override { return sp_.bos_id(); }
   int eos_id() const override { return sp_.eos_id(); }
   int unk_id() const override { return sp_.unk_id(); }

@@ -17,6 +17,8 @@ class Processor {
   virtual bool Decode(const std::vector<int>& ids, std::string* text, std::string* error) const = 0;
   virtual int PieceSize() const = 0;
   virtual std::string IdToPiece(int id) const = 0;
+  // A normal piece: not a byte, control, unknown or unused piece.
+  virtual bool IsNormal(int id) const = 0;
   virtual int bos_id() const = 0;
   virtual int eos_id() const = 0;
   virtual int unk_id() const = 0;

@@ -17,7 +17,10 @@ namespace mesa {
 class StreamDecoder {
  public:
   // `context` is the text's preceding tokens (the prompt); its last few are used for context.
-  StreamDecoder(const Tokenizer& tokenizer, const std::vector<int32_t>& context);
+  // With `mid_text` (the default) a normal piece after released text is released as
+  // Tokenizer::MidTextOf without decoding (the same text; false: always decode, for tests).
+  StreamDecoder(const Tokenizer& tokenizer, const std::vector<int32_t>& context,
+                bool mid_text = true);
 
   // Appends one token and returns the newly final text (often empty while bytes are pending).
   absl::StatusOr<std::string> Push(int32_t token);
@@ -25,7 +28,12 @@ class StreamDecoder {
   absl::StatusOr<std::string> Flush();
 
  private:
+  // Whether the context window [prefix_, read_) holds a normal piece (so decoding it gives
+  // text, and the next piece is not the first of the text).
+  bool WindowHasText() const;
+
   const Tokenizer& tokenizer_;
+  bool mid_text_;
   std::vector<int32_t> ids_;
   size_t prefix_ = 0;  // start of the context window
   size_t read_ = 0;    // tokens whose text has been released

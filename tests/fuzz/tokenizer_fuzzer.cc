@@ -123,10 +123,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const size_t context_len = std::min<size_t>(flags & 0x0F, ids.size());
   const std::vector<int32_t> context(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(context_len));
   StreamDecoder stream(tok, context);
+  // The same stream decoding every token (no Tokenizer::MidTextOf shortcut) releases the same.
+  StreamDecoder decoding(tok, context, /*mid_text=*/false);
   const size_t stream_end = std::min(ids.size(), context_len + kMaxStreamIds);
   for (size_t i = context_len; i < stream_end; ++i) {
     auto chunk = stream.Push(ids[i]);
     FUZZ_CHECK(chunk.ok(), "Push failed: " + chunk.status().ToString());
+    auto same = decoding.Push(ids[i]);
+    FUZZ_CHECK(same.ok() && *same == *chunk,
+               absl::StrCat("the mid-text shortcut released ", fuzz::Printable(*chunk),
+                            " where decoding gives ", fuzz::Printable(same.ok() ? *same : ""),
+                            " after ids ", Ids(ids), " up to index ", i));
     FUZZ_CHECK(IsValidUtf8(*chunk),
                absl::StrCat("StreamDecoder released invalid UTF-8 ", fuzz::Printable(*chunk),
                             " after pushing ids ", Ids(ids), " up to index ", i, " (context ",

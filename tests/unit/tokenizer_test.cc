@@ -1,5 +1,7 @@
 // sentencepiece wrapper and the streaming detokenizer, on a small byte-fallback tokenizer.
+#include <random>
 #include <string>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "base/utf8.h"
@@ -101,6 +103,45 @@ TEST(StreamDecoderTest, KeepsWordInitialSpaces) {
   for (int32_t id : *ids) out += *stream.Push(id);
   out += *stream.Flush();
   EXPECT_EQ(out, "the license of the work");
+}
+
+// Releasing a normal piece's own text (Tokenizer::MidTextOf) instead of decoding its context
+// must change nothing: random ids of every kind (normal, byte, control, unknown) and random
+// contexts, token by token, against a stream that always decodes; on the small test tokenizer
+// and the bundled model's.
+TEST(StreamDecoderTest, MidTextReleasesExactlyWhatDecodingDoes) {
+  for (const std::string path : {std::string(kModel),
+                                 std::string(MESA_SOURCE_DIR) + "/models/mesanet-tiny-en/tokenizer.model"}) {
+    auto tok = Tokenizer::Load(path, 1 << 20);
+    ASSERT_TRUE(tok.ok()) << tok.status();
+    const int32_t n = (*tok)->piece_count();
+    int32_t with_mid_text = 0;
+    for (int32_t id = 0; id < n; ++id) with_mid_text += (*tok)->MidTextOf(id) != nullptr;
+    EXPECT_GE(with_mid_text, 100) << path << ": normal pieces should take the fast path";
+    EXPECT_EQ((*tok)->MidTextOf(-1), nullptr);
+    EXPECT_EQ((*tok)->MidTextOf(n), nullptr);
+    std::mt19937 rng(11);
+    std::uniform_int_distribution<int32_t> any(0, n - 1);
+    int64_t tokens = 0;
+    for (int seq = 0; seq < 300; ++seq) {
+      std::vector<int32_t> context(static_cast<size_t>(seq % 4));
+      for (int32_t& id : context) id = any(rng);
+      StreamDecoder fast(**tok, context);
+      StreamDecoder slow(**tok, context, /*mid_text=*/false);
+      for (int i = 0; i < 40; ++i, ++tokens) {
+        const int32_t id = any(rng);
+        auto a = fast.Push(id);
+        auto b = slow.Push(id);
+        ASSERT_TRUE(a.ok() && b.ok());
+        ASSERT_EQ(*a, *b) << path << ": sequence " << seq << ", token " << i << " (id " << id << ")";
+      }
+      auto a = fast.Flush();
+      auto b = slow.Flush();
+      ASSERT_TRUE(a.ok() && b.ok());
+      ASSERT_EQ(*a, *b) << path << ": sequence " << seq << " flush";
+    }
+    EXPECT_EQ(tokens, 300 * 40);
+  }
 }
 
 }  // namespace
