@@ -3,9 +3,11 @@
 #include <condition_variable>
 #include <mutex>
 #include <random>
+#include <string_view>
 
 #include "base/status_macros.h"
 #include "engine/engine.h"
+#include "server/serve_config.h"
 
 namespace mesa::cli {
 namespace {
@@ -45,6 +47,9 @@ absl::StatusOr<EngineLoadResult> RunEngineLoad(std::unique_ptr<ModelRunner> runn
   const int32_t vocab = runner->config().vocab_size;
   EngineOptions options;
   options.max_waiting = requests;
+  // The server's prefill settings, so that the server is compared with the engine it runs.
+  options.prefill_chunk = 0;
+  server::ApplyPrefillDefaults(&options, std::string_view(runner->backend_name()) == "cuda");
   MESA_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
                         Engine::Create(std::move(runner), tokenizer, nullptr, options));
   std::mutex mu;

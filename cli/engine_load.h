@@ -20,7 +20,8 @@ struct EngineLoadResult {
 };
 
 // Runs `requests` requests of `prompt_tokens` random token ids and exactly `max_new_tokens`
-// generated tokens, `concurrency` at a time, through an Engine on `runner`. With a tokenizer
+// generated tokens, `concurrency` at a time, through an Engine on `runner` with the prefill
+// chunk and budget `mesaserve serve` uses on that backend (PrefillChunkFor). With a tokenizer
 // (which must outlive the call) the engine detokenizes every token as it does in the server.
 absl::StatusOr<EngineLoadResult> RunEngineLoad(std::unique_ptr<ModelRunner> runner,
                                                const Tokenizer* tokenizer,

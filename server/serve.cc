@@ -115,8 +115,7 @@ absl::Status Start(Server& s) {
   }
   const size_t weight_bytes = runner->weight_bytes();
   EngineOptions eo = c.engine;
-  if (eo.prefill_chunk == 0) eo.prefill_chunk = PrefillChunkFor(device == Device::kCuda);
-  eo.prefill_budget = 2 * eo.prefill_chunk;  // prompt tokens per step over all requests
+  ApplyPrefillDefaults(&eo, device == Device::kCuda);
   // By default the engine uses every core. Leaving one to gRPC was tried: on the 2-core
   // development machine it cost 38 % of single-stream throughput and 35 % at 64 streams, with
   // worse TTFT and inter-token latency, and streams still arrived token by token with all cores

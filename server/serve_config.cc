@@ -112,6 +112,11 @@ absl::StatusOr<int32_t> SlotsForMemory(int64_t budget_bytes, int64_t bytes_per_s
 
 int32_t PrefillChunkFor(bool gpu) { return gpu ? 1024 : 256; }
 
+void ApplyPrefillDefaults(EngineOptions* eo, bool gpu) {
+  if (eo->prefill_chunk == 0) eo->prefill_chunk = PrefillChunkFor(gpu);
+  eo->prefill_budget = 2 * eo->prefill_chunk;  // prompt tokens per step over all requests
+}
+
 int32_t DefaultDeliveryThreads() {
   const int32_t cores = static_cast<int32_t>(std::max(1u, std::thread::hardware_concurrency()));
   return std::clamp(cores / 4, 1, 4);

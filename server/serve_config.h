@@ -61,6 +61,9 @@ struct ServeConfig {
 // halved the time to first token (85 against 166 ms p50) and raised throughput 1.6x, with a
 // longer worst inter-token gap (p99 45 against 22 ms); docs/benchmarks.md.
 int32_t PrefillChunkFor(bool gpu);
+// The server's prefill settings on `eo`: a chunk of 0 becomes PrefillChunkFor(gpu), and the
+// budget per step two chunks. `mesaserve bench`'s engine load uses them too.
+void ApplyPrefillDefaults(EngineOptions* eo, bool gpu);
 
 // Threads that start gRPC writes when --delivery-threads is not given: one per four cores,
 // at least 1 and at most 4.
