@@ -8,8 +8,10 @@
 // The contract, for every kernel launched through LaunchKernel:
 //  * device side, WaitForPriorKernels() before reading anything an earlier kernel of the
 //    stream wrote and before writing any global memory (an earlier kernel may still read it).
-//    Only inputs no kernel of the stream writes (weights, the step's argument tables copied
-//    before the step) may be read before it. It returns once the previous kernel has finished
+//    Only inputs that no kernel still running or queued before it writes may be read (or
+//    prefetched) before it: weights, the step's argument tables copied before the step, and
+//    state only an earlier step wrote (the decode kernel's recurrent states, the mixer-input
+//    kernel's conv states). It returns once the previous kernel has finished
 //    and its writes are visible; since that kernel waited for its own predecessor, so are all
 //    earlier ones. A kernel launched without the attribute passes it at once.
 //  * StartNextKernel() lets the next kernel launch once every block of this one has called it
