@@ -2,6 +2,7 @@
 
 #include <limits>
 #include <utility>
+#include <vector>
 
 #include <cublasLt.h>
 
@@ -63,10 +64,12 @@ absl::StatusOr<std::unique_ptr<GemmPlan>> MakeDescriptors(const GemmParams& p, i
   return plan;
 }
 
-// cuBLASLt's first choice for the plan's descriptors. Split-K partial sums only ever in fp32
-// (the compute type), never in the output type; with `split_k` false not at all, so that each
-// output is one dot product summed in the kernel's fixed order.
-absl::Status ChooseAlgorithm(cublasLtHandle_t lt, const GemmParams& p, bool split_k, GemmPlan* plan) {
+// Up to `count` of cuBLASLt's choices for the plan's descriptors, best first. Split-K partial
+// sums only ever in fp32 (the compute type), never in the output type; with `split_k` false not
+// at all, so that each output is one dot product summed in the kernel's fixed order.
+absl::StatusOr<std::vector<cublasLtMatmulHeuristicResult_t>> Heuristics(cublasLtHandle_t lt,
+                                                                        bool split_k, int count,
+                                                                        GemmPlan* plan) {
   cublasLtMatmulPreference_t pref = nullptr;
   MESA_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceCreate(&pref));
   const uint64_t ws = kGemmWorkspaceBytes;
@@ -78,26 +81,37 @@ absl::Status ChooseAlgorithm(cublasLtHandle_t lt, const GemmParams& p, bool spli
     st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
                                               &schemes, sizeof(schemes));
   }
-  cublasLtMatmulHeuristicResult_t result{};
+  std::vector<cublasLtMatmulHeuristicResult_t> results(static_cast<size_t>(count));
   int found = 0;
   if (st == CUBLAS_STATUS_SUCCESS) {
     st = cublasLtMatmulAlgoGetHeuristic(lt, plan->op, plan->w, plan->x, plan->y, plan->y, pref,
-                                        1, &result, &found);
+                                        count, results.data(), &found);
   }
   cublasLtMatmulPreferenceDestroy(pref);
   MESA_CUBLAS_RETURN_IF_ERROR(st);
-  if (found == 0) {
+  results.resize(static_cast<size_t>(found));
+  return results;
+}
+
+// No split-K, made explicit (the preference's scheme mask should exclude it already).
+absl::Status NoSplitK(cublasLtMatmulAlgo_t* algo) {
+  const int32_t one = 1;
+  MESA_CUBLAS_RETURN_IF_ERROR(
+      cublasLtMatmulAlgoConfigSetAttribute(algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &one, sizeof(one)));
+  return absl::OkStatus();
+}
+
+// cuBLASLt's first choice for the plan's descriptors (Heuristics).
+absl::Status ChooseAlgorithm(cublasLtHandle_t lt, const GemmParams& p, bool split_k, GemmPlan* plan) {
+  MESA_ASSIGN_OR_RETURN(std::vector<cublasLtMatmulHeuristicResult_t> results,
+                        Heuristics(lt, split_k, 1, plan));
+  if (results.empty()) {
     return absl::InternalError(absl::StrCat("Gemm: cuBLASLt has no algorithm for m=", p.m, " n=", p.n,
                                             " k=", p.k, " ", ScalarTypeName(p.in_type), " -> ",
                                             ScalarTypeName(p.out_type)));
   }
-  plan->algo = result.algo;
-  if (!split_k) {
-    // The preference's scheme mask should exclude split-K already; make it explicit.
-    const int32_t one = 1;
-    MESA_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulAlgoConfigSetAttribute(
-        &plan->algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &one, sizeof(one)));
-  }
+  plan->algo = results[0].algo;
+  if (!split_k) MESA_RETURN_IF_ERROR(NoSplitK(&plan->algo));
   return absl::OkStatus();
 }
 
@@ -149,6 +163,94 @@ CublasHandle& CublasHandle::operator=(CublasHandle&& other) noexcept {
   return *this;
 }
 
+namespace {
+
+// Candidates per row count for a decode shape's pinned algorithm.
+constexpr int kPinnedCandidates = 8;
+// Pinned shapes of at most this many rows (the decode steps') choose their algorithm by timing.
+constexpr int64_t kTimedPinRows = 256;
+
+// The algorithm every row count of a pinned decode shape runs: among cuBLASLt's first choices
+// without split-K for algo_rows rows and for one row that run both row counts, the one with
+// the least time for one row plus algo_rows rows, timed on zero inputs with the real weights
+// (once per shape, at its first product, which the CUDA runner makes in an eager warm-up step).
+// cuBLASLt's first choice for algo_rows rows alone is made for that many rows and can stream
+// the weights slowly for one.
+absl::StatusOr<cublasLtMatmulAlgo_t> TimePinnedAlgorithm(cublasLtHandle_t lt, void* workspace,
+                                                         const GemmParams& p, int64_t ldx,
+                                                         int64_t ldy) {
+  GemmParams many = p, one = p;
+  many.m = p.algo_rows;
+  one.m = 1;
+  MESA_ASSIGN_OR_RETURN(std::unique_ptr<GemmPlan> plan_many, MakeDescriptors(many, ldx, ldy));
+  MESA_ASSIGN_OR_RETURN(std::unique_ptr<GemmPlan> plan_one, MakeDescriptors(one, ldx, ldy));
+  std::vector<cublasLtMatmulAlgo_t> candidates;
+  for (GemmPlan* plan : {plan_many.get(), plan_one.get()}) {
+    MESA_ASSIGN_OR_RETURN(std::vector<cublasLtMatmulHeuristicResult_t> found,
+                          Heuristics(lt, /*split_k=*/false, kPinnedCandidates, plan));
+    for (const cublasLtMatmulHeuristicResult_t& r : found) {
+      cublasLtMatmulAlgo_t algo = r.algo;
+      MESA_RETURN_IF_ERROR(NoSplitK(&algo));
+      bool runs_both = true;
+      for (GemmPlan* check : {plan_many.get(), plan_one.get()}) {
+        cublasLtMatmulHeuristicResult_t c{};
+        runs_both = runs_both &&
+                    cublasLtMatmulAlgoCheck(lt, check->op, check->w, check->x, check->y, check->y,
+                                            &algo, &c) == CUBLAS_STATUS_SUCCESS &&
+                    c.workspaceSize <= kGemmWorkspaceBytes;
+      }
+      if (runs_both) candidates.push_back(algo);
+    }
+  }
+  if (candidates.empty()) {
+    return absl::InternalError(absl::StrCat("Gemm: cuBLASLt has no algorithm without split-K for 1 and ",
+                                            p.algo_rows, " rows of n=", p.n, " k=", p.k));
+  }
+  if (candidates.size() == 1) return candidates[0];
+  MESA_ASSIGN_OR_RETURN(DeviceBuffer x, DeviceBuffer::Allocate(static_cast<size_t>(p.algo_rows) * ldx * Bytes(p.in_type)));
+  MESA_ASSIGN_OR_RETURN(DeviceBuffer y, DeviceBuffer::Allocate(static_cast<size_t>(p.algo_rows) * ldy * Bytes(p.out_type)));
+  MESA_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(x.data(), 0, x.bytes(), p.stream));
+  cudaEvent_t start = nullptr, stop = nullptr;
+  MESA_CUDA_RETURN_IF_ERROR(cudaEventCreate(&start));
+  if (cudaError_t e = cudaEventCreate(&stop); e != cudaSuccess) {
+    cudaEventDestroy(start);
+    MESA_CUDA_RETURN_IF_ERROR(e);
+  }
+  const float alpha = 1.0f, beta = 0.0f;
+  auto run = [&](const GemmPlan& plan, const cublasLtMatmulAlgo_t& algo) {
+    return cublasLtMatmul(lt, plan.op, &alpha, p.w, plan.w, x.data(), plan.x, &beta, y.data(),
+                          plan.y, y.data(), plan.y, &algo, workspace, kGemmWorkspaceBytes, p.stream);
+  };
+  absl::Status status;
+  size_t best = 0;
+  float best_ms = 0.0f;
+  for (size_t c = 0; c < candidates.size() && status.ok(); ++c) {
+    float total = 0.0f;
+    for (const GemmPlan* plan : {plan_one.get(), plan_many.get()}) {
+      cublasStatus_t st = run(*plan, candidates[c]);  // warm-up
+      cudaError_t e = cudaEventRecord(start, p.stream);
+      for (int rep = 0; rep < 5 && st == CUBLAS_STATUS_SUCCESS; ++rep) st = run(*plan, candidates[c]);
+      if (e == cudaSuccess) e = cudaEventRecord(stop, p.stream);
+      if (e == cudaSuccess) e = cudaEventSynchronize(stop);
+      float ms = 0.0f;
+      if (e == cudaSuccess) e = cudaEventElapsedTime(&ms, start, stop);
+      if (st != CUBLAS_STATUS_SUCCESS) status = CublasErrorToStatus(st, "cublasLtMatmul (timing)", __FILE__, __LINE__);
+      if (e != cudaSuccess) status = CudaErrorToStatus(e, "timing a GEMM algorithm", __FILE__, __LINE__);
+      total += ms;
+    }
+    if (c == 0 || total < best_ms) {
+      best = c;
+      best_ms = total;
+    }
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  MESA_RETURN_IF_ERROR(status);
+  return candidates[best];
+}
+
+}  // namespace
+
 // A plan for p.m rows with the algorithm chosen once, without split-K, for p.algo_rows rows of
 // the same shape (kept in handle.pinned_), so every m of that shape runs the same kernel.
 absl::StatusOr<std::unique_ptr<GemmPlan>> MakePinnedPlan(CublasHandle& handle, const GemmParams& p,
@@ -162,7 +264,12 @@ absl::StatusOr<std::unique_ptr<GemmPlan>> MakePinnedPlan(CublasHandle& handle, c
     rp.m = p.algo_rows;
     absl::StatusOr<std::unique_ptr<GemmPlan>> plan = MakeDescriptors(rp, ldx, ldy);
     if (!plan.ok()) return plan.status();
-    MESA_RETURN_IF_ERROR(ChooseAlgorithm(lt, rp, /*split_k=*/false, plan->get()));
+    if (p.algo_rows <= kTimedPinRows) {
+      MESA_ASSIGN_OR_RETURN((*plan)->algo,
+                            TimePinnedAlgorithm(lt, handle.workspace_.data(), p, ldx, ldy));
+    } else {
+      MESA_RETURN_IF_ERROR(ChooseAlgorithm(lt, rp, /*split_k=*/false, plan->get()));
+    }
     ref = handle.pinned_.emplace(ref_key, std::move(*plan)).first;
   }
   absl::StatusOr<std::unique_ptr<GemmPlan>> plan = MakeDescriptors(p, ldx, ldy);

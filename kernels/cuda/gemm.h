@@ -17,7 +17,10 @@
 // summation order, so a row's result can change in its last bits with the batch size.
 // GemmParams::algo_rows pins one algorithm (without split-K) for every m of a shape, which
 // makes each row's result independent of the other rows (the decode steps use it, as the CPU
-// decode uses MatMulRowInvariant; see docs/cuda-backend.md).
+// decode uses MatMulRowInvariant; see docs/cuda-backend.md). For algo_rows <= 256 (decode) the
+// algorithm is chosen by timing 1 and algo_rows rows at the shape's first product, which
+// allocates two scratch buffers then (up to 256 rows of x and y): make that first product
+// outside stream capture (the CUDA runner's eager warm-up step does).
 #pragma once
 
 #include <cstddef>
