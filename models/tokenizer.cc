@@ -38,8 +38,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromSerialized(std::string
 
 void Tokenizer::FindMidTexts() {
   const int n = sp_->PieceSize();
-  mid_text_.assign(n, std::string());
-  has_mid_text_.assign(n, false);
+  mid_text_.assign(n, std::nullopt);
   std::string error;
   // An anchor: a normal piece with text of its own, so that the piece after it is not the
   // first of the text (whose word marker decoding drops).
@@ -64,7 +63,6 @@ void Tokenizer::FindMidTexts() {
         both.compare(0, anchor_text.size(), anchor_text) == 0 &&
         both.compare(anchor_text.size(), std::string::npos, text) == 0) {
       mid_text_[id] = std::move(text);
-      has_mid_text_[id] = true;
     }
   }
 }

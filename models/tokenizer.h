@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -38,20 +39,19 @@ class Tokenizer {
   // load; null for byte, control, unknown and unused pieces (and ids out of range). Lets a
   // stream release a token's text without decoding its context again (StreamDecoder).
   const std::string* MidTextOf(int32_t id) const {
-    return id >= 0 && id < static_cast<int32_t>(mid_text_.size()) && has_mid_text_[id]
-               ? &mid_text_[id]
+    return id >= 0 && id < static_cast<int32_t>(mid_text_.size()) && mid_text_[id].has_value()
+               ? &*mid_text_[id]
                : nullptr;
   }
 
  private:
   Tokenizer() = default;
-  // Fills mid_text_ and has_mid_text_ (one decode of two pieces per normal piece).
+  // Fills mid_text_ (one decode of two pieces per normal piece).
   void FindMidTexts();
 
   std::unique_ptr<spm::Processor> sp_;
   std::string source_;
-  std::vector<std::string> mid_text_;
-  std::vector<bool> has_mid_text_;
+  std::vector<std::optional<std::string>> mid_text_;  // [piece]: MidTextOf, where it applies
 };
 
 }  // namespace mesa

@@ -40,9 +40,7 @@ absl::StatusOr<std::string> StreamDecoder::Push(int32_t token) {
   if (const std::string* mid = mid_text_ ? tokenizer_.MidTextOf(token) : nullptr;
       mid != nullptr && read_ == ids_.size() && WindowHasText()) {
     ids_.push_back(token);
-    prefix_ = read_;
-    read_ = ids_.size();
-    if (prefix_ + kContextTokens < read_) prefix_ = read_ - kContextTokens;
+    ReleaseAll();
     return *mid;
   }
   ids_.push_back(token);
@@ -60,11 +58,15 @@ absl::StatusOr<std::string> StreamDecoder::Push(int32_t token) {
     before_text.clear();
   }
   std::string delta = after_text.substr(before_text.size());
+  ReleaseAll();
+  return delta;
+}
+
+void StreamDecoder::ReleaseAll() {
   prefix_ = read_;
   read_ = ids_.size();
   // Keep the window small: only the last few released tokens are needed for context.
   if (prefix_ + kContextTokens < read_) prefix_ = read_ - kContextTokens;
-  return delta;
 }
 
 absl::StatusOr<std::string> StreamDecoder::Flush() {

@@ -31,6 +31,8 @@ class StreamDecoder {
   // Whether the context window [prefix_, read_) holds a normal piece (so decoding it gives
   // text, and the next piece is not the first of the text).
   bool WindowHasText() const;
+  // Marks every pushed token released; the context window becomes the last few of them.
+  void ReleaseAll();
 
   const Tokenizer& tokenizer_;
   bool mid_text_;

@@ -110,7 +110,7 @@ TEST(StreamDecoderTest, KeepsWordInitialSpaces) {
 // contexts, token by token, against a stream that always decodes; on the small test tokenizer
 // and the bundled model's.
 TEST(StreamDecoderTest, MidTextReleasesExactlyWhatDecodingDoes) {
-  for (const std::string path : {std::string(kModel),
+  for (const std::string& path : {std::string(kModel),
                                  std::string(MESA_SOURCE_DIR) + "/models/mesanet-tiny-en/tokenizer.model"}) {
     auto tok = Tokenizer::Load(path, 1 << 20);
     ASSERT_TRUE(tok.ok()) << tok.status();
