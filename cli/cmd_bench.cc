@@ -64,6 +64,7 @@ int RunBench(const std::vector<std::string>& args) {
   int64_t steps = 32, prefill_tokens = 512, copy_mb = 1024, context = 128;
   std::string engine_concurrency;
   int64_t load_requests = 0, load_prompt = 32, load_new = 64;
+  bool pipeline_decode = true;
   AddModelFlags(flags, &model_flags);
   flags.String("batches", &batches, "decode batch sizes to time, comma-separated");
   flags.Int("steps", &steps, "decode steps timed per batch size");
@@ -76,6 +77,9 @@ int RunBench(const std::vector<std::string>& args) {
   flags.Int("load-requests", &load_requests, "requests per concurrency level; 0 = 25 x concurrency");
   flags.Int("load-prompt-tokens", &load_prompt, "prompt length of the engine load");
   flags.Int("load-new-tokens", &load_new, "generated tokens per request of the engine load");
+  flags.Bool("pipeline-decode", &pipeline_decode,
+             "the engine load starts each decode step before handling the previous one's tokens "
+             "(serve's --pipeline-decode)");
   if (absl::Status s = flags.Parse(args); !s.ok()) return Fail(std::string(s.message()));
   if (flags.help_requested()) {
     std::fputs(flags.Usage().c_str(), stdout);
@@ -122,7 +126,8 @@ int RunBench(const std::vector<std::string>& args) {
       const int32_t n = load_requests > 0 ? static_cast<int32_t>(load_requests) : 25 * c;
       // With the model's tokenizer, if it has one: the server's engine detokenizes every token.
       auto r = RunEngineLoad(std::move(fresh->runner), fresh->tokenizer.get(), fresh->cg, c, n,
-                             static_cast<int32_t>(load_prompt), static_cast<int32_t>(load_new));
+                             static_cast<int32_t>(load_prompt), static_cast<int32_t>(load_new),
+                             pipeline_decode);
       if (!r.ok()) return Fail(std::string(r.status().message()));
       std::printf("%-12d %10lld %12.2f %12.1f\n", c, static_cast<long long>(r->requests),
                   r->requests / r->seconds, r->tokens / r->seconds);

@@ -23,10 +23,11 @@ struct EngineLoadResult {
 // generated tokens, `concurrency` at a time, through an Engine on `runner` with the prefill
 // chunk and budget `mesaserve serve` uses on that backend (PrefillChunkFor). With a tokenizer
 // (which must outlive the call) the engine detokenizes every token as it does in the server.
+// pipeline_decode: EngineOptions::pipeline_decode (serve's --pipeline-decode).
 absl::StatusOr<EngineLoadResult> RunEngineLoad(std::unique_ptr<ModelRunner> runner,
                                                const Tokenizer* tokenizer,
                                                const CgSettings& cg, int32_t concurrency,
                                                int32_t requests, int32_t prompt_tokens,
-                                               int32_t max_new_tokens);
+                                               int32_t max_new_tokens, bool pipeline_decode = true);
 
 }  // namespace mesa::cli

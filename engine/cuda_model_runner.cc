@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <utility>
 #include <vector>
@@ -65,6 +66,9 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
       if (g.exec != nullptr) cudaGraphExecDestroy(g.exec);
     }
     cublas_ = gpu::CublasHandle();
+    for (PipelinedBuffer& p : pipelined_) {
+      if (p.done != nullptr) cudaEventDestroy(p.done);
+    }
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
   }
 
@@ -91,6 +95,14 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
                                absl::Span<const PlainChoice> choices,
                                DecodeResult* result) override;
   absl::Status ReadSlotState(SlotId slot, absl::Span<float> out) override;
+  int32_t PipelinedDecodeRows() const override { return static_cast<int32_t>(max_batch_); }
+  bool ChoosesAhead(const PlainChoice& c) const override {
+    // No penalties: their seen tokens would miss the token of the step before.
+    return DeviceChooses(c, /*penalties_fit=*/false) && !HasPenalties(c);
+  }
+  absl::Status StartDecode(absl::Span<const DecodeRow> rows,
+                           absl::Span<const PlainChoice> choices) override;
+  absl::Status FinishDecode(DecodeResult* result) override;
 
  private:
   absl::Status CheckSlot(SlotId slot) const { return CheckSlotInPool(slot, options_.num_slots); }
@@ -152,6 +164,21 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   // DeviceChooses' argument); result rows start at `row0`.
   absl::Status DecodeChunk(absl::Span<const DecodeRow> rows, absl::Span<const PlainChoice> choices,
                            bool penalties_fit, int64_t row0, DecodeResult* result);
+  // What collecting an enqueued step needs besides its host staging.
+  struct EnqueuedStep {
+    std::vector<SlotId> slots;  // per row (kPadSlot: a pad)
+    int64_t n = 0;              // its bucket
+    bool any_logprobs = false;  // a row asked for logprobs (started steps only)
+    int buffer = 0;             // started steps: its pipelined_ buffer
+  };
+  // Stages a step's arguments in `host` (laid out as `hs`), uploads them, enqueues the step and
+  // the copies of its results back to `host`; nothing waits.
+  absl::Status EnqueueDecode(absl::Span<const DecodeRow> rows, absl::Span<const PlainChoice> choices,
+                             bool penalties_fit, char* host, const HostStaging& hs,
+                             EnqueuedStep* step);
+  // Fills result rows row0.. from an enqueued step's results, once the stream is past them.
+  void CollectDecode(const EnqueuedStep& step, const char* host, const HostStaging& hs,
+                     int64_t row0, DecodeResult* result) const;
   absl::Status Layer(int layer, int64_t b, const StepArgsLayout& args);
   // The part of a layer before the token mixer on `b` rows: u = attn_norm(x), proj = u W_in^T
   // (fp32; the mixer-input kernels add the gate biases and round).
@@ -184,9 +211,9 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
     mi.stream = stream_;
   }
   // Copies the CG statistics of `count` rows from row `src_row` of a step of `rows` rows,
-  // staged on the host as [layer, row, head], into rows dst_row.. of `stats`.
-  void CopyStats(int64_t rows, int64_t src_row, int64_t count, int64_t dst_row,
-                 CgStats* stats) const;
+  // staged in `host` (laid out as `hs`) as [layer, row, head], into rows dst_row.. of `stats`.
+  void CopyStats(const char* host, const HostStaging& hs, int64_t rows, int64_t src_row,
+                 int64_t count, int64_t dst_row, CgStats* stats) const;
   // One prefill launch: pieces of up to gpu::kMaxPackedSeqs requests packed back to back in
   // the rows (engine/prefill_packing.h), every layer over all of them at once.
   absl::Status PrefillPackStep(absl::Span<const PrefillRequest> requests, const PrefillPack& pack,
@@ -231,6 +258,20 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   // Host staging, page-locked (HostStaging has its layout).
   PinnedBuffer host_;
   HostStaging hs_;
+  // Started (pipelined) steps: two staging buffers, used in turn, each with an event recorded
+  // after its step's result copies; the steps started and not finished, oldest first; and
+  // which rows of the last started step chose a token (what the next one may feed on), valid
+  // while no other decode step came after it.
+  struct PipelinedBuffer {
+    PinnedBuffer host;
+    cudaEvent_t done = nullptr;
+  };
+  PipelinedBuffer pipelined_[2];
+  HostStaging ps_;
+  std::deque<EnqueuedStep> started_;
+  int next_buffer_ = 0;
+  std::vector<uint8_t> feedable_;
+  bool last_step_started_ = false;
   struct StepGraph {
     int eager_steps = 0;
     cudaGraphExec_t exec = nullptr;
@@ -292,6 +333,11 @@ absl::Status CudaModelRunnerImpl::Init() {
 
   hs_ = HostStaging::For(c_, ws_rows_, ws_.args_bytes);
   MESA_RETURN_IF_ERROR(host_.Allocate(hs_.bytes));
+  ps_ = HostStaging::For(c_, max_batch_, ws_.args_bytes, /*started=*/true);
+  for (PipelinedBuffer& p : pipelined_) {
+    MESA_RETURN_IF_ERROR(p.host.Allocate(ps_.bytes));
+    MESA_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&p.done, cudaEventDisableTiming));
+  }
 
   // Warm-up: all-pad steps (no state is read or written) at every bucket, twice with CUDA
   // graphs (the first runs eagerly, the second captures), so that lazy kernel loading,
@@ -311,9 +357,10 @@ absl::Status CudaModelRunnerImpl::ResetSlot(SlotId slot) {
   MESA_RETURN_IF_ERROR(Enter());
   MESA_RETURN_IF_ERROR(CheckSlot(slot));
   absl::Status s = [&]() -> absl::Status {
+    // Stream-ordered, no wait: a started step that still uses the slot runs first, and
+    // whatever is enqueued next (a new sequence's prefill) sees zeros.
     MESA_CUDA_RETURN_IF_ERROR(
         cudaMemsetAsync(SlotState(slot), 0, slot_floats_ * sizeof(float), stream_));
-    MESA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
     return absl::OkStatus();
   }();
   MESA_RETURN_IF_ERROR(NoteFailure(std::move(s)));
@@ -466,16 +513,19 @@ absl::Status CudaModelRunnerImpl::PrefillPackStep(absl::Span<const PrefillReques
       float* dst = result->logits.data() + (req.all_logits ? piece.offset * vocab : 0);
       std::memcpy(dst, logits + logit_row[i] * vocab, rows * vocab * sizeof(float));
     }
-    if (req.want_stats) CopyStats(n, row0[i], piece.len, piece.offset, &result->stats);
+    if (req.want_stats) {
+      CopyStats(host_.data(), hs_, n, row0[i], piece.len, piece.offset, &result->stats);
+    }
   }
   return absl::OkStatus();
 }
 
-void CudaModelRunnerImpl::CopyStats(int64_t rows, int64_t src_row, int64_t count, int64_t dst_row,
+void CudaModelRunnerImpl::CopyStats(const char* host, const HostStaging& hs, int64_t rows,
+                                    int64_t src_row, int64_t count, int64_t dst_row,
                                     CgStats* stats) const {
   const int64_t L = c_.num_hidden_layers, H = c_.num_heads;
-  const auto* iters = reinterpret_cast<const int32_t*>(host_.data() + hs_.iters);
-  const auto* residual = reinterpret_cast<const float*>(host_.data() + hs_.residual);
+  const auto* iters = reinterpret_cast<const int32_t*>(host + hs.iters);
+  const auto* residual = reinterpret_cast<const float*>(host + hs.residual);
   for (int64_t l = 0; l < L; ++l) {
     for (int64_t r = 0; r < count; ++r) {
       for (int64_t h = 0; h < H; ++h) {
@@ -495,6 +545,7 @@ absl::Status CudaModelRunnerImpl::DecodeAndChoose(absl::Span<const DecodeRow> ro
   MESA_RETURN_IF_ERROR(Enter());
   // The shared checks (engine/runner_checks.h), all before any device work.
   MESA_RETURN_IF_ERROR(CheckDecodeRows(rows, options_.num_slots, c_.vocab_size));
+  last_step_started_ = false;  // ws_.chosen gets this step's choices
   if (!choices.empty() && choices.size() != rows.size()) {
     return absl::InvalidArgumentError(absl::StrCat("Decode: ", choices.size(), " choices for ",
                                                    rows.size(), " rows"));
@@ -548,13 +599,87 @@ absl::Status CudaModelRunnerImpl::DecodeAndChoose(absl::Span<const DecodeRow> ro
   return absl::OkStatus();
 }
 
+absl::Status CudaModelRunnerImpl::StartDecode(absl::Span<const DecodeRow> rows,
+                                               absl::Span<const PlainChoice> choices) {
+  MESA_RETURN_IF_ERROR(Enter());
+  const int64_t b = static_cast<int64_t>(rows.size());
+  if (b < 1 || b > max_batch_ || choices.size() != rows.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("StartDecode: ", b, " rows and ", choices.size(),
+                                                   " choices; a started step takes 1 to ",
+                                                   max_batch_, " rows, one choice each"));
+  }
+  if (started_.size() >= 2) {
+    return absl::FailedPreconditionError("StartDecode: two started steps are not finished yet");
+  }
+  MESA_RETURN_IF_ERROR(CheckDecodeRows(
+      rows, options_.num_slots, c_.vocab_size,
+      last_step_started_ ? absl::MakeConstSpan(feedable_) : absl::Span<const uint8_t>()));
+  bool any_logprobs = false;
+  for (int64_t i = 0; i < b; ++i) {
+    if (rows[i].slot == kPadSlot) continue;
+    if (!ChoosesAhead(choices[i])) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "StartDecode: row ", i, "'s token cannot be chosen on the device ahead of the host"));
+    }
+    any_logprobs = any_logprobs || choices[i].top_logprobs > 0;
+  }
+  EnqueuedStep step;
+  step.any_logprobs = any_logprobs;
+  step.buffer = next_buffer_;
+  PipelinedBuffer& buffer = pipelined_[step.buffer];
+  absl::Status s = [&]() -> absl::Status {
+    MESA_RETURN_IF_ERROR(EnqueueDecode(rows, choices, false, buffer.host.data(), ps_, &step));
+    MESA_CUDA_RETURN_IF_ERROR(cudaEventRecord(buffer.done, stream_));
+    return absl::OkStatus();
+  }();
+  MESA_RETURN_IF_ERROR(NoteFailure(std::move(s)));
+  for (const DecodeRow& row : rows) {
+    if (row.slot != kPadSlot) positions_[row.slot] += 1;
+  }
+  feedable_.assign(b, 0);
+  for (int64_t i = 0; i < b; ++i) feedable_[i] = rows[i].slot != kPadSlot;
+  last_step_started_ = true;
+  next_buffer_ ^= 1;
+  started_.push_back(std::move(step));
+  return absl::OkStatus();
+}
+
+absl::Status CudaModelRunnerImpl::FinishDecode(DecodeResult* result) {
+  MESA_RETURN_IF_ERROR(Enter());
+  if (started_.empty()) return absl::FailedPreconditionError("FinishDecode: no started step");
+  const EnqueuedStep step = std::move(started_.front());
+  started_.pop_front();
+  const PipelinedBuffer& buffer = pipelined_[step.buffer];
+  absl::Status s = [&]() -> absl::Status {
+    MESA_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(buffer.done));
+    return absl::OkStatus();
+  }();
+  MESA_RETURN_IF_ERROR(NoteFailure(std::move(s)));
+  const int64_t b = static_cast<int64_t>(step.slots.size());
+  result->stats.Resize(static_cast<int32_t>(b), c_.num_hidden_layers, c_.num_heads);
+  result->logits.clear();
+  result->tokens.assign(b, -1);
+  if (step.any_logprobs) {
+    result->logprobs.assign(b, 0.0f);
+    result->top_logprobs.assign(b * kMaxDeviceTopLogprobs, TokenLogprob{});
+  } else {
+    result->logprobs.clear();
+    result->top_logprobs.clear();
+  }
+  CollectDecode(step, buffer.host.data(), ps_, 0, result);
+  return absl::OkStatus();
+}
+
 absl::Status CudaModelRunnerImpl::StepKernels(int64_t b, const StepArgsLayout& args) {
   const int64_t d = c_.hidden_size, vocab = c_.vocab_size;
   // Decode GEMMs with one algorithm for every bucket when asked (CudaRunnerOptions).
   const GemmAlgoRowsScope pinned(&gemm_algo_rows_, options_.batch_invariant_rows);
   const gpu::DependentLaunchScope dependent(b <= options_.dependent_launch_rows);
+  // Rows of a started step may feed on the tokens the step before chose (still in ws_.chosen:
+  // this step's choice comes after its last layer).
   MESA_RETURN_IF_ERROR(gpu::Embed(Ws(ws_.x), Wt(wo_.embeddings), Ws<int32_t>(ws_.args + args.tokens),
-                                  b, d, vocab, c_.dtype, stream_));
+                                  b, d, vocab, c_.dtype, stream_, Ws<int32_t>(ws_.args + args.feed),
+                                  Ws<int32_t>(ws_.chosen)));
   for (int layer = 0; layer < c_.num_hidden_layers; ++layer) {
     MESA_RETURN_IF_ERROR(Layer(layer, b, args));
   }
@@ -592,28 +717,45 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows,
                                               absl::Span<const PlainChoice> choices,
                                               bool penalties_fit, int64_t row0,
                                               DecodeResult* result) {
+  if (rows.empty()) return absl::OkStatus();
+  EnqueuedStep step;
+  MESA_RETURN_IF_ERROR(EnqueueDecode(rows, choices, penalties_fit, host_.data(), hs_, &step));
+  // The step's result is needed now (and the host staging buffer is reused by the next step).
+  MESA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  CollectDecode(step, host_.data(), hs_, row0, result);
+  return absl::OkStatus();
+}
+
+absl::Status CudaModelRunnerImpl::EnqueueDecode(absl::Span<const DecodeRow> rows,
+                                                absl::Span<const PlainChoice> choices,
+                                                bool penalties_fit, char* host,
+                                                const HostStaging& hs, EnqueuedStep* step) {
   const int64_t b = static_cast<int64_t>(rows.size());
   const int64_t L = c_.num_hidden_layers, H = c_.num_heads;
   const int64_t vocab = c_.vocab_size;
-  if (b == 0) return absl::OkStatus();
   // The step runs at its bucket: rows [b, n) are pads.
   const int64_t n = CudaDecodeBucket(b, max_batch_);
+  step->n = n;
+  step->slots.resize(b);
+  for (int64_t i = 0; i < b; ++i) step->slots[i] = rows[i].slot;
 
   // Stage the step's arguments on the host and upload them in one copy.
   const StepArgsLayout args = StepArgsLayout::For(L, n);
-  char* staged = host_.data();
+  char* staged = host + hs.args;
   float** tables = reinterpret_cast<float**>(staged + args.tables);
   auto* cg = reinterpret_cast<CgControl*>(staged + args.cg);
   auto* tokens = reinterpret_cast<int32_t*>(staged + args.tokens);
   auto* row_choices = reinterpret_cast<gpu::RowChoice*>(staged + args.choices);
+  auto* feed = reinterpret_cast<int32_t*>(staged + args.feed);
   bool any_chosen = false;     // a row whose token the device chooses
   bool any_truncated = false;  // ... with truncation (a second kernel)
   bool any_logprobs = false;   // ... with logprobs to report
   int64_t seen_used = 0;       // seen tokens staged for the penalties
-  auto* seen = reinterpret_cast<gpu::SeenEntry*>(host_.data() + hs_.seen);
+  auto* seen = reinterpret_cast<gpu::SeenEntry*>(host + hs.seen);
   for (int64_t i = 0; i < n; ++i) {
     const bool pad = i >= b || rows[i].slot == kPadSlot;
-    tokens[i] = pad ? 0 : rows[i].token;
+    tokens[i] = pad || rows[i].feed_row >= 0 ? 0 : rows[i].token;
+    feed[i] = pad ? -1 : rows[i].feed_row;
     cg[i] = i < b ? rows[i].cg : CgControl{};
     gpu::RowChoice rc;  // kind 0: not the device's
     if (!pad && !choices.empty() && DeviceChooses(choices[i], penalties_fit)) {
@@ -644,9 +786,7 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows,
   MESA_RETURN_IF_ERROR(RunStep(n, args));
 
   // Copy back the logits of the rows the host samples (all of them unless the device chose
-  // some: then runs of the others, and the chosen tokens) and the CG statistics, then wait:
-  // the step's result is needed now (the host staging buffer is reused by the next step,
-  // which also orders the args upload).
+  // some: then runs of the others, and the chosen tokens) and the CG statistics.
   auto host_row = [&](int64_t i) { return rows[i].slot != kPadSlot && row_choices[i].kind == 0; };
   if (any_chosen) {
     gpu::SampleRowsParams sp;
@@ -663,13 +803,13 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows,
     sp.any_logprobs = any_logprobs;
     sp.stream = stream_;
     MESA_RETURN_IF_ERROR(gpu::SampleRows(sp));
-    MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + hs_.chosen, Ws(ws_.chosen),
+    MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host + hs.chosen, Ws(ws_.chosen),
                                               b * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
     if (any_logprobs) {
-      MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + hs_.logprobs, Ws(ws_.logprobs),
+      MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host + hs.logprobs, Ws(ws_.logprobs),
                                                 b * sizeof(float), cudaMemcpyDeviceToHost, stream_));
       MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(
-          host_.data() + hs_.top, Ws(ws_.top), b * gpu::kMaxTopLogprobs * sizeof(gpu::TopLogprob),
+          host + hs.top, Ws(ws_.top), b * gpu::kMaxTopLogprobs * sizeof(gpu::TopLogprob),
           cudaMemcpyDeviceToHost, stream_));
     }
   }
@@ -680,30 +820,40 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows,
     }
     int64_t end = i + 1;
     while (end < b && host_row(end)) ++end;
-    MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + hs_.logits + i * vocab * sizeof(float),
+    MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host + hs.logits + i * vocab * sizeof(float),
                                               Ws<float>(ws_.logits) + i * vocab,
                                               (end - i) * vocab * sizeof(float),
                                               cudaMemcpyDeviceToHost, stream_));
     i = end;
   }
   const size_t stat_count = static_cast<size_t>(L * n * H);  // [L, n, H] on the device
-  MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + hs_.iters, Ws(ws_.iters),
+  MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host + hs.iters, Ws(ws_.iters),
                                             stat_count * sizeof(int32_t), cudaMemcpyDeviceToHost,
                                             stream_));
-  MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + hs_.residual, Ws(ws_.residual),
+  MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host + hs.residual, Ws(ws_.residual),
                                             stat_count * sizeof(float), cudaMemcpyDeviceToHost,
                                             stream_));
-  MESA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  return absl::OkStatus();
+}
 
-  const auto* logits = reinterpret_cast<const float*>(host_.data() + hs_.logits);
-  const auto* chosen = reinterpret_cast<const int32_t*>(host_.data() + hs_.chosen);
-  const auto* logprobs = reinterpret_cast<const float*>(host_.data() + hs_.logprobs);
-  const auto* top = reinterpret_cast<const gpu::TopLogprob*>(host_.data() + hs_.top);
+void CudaModelRunnerImpl::CollectDecode(const EnqueuedStep& step, const char* host,
+                                        const HostStaging& hs, int64_t row0,
+                                        DecodeResult* result) const {
+  const int64_t b = static_cast<int64_t>(step.slots.size());
+  const int64_t n = step.n;
+  const int64_t vocab = c_.vocab_size;
+  const StepArgsLayout args = StepArgsLayout::For(c_.num_hidden_layers, n);
+  const auto* row_choices = reinterpret_cast<const gpu::RowChoice*>(host + hs.args + args.choices);
+  auto host_row = [&](int64_t i) { return step.slots[i] != kPadSlot && row_choices[i].kind == 0; };
+  const auto* logits = reinterpret_cast<const float*>(host + hs.logits);
+  const auto* chosen = reinterpret_cast<const int32_t*>(host + hs.chosen);
+  const auto* logprobs = reinterpret_cast<const float*>(host + hs.logprobs);
+  const auto* top = reinterpret_cast<const gpu::TopLogprob*>(host + hs.top);
   for (int64_t i = 0; i < b; ++i) {
     const int64_t r = row0 + i;
     if (host_row(i)) {
       std::memcpy(&result->logits[r * vocab], &logits[i * vocab], vocab * sizeof(float));
-    } else if (rows[i].slot == kPadSlot) {
+    } else if (step.slots[i] == kPadSlot) {
       // Zero logits, as on the CPU (the statistics are zero from the kernel).
       if (!result->logits.empty()) std::fill_n(&result->logits[r * vocab], vocab, 0.0f);
     } else {  // the device chose the token: no logits
@@ -715,8 +865,7 @@ absl::Status CudaModelRunnerImpl::DecodeChunk(absl::Span<const DecodeRow> rows,
       }
     }
   }
-  if (!result->stats.iters.empty()) CopyStats(n, 0, b, row0, &result->stats);
-  return absl::OkStatus();
+  if (!result->stats.iters.empty()) CopyStats(host, hs, n, 0, b, row0, &result->stats);
 }
 
 // One block: the CPU runner's InputProjections, mixer and FinishLayer on the device.

@@ -96,7 +96,8 @@ StepArgsLayout StepArgsLayout::For(int64_t layers, int64_t b) {
   a.cg = AlignUp(static_cast<size_t>(layers) * 4 * b * sizeof(float*));
   a.tokens = AlignUp(a.cg + b * sizeof(CgControl));
   a.choices = AlignUp(a.tokens + b * sizeof(int32_t));
-  a.bytes = a.choices + b * sizeof(gpu::RowChoice);
+  a.feed = AlignUp(a.choices + b * sizeof(gpu::RowChoice));
+  a.bytes = a.feed + b * sizeof(int32_t);
   return a;
 }
 
@@ -137,16 +138,16 @@ Workspace LayOutWorkspace(const MesaConfig& c, int64_t rows, ArenaLayout& arena)
   return ws;
 }
 
-HostStaging HostStaging::For(const MesaConfig& c, int64_t rows, size_t args_bytes) {
+HostStaging HostStaging::For(const MesaConfig& c, int64_t rows, size_t args_bytes, bool started) {
   const int64_t H = c.num_heads, L = c.num_hidden_layers;
   HostStaging s;
   s.args = 0;
   s.logits = AlignUp(args_bytes);
-  s.iters = AlignUp(s.logits + rows * c.vocab_size * sizeof(float));
+  s.iters = AlignUp(s.logits + (started ? 0 : rows * c.vocab_size * sizeof(float)));
   s.residual = AlignUp(s.iters + L * rows * H * sizeof(int32_t));
   s.chosen = AlignUp(s.residual + L * rows * H * sizeof(float));
   s.seen = AlignUp(s.chosen + rows * sizeof(int32_t));
-  s.logprobs = AlignUp(s.seen + kSeenCapacity * sizeof(gpu::SeenEntry));
+  s.logprobs = AlignUp(s.seen + (started ? 0 : kSeenCapacity) * sizeof(gpu::SeenEntry));
   s.top = AlignUp(s.logprobs + rows * sizeof(float));
   s.bytes = s.top + rows * gpu::kMaxTopLogprobs * sizeof(gpu::TopLogprob);
   return s;

@@ -109,20 +109,21 @@ struct Workspace {
 Workspace LayOutWorkspace(const MesaConfig& c, int64_t rows, ArenaLayout& arena);
 
 // The per-step arguments uploaded in one copy, for a step of b rows: the state pointer tables
-// [L][4][b] (h_kk, h_kv, conv_q, conv_k), the CG controls [b], the token ids [b] and the token
-// choices [b] the runner makes itself.
+// [L][4][b] (h_kk, h_kv, conv_q, conv_k), the CG controls [b], the token ids [b], the token
+// choices [b] the runner makes itself and the feed rows [b] (DecodeRow::feed_row, -1: none).
 struct StepArgsLayout {
-  size_t tables = 0, cg = 0, tokens = 0, choices = 0, bytes = 0;
+  size_t tables = 0, cg = 0, tokens = 0, choices = 0, feed = 0, bytes = 0;
   static StepArgsLayout For(int64_t layers, int64_t b);
 };
 
 // Byte offsets in the pinned host buffer: the step arguments staged for upload, then what comes
 // back (logits, CG statistics, chosen tokens, logprobs) and the seen tokens staged for the
-// penalties, for `rows` rows.
+// penalties, for `rows` rows. `started`: for a started (pipelined) step, which brings back no
+// logits and stages no seen tokens (those regions are empty).
 struct HostStaging {
   size_t args = 0, logits = 0, iters = 0, residual = 0, chosen = 0, seen = 0, logprobs = 0, top = 0;
   size_t bytes = 0;
-  static HostStaging For(const MesaConfig& c, int64_t rows, size_t args_bytes);
+  static HostStaging For(const MesaConfig& c, int64_t rows, size_t args_bytes, bool started = false);
 };
 
 // The kernel arguments of a token choice (kernels/cuda/sampling.h), without the seen-token

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/log.h"
+#include "base/status_macros.h"
 #include "engine/stop_matcher.h"
 #include "models/tokenizer_stream.h"
 
@@ -43,6 +44,11 @@ struct Engine::Active {
   RequestCgStats cg;
   CgControl prefill_cg, decode_cg;
   bool done = false;
+  // Every token of this request can be chosen in a started (pipelined) step.
+  bool choose_ahead = false;
+  // The latest started step holding a row of this request, and that row.
+  uint64_t started_step = 0;
+  int32_t started_row = -1;
 };
 
 namespace {
@@ -81,6 +87,8 @@ Engine::Engine(std::unique_ptr<ModelRunner> runner, const Tokenizer* tokenizer,
                EngineObserver* observer, const EngineOptions& options)
     : runner_(std::move(runner)), tokenizer_(tokenizer), observer_(observer), options_(options) {
   for (SlotId s = runner_->num_slots() - 1; s >= 0; --s) free_slots_.push_back(s);
+  pipelining_ = options_.pipeline_decode && options_.device_sampling &&
+                runner_->PipelinedDecodeRows() > 0;
   heartbeat_ns_ = absl::ToUnixNanos(absl::Now());
 }
 
@@ -183,6 +191,7 @@ void Engine::Loop() {
     }
   }
   // Shutting down: end whatever is left.
+  if (started_) (void)CollectStarted();
   TakeInbox();
   const absl::Status bye = absl::UnavailableError("the engine is shutting down");
   for (auto& a : running_) Finish(*a, bye, FinishReason::kNone);
@@ -253,11 +262,20 @@ void Engine::ExpireAndCancel() {
              FinishReason::kNone);
     }
   }
-  running_.erase(std::remove_if(running_.begin(), running_.end(), [](const auto& a) { return a->done; }),
-                 running_.end());
+  EraseFinished();
   waiting_.erase(std::remove_if(waiting_.begin(), waiting_.end(), [](const auto& a) { return a->done; }),
                  waiting_.end());
+}
+
+void Engine::EraseFinished() {
+  running_.erase(std::remove_if(running_.begin(), running_.end(),
+                                [&](const auto& a) { return a->done && !InStartedStep(*a); }),
+                 running_.end());
   running_count_ = static_cast<int32_t>(running_.size());
+}
+
+bool Engine::InStartedStep(const Active& a) const {
+  return started_.has_value() && a.started_step == started_->serial;
 }
 
 void Engine::Admit() {
@@ -276,6 +294,8 @@ void Engine::Admit() {
         tokenizer_ ? std::min(config.vocab_size, tokenizer_->piece_count()) : config.vocab_size;
     a->sampler = std::make_unique<Sampler>(a->req.sampling, valid_vocab);
     for (int32_t t : a->req.prompt) a->sampler->Observe(t);
+    // After the prompt: penalties show in a choice only once there is context to penalise.
+    a->choose_ahead = pipelining_ && runner_->ChoosesAhead(a->sampler->ChoiceRule(a->req.top_logprobs));
     if (tokenizer_) a->text = std::make_unique<StreamDecoder>(*tokenizer_, a->req.prompt);
     a->stops = std::make_unique<StopMatcher>(a->req.stopping.stop_strings);
     if (observer_) observer_->OnQueued(SecondsBetween(a->req.arrival, a->admitted));
@@ -288,9 +308,7 @@ absl::Status Engine::Step(bool* worked) {
   absl::Status s = PrefillStep(worked);
   if (!s.ok()) return s;
   s = DecodeStep(worked);
-  running_.erase(std::remove_if(running_.begin(), running_.end(), [](const auto& a) { return a->done; }),
-                 running_.end());
-  running_count_ = static_cast<int32_t>(running_.size());
+  EraseFinished();
   Admit();  // slots freed this step go to waiting requests at once
   return s;
 }
@@ -353,28 +371,101 @@ absl::Status Engine::DecodeStep(bool* worked) {
   std::vector<DecodeRow> rows;
   std::vector<PlainChoice> choices;
   std::vector<Active*> owners;
+  bool ahead = pipelining_;  // every row can go into a started step
   for (auto& a : running_) {
-    if (a->done || a->stage != Active::Stage::kDecoding || a->next_token < 0) continue;
+    if (a->done || a->stage != Active::Stage::kDecoding) continue;
+    // A request in the started step takes its next token from there, on the device.
+    const bool fed = InStartedStep(*a);
+    if (!fed && a->next_token < 0) continue;
+    if (fed && a->generated + 1 >= a->req.stopping.max_new_tokens) continue;  // that was its last
     // A slow reader pauses only its own request.
     if (a->sink->Backlog() >= static_cast<size_t>(options_.stream_buffer)) continue;
-    rows.push_back({a->slot, a->next_token, a->decode_cg});
+    DecodeRow row{a->slot, fed ? 0 : a->next_token, a->decode_cg};
+    if (fed) row.feed_row = a->started_row;
+    rows.push_back(row);
     PlainChoice choice = a->sampler->NextChoice(a->req.top_logprobs);
     if (!options_.device_sampling) choice.kind = PlainChoice::Kind::kHost;  // same draw
     choices.push_back(choice);
     owners.push_back(a.get());
+    ahead = ahead && a->choose_ahead;
   }
-  if (rows.empty()) return absl::OkStatus();
+  if (rows.empty()) {
+    if (!started_) return absl::OkStatus();
+    *worked = true;
+    return CollectStarted();
+  }
   *worked = true;
-  DecodeResult& result = decode_result_;
+  ahead = ahead && static_cast<int64_t>(rows.size()) <= runner_->PipelinedDecodeRows();
   const absl::Time t0 = absl::Now();
+  if (ahead) {
+    if (absl::Status s = runner_->StartDecode(rows, choices); !s.ok()) {
+      if (started_) {
+        MESA_RETURN_IF_ERROR(CollectStarted());  // still the runner's
+      }
+      return StepFailed(s, owners);
+    }
+    std::optional<StartedStep> previous = std::move(started_);
+    started_ = StartedStep{next_step_serial_++, owners, std::move(choices), t0};
+    for (size_t i = 0; i < owners.size(); ++i) {
+      owners[i]->started_step = started_->serial;
+      owners[i]->started_row = static_cast<int32_t>(i);
+    }
+    // The runner now works on the new step while the previous one's tokens are handled.
+    return previous ? CollectStep(*previous) : absl::OkStatus();
+  }
+  if (started_) {
+    // This step needs tokens on the host: collect the started step first. Rows it feeds take
+    // their tokens from the host now, unless their request ended in it.
+    MESA_RETURN_IF_ERROR(CollectStarted());
+    size_t kept = 0;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      if (owners[i]->done) continue;
+      if (rows[i].feed_row >= 0) {
+        rows[i].feed_row = -1;
+        rows[i].token = owners[i]->next_token;
+      }
+      rows[kept] = rows[i];
+      choices[kept] = choices[i];
+      owners[kept] = owners[i];
+      ++kept;
+    }
+    rows.resize(kept);
+    choices.resize(kept);
+    owners.resize(kept);
+    if (rows.empty()) return absl::OkStatus();
+  }
+  DecodeResult& result = decode_result_;
   if (absl::Status s = runner_->DecodeAndChoose(rows, choices, &result); !s.ok()) {
     return StepFailed(s, owners);
   }
+  TakeDecodeResult(owners, choices, result, t0, rows.size());
+  return absl::OkStatus();
+}
+
+absl::Status Engine::CollectStarted() {
+  const StartedStep step = std::move(*started_);
+  started_.reset();
+  return CollectStep(step);
+}
+
+absl::Status Engine::CollectStep(const StartedStep& step) {
+  DecodeResult& result = decode_result_;
+  if (absl::Status s = runner_->FinishDecode(&result); !s.ok()) return StepFailed(s, step.owners);
+  TakeDecodeResult(step.owners, step.choices, result, step.started, step.owners.size());
+  return absl::OkStatus();
+}
+
+void Engine::TakeDecodeResult(const std::vector<Active*>& owners,
+                              const std::vector<PlainChoice>& choices, DecodeResult& result,
+                              absl::Time started, size_t rows) {
   const int64_t vocab = runner_->config().vocab_size;
-  std::vector<int32_t> row_request(rows.size());
-  for (size_t i = 0; i < rows.size(); ++i) row_request[i] = static_cast<int32_t>(i);
+  std::vector<int32_t> row_request(rows);
+  for (size_t i = 0; i < rows; ++i) row_request[i] = static_cast<int32_t>(i);
   ReportCg(false, result.stats, row_request, owners);
-  for (size_t i = 0; i < rows.size(); ++i) {
+  for (size_t i = 0; i < rows; ++i) {
+    // A request that ended after its step was started (a stop in the step before, a
+    // cancellation) has its row computed and dropped.
+    if (owners[i]->done) continue;
     if (!result.tokens.empty() && result.tokens[i] >= 0) {
       Accept(*owners[i], result, i, choices[i]);  // the runner chose it by choices[i]
     } else {
@@ -382,8 +473,7 @@ absl::Status Engine::DecodeStep(bool* worked) {
              &choices[i]);
     }
   }
-  if (observer_) observer_->OnStep(false, SecondsBetween(t0, absl::Now()), static_cast<int32_t>(rows.size()));
-  return absl::OkStatus();
+  if (observer_) observer_->OnStep(false, SecondsBetween(started, absl::Now()), static_cast<int32_t>(rows));
 }
 
 void Engine::ReportCg(bool prefill, const CgStats& stats, const std::vector<int32_t>& row_request,
@@ -542,6 +632,7 @@ absl::Status Engine::StepFailed(const absl::Status& status, const std::vector<Ac
 void Engine::Fail(const absl::Status& status) {
   MESA_LOG(ERROR) << "engine step failed: " << status << "; failing all requests";
   failed_ = true;
+  started_.reset();  // the runner failed: its started step's tokens are not coming
   const absl::Status unavailable =
       absl::UnavailableError(absl::StrCat("the engine failed: ", status.message()));
   for (auto& a : running_) Finish(*a, unavailable, FinishReason::kNone);

@@ -13,6 +13,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -34,6 +35,12 @@ struct EngineOptions {
   // Let the runner choose greedy and plain-softmax tokens itself (ModelRunner::DecodeAndChoose:
   // on a GPU the logits then stay on the device). Off: every token is sampled on the host.
   bool device_sampling = true;
+  // With a runner that pipelines decode steps (ModelRunner::PipelinedDecodeRows), start each
+  // step before handling the previous step's tokens when every row's token can be chosen on
+  // the device, so the engine's host work (detokenizing, stop checks, events, metrics)
+  // overlaps the device's next step. The tokens are the same either way; a request that ends
+  // in a step has its row in the following step computed and dropped.
+  bool pipeline_decode = true;
   // Wake-up period when idle, so deadlines and the heartbeat are checked.
   absl::Duration idle_tick = absl::Milliseconds(50);
 };
@@ -100,6 +107,23 @@ class Engine {
   absl::Status Step(bool* worked);
   absl::Status PrefillStep(bool* worked);
   absl::Status DecodeStep(bool* worked);
+  // A started (pipelined) decode step whose result has not been collected yet.
+  struct StartedStep {
+    uint64_t serial = 0;
+    std::vector<Active*> owners;  // per row; kept alive (not erased) until collected
+    std::vector<PlainChoice> choices;
+    absl::Time started;
+  };
+  bool InStartedStep(const Active& a) const;
+  // Collects started_ and handles its tokens.
+  absl::Status CollectStarted();
+  // Waits for the runner's oldest started step, which is `step`, and handles its tokens.
+  absl::Status CollectStep(const StartedStep& step);
+  // Handles a decode step's result: CG statistics, then each live row's token.
+  void TakeDecodeResult(const std::vector<Active*>& owners, const std::vector<PlainChoice>& choices,
+                        DecodeResult& result, absl::Time started, size_t rows);
+  // Requests that ended and are no longer referenced by a started step leave running_.
+  void EraseFinished();
   // Records a generated token; finishes the request when a stop condition holds.
   void Emit(Active& a, const TokenChoice& choice);
   void Finish(Active& a, absl::Status status, FinishReason reason);
@@ -140,6 +164,9 @@ class Engine {
   // Reused by every decode step: its logits buffer ([B, vocab] floats, 33 MB at B = 256 for a
   // 32,000-token vocab) keeps its pages instead of being allocated and zeroed per step.
   DecodeResult decode_result_;
+  bool pipelining_ = false;  // options_.pipeline_decode and the runner can
+  std::optional<StartedStep> started_;
+  uint64_t next_step_serial_ = 1;
   std::deque<std::unique_ptr<Active>> waiting_;  // priority desc, then arrival
   std::vector<std::unique_ptr<Active>> running_; // admission order
   std::thread thread_;

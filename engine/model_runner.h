@@ -55,6 +55,9 @@ struct DecodeRow {
   SlotId slot = kPadSlot;  // kPadSlot rows are skipped (their logits are zero)
   int32_t token = 0;
   CgControl cg;
+  // StartDecode only: >= 0 feeds the token the runner chose for that row of the step started
+  // just before this one (its result may not be collected yet); `token` is then ignored.
+  int32_t feed_row = -1;
 };
 
 struct DecodeResult {
@@ -101,6 +104,35 @@ class ModelRunner {
     (void)choices;
     result->tokens.clear();
     return Decode(rows, result);
+  }
+
+  // Pipelined decode: a runner that chooses tokens on its device may start a step before the
+  // caller has collected the previous one, feeding the previous step's chosen tokens on the
+  // device (DecodeRow::feed_row), so the caller's host work on one step's result overlaps the
+  // device's work on the next. Steps are collected in the order they were started, at most two
+  // are outstanding, and a started step takes no other decode call in between (prefill and slot
+  // resets may come between; they run after the outstanding steps).
+  //
+  // The most rows a started step may have (0: the runner does not pipeline).
+  virtual int32_t PipelinedDecodeRows() const { return 0; }
+  // Whether a started step can take a row with this choice: the runner makes it itself with
+  // nothing from the host but the choice (no penalties: their seen tokens would lag a step).
+  virtual bool ChoosesAhead(const PlainChoice& choice) const {
+    (void)choice;
+    return false;
+  }
+  // Starts a step whose every live row has a choice ChoosesAhead accepts (one per row).
+  virtual absl::Status StartDecode(absl::Span<const DecodeRow> rows,
+                                   absl::Span<const PlainChoice> choices) {
+    (void)rows;
+    (void)choices;
+    return absl::UnimplementedError("this runner does not pipeline decode steps");
+  }
+  // Waits for the oldest started step and fills `result` as DecodeAndChoose does (every live
+  // row chosen: tokens, CG statistics, logprobs where asked; no logits).
+  virtual absl::Status FinishDecode(DecodeResult* result) {
+    (void)result;
+    return absl::UnimplementedError("this runner does not pipeline decode steps");
   }
 
   // True after an unrecoverable fault (e.g. a sticky device error): the engine then fails

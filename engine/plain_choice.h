@@ -49,6 +49,12 @@ struct PlainChoice {
   int32_t top_logprobs = 0;
 };
 
+// Whether the choice changes logits by the penalties (with or without seen tokens so far).
+inline bool HasPenalties(const PlainChoice& c) {
+  return c.repetition_penalty != 1.0f || c.presence_penalty != 0.0f || c.frequency_penalty != 0.0f ||
+         !c.seen.empty();
+}
+
 // Most log-probabilities a runner reports per token; a request asking for more is sampled on
 // the host.
 inline constexpr int32_t kMaxDeviceTopLogprobs = 20;

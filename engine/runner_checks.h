@@ -55,16 +55,31 @@ inline absl::Status CheckPrefillRequests(absl::Span<const PrefillRequest> reques
 }
 
 // Decode: every live row's slot in the pool and token in the vocabulary, no slot twice (pad
-// rows aside).
+// rows aside). `fed`: for StartDecode, which rows of the step started just before can feed a
+// row (its live rows); empty everywhere else, where no row may feed.
 inline absl::Status CheckDecodeRows(absl::Span<const DecodeRow> rows, int32_t num_slots,
-                                    int32_t vocab_size) {
+                                    int32_t vocab_size, absl::Span<const uint8_t> fed = {}) {
   std::set<SlotId> seen;
-  for (const DecodeRow& row : rows) {
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const DecodeRow& row = rows[i];
     if (row.slot == kPadSlot) continue;
     absl::Status s = CheckSlotInPool(row.slot, num_slots);
     if (!s.ok()) return s;
-    s = CheckTokenInVocab(row.token, vocab_size);
-    if (!s.ok()) return s;
+    if (row.feed_row >= 0) {
+      if (fed.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "Decode: row ", i, " feeds on row ", row.feed_row,
+            " of a previous step, but only a step started right after another can"));
+      }
+      if (static_cast<size_t>(row.feed_row) >= fed.size() || !fed[row.feed_row]) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "Decode: row ", i, " feeds on row ", row.feed_row, " of the previous step, which has ",
+            fed.size(), " rows and chose no token for that one"));
+      }
+    } else {
+      s = CheckTokenInVocab(row.token, vocab_size);
+      if (!s.ok()) return s;
+    }
     if (!seen.insert(row.slot).second) {
       return absl::InvalidArgumentError(absl::StrCat("Decode: slot ", row.slot, " appears twice"));
     }

@@ -66,9 +66,14 @@ bool Sampler::Truncates() const {
 }
 
 PlainChoice Sampler::NextChoice(int32_t top_logprobs) {
+  PlainChoice c = ChoiceRule(top_logprobs);
+  if (params_.temperature > 0.0f) c.draw = Draw();  // Sample would draw it too
+  return c;
+}
+
+PlainChoice Sampler::ChoiceRule(int32_t top_logprobs) const {
   PlainChoice c;
   c.valid_vocab = valid_vocab_;
-  if (params_.temperature > 0.0f) c.draw = Draw();  // Sample would draw it too
   // Logprobs are of the raw logits, which the device's penalties change in place.
   if (top_logprobs > kMaxDeviceTopLogprobs || (top_logprobs > 0 && HasPenalties())) return c;
   c.top_logprobs = top_logprobs;

@@ -41,6 +41,9 @@ class Sampler {
   // choice takes: pass that choice to Sample if the token is chosen on the host after all.
   // top_logprobs: the log-probabilities the request wants with each token (0: none).
   PlainChoice NextChoice(int32_t top_logprobs);
+  // NextChoice without its draw (draw 0): the rule every later choice of this request follows
+  // once its prompt has been observed (penalties show only with context to penalise).
+  PlainChoice ChoiceRule(int32_t top_logprobs) const;
   // Chooses the next token from `logits` (model vocab size). `top_logprobs` (optional) gets the
   // n most likely tokens under the unpenalised, untempered distribution, `chosen_logprob`
   // (optional) the chosen one's; leave both null when not needed (saves a pass over the vocab).

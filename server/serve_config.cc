@@ -165,6 +165,9 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::vector<std::string>& arg
   f.Bool("device-sampling", &c.engine.device_sampling,
          "greedy and plain temperature sampling on the model's device (a GPU returns token ids, not logits); "
          "off: every token is sampled on the host");
+  f.Bool("pipeline-decode", &c.engine.pipeline_decode,
+         "on a GPU, start each decode step before the host handles the previous step's tokens "
+         "(same tokens; the host work overlaps the GPU's); off: one step at a time");
   f.String("log-level", &c.log_level, "debug, info, warning or error");
   std::string auth_token_file;
   int64_t max_streams = c.max_streams_per_connection;

@@ -71,11 +71,13 @@ __global__ void ToActKernel(T* out, const float* in, int64_t n) {
 
 template <typename T>
 __global__ void EmbedKernel(T* x, const T* table, const int32_t* tokens, int64_t rows, int64_t d,
-                            int64_t vocab) {
+                            int64_t vocab, const int32_t* feed, const int32_t* fed_tokens) {
   WaitForPriorKernels();
   StartNextKernel();
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-    const int64_t t = min(max(static_cast<int64_t>(tokens[r]), int64_t{0}), vocab - 1);
+    const int32_t from = feed != nullptr ? feed[r] : -1;
+    const int32_t token = from >= 0 ? fed_tokens[from] : tokens[r];
+    const int64_t t = min(max(static_cast<int64_t>(token), int64_t{0}), vocab - 1);
     for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < d;
          j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
       x[r * d + j] = table[t * d + j];
@@ -135,16 +137,21 @@ absl::Status ToAct(void* out, const float* in, int64_t n, ScalarType act, cudaSt
 }
 
 absl::Status Embed(void* x, const void* table, const int32_t* tokens, int64_t rows, int64_t d,
-                   int64_t vocab, ScalarType act, cudaStream_t stream) {
+                   int64_t vocab, ScalarType act, cudaStream_t stream, const int32_t* feed,
+                   const int32_t* fed_tokens) {
   if (rows < 0 || d < 1 || vocab < 1) {
     return absl::InvalidArgumentError(absl::StrCat("Embed: rows ", rows, ", width ", d,
                                                    " and vocab ", vocab, " out of range"));
+  }
+  if (feed != nullptr && fed_tokens == nullptr) {
+    return absl::InvalidArgumentError("Embed: feed rows without the tokens they feed on");
   }
   if (rows == 0) return absl::OkStatus();
   return DispatchActType(act, [&](auto tag) {
     using T = typename decltype(tag)::type;
     return LaunchKernel("EmbedKernel", EmbedKernel<T>, RowGrid(rows, d), kThreads, 0, stream,
-                        static_cast<T*>(x), static_cast<const T*>(table), tokens, rows, d, vocab);
+                        static_cast<T*>(x), static_cast<const T*>(table), tokens, rows, d, vocab,
+                        feed, fed_tokens);
   });
 }
 

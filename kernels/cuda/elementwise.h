@@ -30,7 +30,10 @@ absl::Status ToAct(void* out, const float* in, int64_t n, ScalarType act, cudaSt
 
 // Embedding lookup: x[r] = table[tokens[r]]; x, table: act; tokens: int32 [rows], each in
 // [0, vocab) (checked by the caller on the host: the kernel clamps to stay in bounds).
+// With `feed` (int32 [rows]), a row r with feed[r] >= 0 takes fed_tokens[feed[r]] instead: a
+// pipelined decode step's token chosen on the device by the step before.
 absl::Status Embed(void* x, const void* table, const int32_t* tokens, int64_t rows, int64_t d,
-                   int64_t vocab, ScalarType act, cudaStream_t stream);
+                   int64_t vocab, ScalarType act, cudaStream_t stream,
+                   const int32_t* feed = nullptr, const int32_t* fed_tokens = nullptr);
 
 }  // namespace mesa::gpu

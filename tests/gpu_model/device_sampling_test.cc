@@ -277,16 +277,7 @@ TEST_F(DeviceSamplingTest, HostRowsAreLeftToTheCaller) {
 }
 
 // A CUDA runner on the first test checkpoint, 6 slots.
-std::unique_ptr<CudaModelRunner> MakeRunner() {
-  auto weights = testing::LoadCaseWeights(testing::ModelCases()[0]);
-  EXPECT_TRUE(weights.ok()) << weights.status();
-  if (!weights.ok()) return nullptr;
-  CudaRunnerOptions options;
-  options.num_slots = 6;
-  auto runner = CreateCudaModelRunner(std::move(*weights), options);
-  EXPECT_TRUE(runner.ok()) << runner.status();
-  return runner.ok() ? std::move(*runner) : nullptr;
-}
+std::unique_ptr<CudaModelRunner> MakeRunner() { return testing::MakeFirstCaseRunner(6); }
 
 // The runner: DecodeAndChoose picks, for rows with a plain choice, the token the host would
 // pick from the logits Decode returns for the same step; other rows get their logits.

@@ -173,4 +173,15 @@ ParityStats CompareDecode(const MesaConfig& config, absl::Span<const SlotId> slo
   return s;
 }
 
+std::unique_ptr<CudaModelRunner> MakeFirstCaseRunner(int32_t slots) {
+  auto weights = LoadCaseWeights(ModelCases()[0]);
+  EXPECT_TRUE(weights.ok()) << weights.status();
+  if (!weights.ok()) return nullptr;
+  CudaRunnerOptions options;
+  options.num_slots = slots;
+  auto runner = CreateCudaModelRunner(std::move(*weights), options);
+  EXPECT_TRUE(runner.ok()) << runner.status();
+  return runner.ok() ? std::move(*runner) : nullptr;
+}
+
 }  // namespace mesa::testing

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -13,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "engine/cuda_model_runner.h"
 #include "engine/model_runner.h"
 #include "models/mesa_weights.h"
 
@@ -35,6 +37,9 @@ std::vector<ModelCase> ModelCases();
 
 // Writes a random checkpoint for `c` (once per case and process) and loads it.
 absl::StatusOr<MesaWeights> LoadCaseWeights(const ModelCase& c);
+
+// A CUDA runner on the first case's checkpoint with `slots` slots (null after a test failure).
+std::unique_ptr<CudaModelRunner> MakeFirstCaseRunner(int32_t slots);
 
 // The decode under test: ModelRunner::Decode, or a reference decoder.
 using DecodeFn = std::function<absl::Status(absl::Span<const DecodeRow>, DecodeResult*)>;

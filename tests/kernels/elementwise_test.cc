@@ -85,6 +85,35 @@ TEST_P(ElementwiseTest, EmbedCopiesRows) {
   EXPECT_TRUE(AllClose(got, want, 0.0f, 0.0f, 0.0f, act, "Embed"));
 }
 
+TEST_P(ElementwiseTest, EmbedTakesFedRowsFromTheChosenTokens) {
+  // A pipelined decode step: rows with feed >= 0 take the token the step before chose.
+  const ScalarType act = GetParam();
+  const int64_t vocab = 37, d = 40;
+  std::mt19937 rng(15);
+  const std::vector<float> table = Normal(rng, vocab * d, 1.0f, RoundingFor(act));
+  const std::vector<int32_t> tokens = {5, 0, 36, 0, 17};
+  const std::vector<int32_t> feed = {-1, 2, -1, 0, 1};
+  const std::vector<int32_t> chosen = {9, 30, 2};
+  std::vector<float> want;
+  for (size_t r = 0; r < tokens.size(); ++r) {
+    const int32_t t = feed[r] >= 0 ? chosen[feed[r]] : tokens[r];
+    want.insert(want.end(), table.begin() + t * d, table.begin() + (t + 1) * d);
+  }
+  MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_table, UploadAct(table, act));
+  MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_tokens, Upload(tokens));
+  MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_feed, Upload(feed));
+  MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_chosen, Upload(chosen));
+  MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_x, UploadAct(std::vector<float>(want.size()), act));
+  MESA_ASSERT_OK(Embed(d_x.data(), d_table.data(), d_tokens.as<int32_t>(),
+                       static_cast<int64_t>(tokens.size()), d, vocab, act, nullptr,
+                       d_feed.as<int32_t>(), d_chosen.as<int32_t>()));
+  MESA_ASSERT_OK_AND_ASSIGN(std::vector<float> got, DownloadAct(d_x, want.size(), act));
+  EXPECT_TRUE(AllClose(got, want, 0.0f, 0.0f, 0.0f, act, "Embed with feed"));
+  EXPECT_EQ(Embed(d_x.data(), d_table.data(), d_tokens.as<int32_t>(), 5, d, vocab, act, nullptr,
+                  d_feed.as<int32_t>(), nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, ElementwiseTest,
                          ::testing::Values(ScalarType::kBf16, ScalarType::kFp16,
                                            ScalarType::kFp32),

@@ -1,7 +1,8 @@
 // The engine hands greedy and plain-softmax token choices to the runner
 // (ModelRunner::DecodeAndChoose) and samples the rest itself, with one random stream either
 // way: the tokens must not depend on which side chose them. A runner that wraps the CPU runner
-// and chooses tokens by the documented rule (engine/plain_choice.h) stands in for the GPU.
+// and chooses tokens by the documented rule (tests/testing/choosing_runner.h) stands in for the
+// GPU.
 #include <algorithm>
 #include <cmath>
 #include <condition_variable>
@@ -13,87 +14,13 @@
 #include "engine/engine.h"
 #include "gtest/gtest.h"
 #include "models/checkpoint.h"
+#include "tests/testing/choosing_runner.h"
 #include "tests/testing/random_checkpoint.h"
 
 namespace mesa {
 namespace {
 
-// Chooses the tokens of non-host rows from the logits the CPU runner computed, by the rule in
-// engine/plain_choice.h, and records every choice it was given.
-class ChoosingRunner : public ModelRunner {
- public:
-  explicit ChoosingRunner(std::unique_ptr<ModelRunner> inner) : inner_(std::move(inner)) {}
-  const MesaConfig& config() const override { return inner_->config(); }
-  const char* backend_name() const override { return "choosing"; }
-  int32_t num_slots() const override { return inner_->num_slots(); }
-  size_t state_bytes_per_slot() const override { return inner_->state_bytes_per_slot(); }
-  size_t weight_bytes() const override { return inner_->weight_bytes(); }
-  absl::Status ResetSlot(SlotId slot) override { return inner_->ResetSlot(slot); }
-  int64_t SlotPosition(SlotId slot) const override { return inner_->SlotPosition(slot); }
-  absl::Status Prefill(absl::Span<const PrefillRequest> requests,
-                       absl::Span<PrefillResult> results) override {
-    return inner_->Prefill(requests, results);
-  }
-  absl::Status Decode(absl::Span<const DecodeRow> rows, DecodeResult* result) override {
-    return inner_->Decode(rows, result);
-  }
-  absl::Status DecodeAndChoose(absl::Span<const DecodeRow> rows,
-                               absl::Span<const PlainChoice> choices,
-                               DecodeResult* result) override {
-    if (absl::Status s = inner_->Decode(rows, result); !s.ok()) return s;
-    const int64_t vocab = config().vocab_size;
-    result->tokens.assign(rows.size(), -1);
-    std::lock_guard<std::mutex> lock(mu_);
-    for (size_t i = 0; i < rows.size(); ++i) {
-      kinds_.push_back(choices[i].kind);
-      // Truncated choices are left to the host here (the GPU's are tested against the Sampler
-      // in tests/gpu_model): the engine must then sample them with the same draw.
-      if (choices[i].kind == PlainChoice::Kind::kHost ||
-          choices[i].kind == PlainChoice::Kind::kTruncated) {
-        continue;
-      }
-      const float* l = result->logits.data() + i * vocab;
-      const int32_t n = choices[i].valid_vocab;
-      const float top = *std::max_element(l, l + n);
-      if (choices[i].kind == PlainChoice::Kind::kGreedy) {
-        result->tokens[i] = static_cast<int32_t>(std::max_element(l, l + n) - l);
-        continue;
-      }
-      const float inv_t = 1.0f / choices[i].temperature;
-      double mass = 0.0;
-      std::vector<int32_t> ids;
-      std::vector<float> ps;
-      for (int32_t j = 0; j < n; ++j) {
-        const float z = (l[j] - top) * inv_t;
-        if (z > -30.0f) {
-          ids.push_back(j);
-          ps.push_back(std::exp(z));
-          mass += ps.back();
-        }
-      }
-      const double u = choices[i].draw * mass;
-      double acc = 0.0;
-      result->tokens[i] = ids.back();
-      for (size_t j = 0; j < ids.size(); ++j) {
-        acc += ps[j];
-        if (u < acc) {
-          result->tokens[i] = ids[j];
-          break;
-        }
-      }
-    }
-    return absl::OkStatus();
-  }
-  std::vector<PlainChoice::Kind> kinds() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return kinds_;
-  }
-
- private:
-  std::unique_ptr<ModelRunner> inner_;
-  std::mutex mu_;
-  std::vector<PlainChoice::Kind> kinds_;
-};
+using testing::ChoosingRunner;
 
 class Collect : public GenerationSink {
  public:

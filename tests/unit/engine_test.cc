@@ -1,5 +1,7 @@
 // The serving engine with the real CPU runner on a small random model: continuous batching,
 // stop conditions, cancellation, deadlines, queue limits, slow readers, drain, slot hygiene.
+// Every test runs twice: on the CPU runner as is, and with its greedy and softmax tokens chosen
+// "on the device" in pipelined steps (tests/testing/choosing_runner.h), as on a GPU.
 #include <condition_variable>
 #include <mutex>
 
@@ -9,6 +11,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "models/checkpoint.h"
+#include "tests/testing/choosing_runner.h"
 #include "tests/testing/random_checkpoint.h"
 
 namespace mesa {
@@ -76,7 +79,7 @@ class TestSink : public GenerationSink {
   int events_ = 0;
 };
 
-class EngineTest : public ::testing::Test {
+class EngineTest : public ::testing::TestWithParam<bool> {
  protected:
   static void SetUpTestSuite() {
     dir_ = new std::filesystem::path(testing::MakeTempDir("engine"));
@@ -98,11 +101,13 @@ class EngineTest : public ::testing::Test {
     EXPECT_TRUE(w.ok()) << w.status();
     CpuRunnerOptions ro;
     ro.num_slots = slots;
-    auto runner = CreateCpuModelRunner(std::move(*w), ro);
-    EXPECT_TRUE(runner.ok());
+    auto cpu = CreateCpuModelRunner(std::move(*w), ro);
+    EXPECT_TRUE(cpu.ok());
+    std::unique_ptr<ModelRunner> runner = std::move(*cpu);
+    if (GetParam()) runner = std::make_unique<testing::ChoosingRunner>(std::move(runner), slots);
     options.prefill_chunk = 64;
     options.prefill_budget = 128;
-    auto engine = Engine::Create(std::move(*runner), tokenizer_, nullptr, options);
+    auto engine = Engine::Create(std::move(runner), tokenizer_, nullptr, options);
     EXPECT_TRUE(engine.ok()) << engine.status();
     return std::move(*engine);
   }
@@ -133,7 +138,7 @@ class EngineTest : public ::testing::Test {
 std::filesystem::path* EngineTest::dir_ = nullptr;
 Tokenizer* EngineTest::tokenizer_ = nullptr;
 
-TEST_F(EngineTest, GeneratesToTheLengthLimitWithSummary) {
+TEST_P(EngineTest, GeneratesToTheLengthLimitWithSummary) {
   auto engine = MakeEngine(2);
   auto sink = std::make_shared<TestSink>();
   ASSERT_TRUE(engine->Submit(Greedy(Prompt(150, 1), 12), sink).ok());
@@ -156,7 +161,7 @@ TEST_F(EngineTest, GeneratesToTheLengthLimitWithSummary) {
   EXPECT_EQ(engine->Health().slots_used, 0);
 }
 
-TEST_F(EngineTest, GreedyTokensDoNotDependOnTheBatch) {
+TEST_P(EngineTest, GreedyTokensDoNotDependOnTheBatch) {
   std::vector<int32_t> alone;
   {
     auto engine = MakeEngine(1);
@@ -182,7 +187,7 @@ TEST_F(EngineTest, GreedyTokensDoNotDependOnTheBatch) {
   for (auto& s : others) ASSERT_TRUE(s->Wait());
 }
 
-TEST_F(EngineTest, StopStringIsNotReturnedAndEndsGeneration) {
+TEST_P(EngineTest, StopStringIsNotReturnedAndEndsGeneration) {
   auto engine = MakeEngine(1);
   // Find what greedy generation says, then stop on a piece of it.
   auto probe = std::make_shared<TestSink>();
@@ -200,7 +205,7 @@ TEST_F(EngineTest, StopStringIsNotReturnedAndEndsGeneration) {
   EXPECT_EQ(sink->text(), full.substr(0, full.find(stop)));
 }
 
-TEST_F(EngineTest, StopTokenIsReturnedAndEndsGeneration) {
+TEST_P(EngineTest, StopTokenIsReturnedAndEndsGeneration) {
   auto engine = MakeEngine(1);
   auto probe = std::make_shared<TestSink>();
   ASSERT_TRUE(engine->Submit(Greedy(Prompt(20, 4), 10), probe).ok());
@@ -216,7 +221,7 @@ TEST_F(EngineTest, StopTokenIsReturnedAndEndsGeneration) {
   EXPECT_EQ(sink->tokens(), std::vector<int32_t>(full.begin(), full.begin() + first + 1));
 }
 
-TEST_F(EngineTest, CancelEndsTheRequestAndFreesItsSlot) {
+TEST_P(EngineTest, CancelEndsTheRequestAndFreesItsSlot) {
   auto engine = MakeEngine(1);
   auto sink = std::make_shared<TestSink>();
   auto id = engine->Submit(Greedy(Prompt(20, 5), 100000), sink);
@@ -234,7 +239,7 @@ TEST_F(EngineTest, CancelEndsTheRequestAndFreesItsSlot) {
   EXPECT_TRUE(next->final_event().status.ok());
 }
 
-TEST_F(EngineTest, DeadlineEndsRunningAndWaitingRequests) {
+TEST_P(EngineTest, DeadlineEndsRunningAndWaitingRequests) {
   auto engine = MakeEngine(1);
   GenerationRequest running = Greedy(Prompt(20, 6), 100000);
   running.deadline = absl::Now() + absl::Milliseconds(200);
@@ -251,7 +256,7 @@ TEST_F(EngineTest, DeadlineEndsRunningAndWaitingRequests) {
   EXPECT_THAT(std::string(b->final_event().status.message()), HasSubstr("waiting"));
 }
 
-TEST_F(EngineTest, FullWaitingQueueIsResourceExhausted) {
+TEST_P(EngineTest, FullWaitingQueueIsResourceExhausted) {
   EngineOptions o;
   o.max_waiting = 2;
   auto engine = MakeEngine(1, o);
@@ -275,7 +280,7 @@ TEST_F(EngineTest, FullWaitingQueueIsResourceExhausted) {
   for (auto& s : sinks) ASSERT_TRUE(s->Wait());
 }
 
-TEST_F(EngineTest, SlowReaderPausesOnlyItself) {
+TEST_P(EngineTest, SlowReaderPausesOnlyItself) {
   EngineOptions o;
   o.stream_buffer = 4;
   auto engine = MakeEngine(2, o);
@@ -291,7 +296,7 @@ TEST_F(EngineTest, SlowReaderPausesOnlyItself) {
   EXPECT_EQ(slow->tokens().size(), 40u);
 }
 
-TEST_F(EngineTest, DrainRefusesNewWorkAndFinishesRunning) {
+TEST_P(EngineTest, DrainRefusesNewWorkAndFinishesRunning) {
   auto engine = MakeEngine(1);
   auto a = std::make_shared<TestSink>();
   ASSERT_TRUE(engine->Submit(Greedy(Prompt(20, 10), 30), a).ok());
@@ -303,7 +308,7 @@ TEST_F(EngineTest, DrainRefusesNewWorkAndFinishesRunning) {
   EXPECT_TRUE(engine->Health().draining);
 }
 
-TEST_F(EngineTest, HigherPriorityIsAdmittedFirst) {
+TEST_P(EngineTest, HigherPriorityIsAdmittedFirst) {
   auto engine = MakeEngine(1);
   auto blocker = std::make_shared<TestSink>();
   ASSERT_TRUE(engine->Submit(Greedy(Prompt(20, 12), 30), blocker).ok());
@@ -316,6 +321,11 @@ TEST_F(EngineTest, HigherPriorityIsAdmittedFirst) {
   ASSERT_TRUE(high->Wait());
   EXPECT_LT(high->final_event().summary.queue_seconds, low->final_event().summary.queue_seconds);
 }
+
+INSTANTIATE_TEST_SUITE_P(Runners, EngineTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "PipelinedDeviceChoice" : "CpuRunner";
+                         });
 
 TEST(StopMatcherTest, HoldsBackPossibleStopPrefixes) {
   StopMatcher m({"</s>", "END"});

@@ -6,11 +6,12 @@
 # in each VARIANT "D:C" (default "0:1 4:1 4:8"): D --delivery-threads (0: the engine thread
 # builds and writes the messages itself), the load over at most C client connections; one
 # server per D value, all up and idle while the others run; REPS rounds of every variant at
-# each concurrency in CONCS. Needs build-server/server.tar.xz (BUILD_DIR=build-cuda
-# tools/serving/pack_server.sh). Output: $OUT/gpu_engine_vs_server.txt with a median table.
+# each concurrency in CONCS. PIPELINE (true or false, default true): --pipeline-decode of the
+# server and the engine alone. Needs build-server/server.tar.xz (BUILD_DIR=build-cuda
+# tools/serving/pack_server.sh). Output: $OUT/gpu_engine_vs_server.txt (or $LOG_NAME) with a median table.
 set -u
 OUTDIR=${OUT:-/tmp/out}; mkdir -p "$OUTDIR"
-LOG="$OUTDIR/gpu_engine_vs_server.txt"
+LOG="$OUTDIR/${LOG_NAME:-gpu_engine_vs_server.txt}"
 . tools/serving/gpu_server_env.sh
 M=models/mesanet-tiny-en
 VARIANTS=${VARIANTS:-0:1 4:1 4:8}
@@ -18,13 +19,14 @@ DELIVERY=$(for v in $VARIANTS; do echo "${v%%:*}"; done | sort -un | tr '\n' ' '
 CONCS=${CONCS:-1 8 64}
 REPS=${REPS:-3}
 SLOTS=${SLOTS:-64}
-echo "$(nvidia-smi --query-gpu=name --format=csv,noheader), $(nproc) cpus; slots $SLOTS; variants (delivery threads:connections): $VARIANTS" | tee "$LOG"
+PIPELINE=${PIPELINE:-true}
+echo "$(nvidia-smi --query-gpu=name --format=csv,noheader), $(nproc) cpus; slots $SLOTS; pipeline-decode $PIPELINE; variants (delivery threads:connections): $VARIANTS" | tee "$LOG"
 port=50090
 declare -A ADDRESS
 PIDS=()
 for d in $DELIVERY; do
   port=$((port + 1))
-  "$BIN" serve --device cuda --model "$M" --slots "$SLOTS" --delivery-threads "$d" \
+  "$BIN" serve --device cuda --model "$M" --slots "$SLOTS" --delivery-threads "$d" --pipeline-decode="$PIPELINE" \
     --listen 127.0.0.1:$port --metrics-listen "" > "/tmp/gpu_server_d$d.log" 2>&1 &
   PIDS+=($!)
   ADDRESS[$d]=127.0.0.1:$port
@@ -37,7 +39,7 @@ for rep in $(seq "$REPS"); do
   for c in $CONCS; do
     n=$((c == 1 ? 50 : 25 * c))
     e=$("$BIN" bench --device cuda --model "$M" --batches 1 --steps 4 --prefill-tokens 32 --copy-mb 64 \
-          --engine-concurrency "$c" --load-requests "$n" 2>&1 |
+          --engine-concurrency "$c" --load-requests "$n" --pipeline-decode="$PIPELINE" 2>&1 |
         awk '/engine load/{f=1} f && $1 == "'"$c"'" {print $4; exit}')
     line="rep $rep concurrency $c engine $e"
     for v in $VARIANTS; do

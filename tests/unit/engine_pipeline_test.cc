@@ -1,0 +1,178 @@
+// Pipelined decode (EngineOptions::pipeline_decode): the engine starts a step before handling
+// the previous step's tokens, which the runner feeds on the device. The tokens must be those of
+// unpipelined steps whatever ends, arrives or samples on the host in between. The runner is
+// the CPU runner with tokens chosen "on the device" (tests/testing/choosing_runner.h).
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "engine/cpu_model_runner.h"
+#include "engine/engine.h"
+#include "gtest/gtest.h"
+#include "models/checkpoint.h"
+#include "tests/testing/choosing_runner.h"
+#include "tests/testing/random_checkpoint.h"
+
+namespace mesa {
+namespace {
+
+using testing::ChoosingRunner;
+
+class Collect : public GenerationSink {
+ public:
+  void Push(GenerationEvent event) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const TokenChoice& c : event.tokens) tokens_.push_back(c.token);
+    if (event.final) {
+      final_ = event;
+      done_ = true;
+      cv_.notify_all();
+    }
+  }
+  size_t Backlog() const override { return 0; }
+  GenerationEvent Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, std::chrono::seconds(60), [&] { return done_; });
+    return final_;
+  }
+  std::vector<int32_t> tokens() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return tokens_;
+  }
+  size_t count() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return tokens_.size();
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<int32_t> tokens_;
+  GenerationEvent final_;
+  bool done_ = false;
+};
+
+struct Outcome {
+  std::vector<std::vector<int32_t>> tokens;
+  std::vector<FinishReason> finish;
+  int64_t started_steps = 0, fed_rows = 0;
+  int32_t slots_used_after = -1;
+};
+
+class EnginePipelineTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new std::filesystem::path(testing::MakeTempDir("engine_pipeline"));
+    ASSERT_TRUE(testing::WriteRandomCheckpoint(*dir_, testing::TinyConfig()).ok());
+  }
+  static void TearDownTestSuite() {
+    std::filesystem::remove_all(*dir_);
+    delete dir_;
+  }
+
+  // Request i: greedy, softmax or (with truncated) top-k sampling, its own length limit, and
+  // for some a stop token taken from `stop_tokens` (the unpipelined run's tokens).
+  static GenerationRequest Request(int i, bool truncated,
+                                   const std::vector<std::vector<int32_t>>* stop_tokens) {
+    GenerationRequest r;
+    for (int t = 0; t < 10 + 11 * i; ++t) r.prompt.push_back(1 + (t * 7 + i * 13) % 90);
+    r.sampling.temperature = i % 3 == 0 ? 0.0f : 0.7f + 0.2f * (i % 3);
+    if (truncated && i % 4 == 1) r.sampling.top_k = 5;  // chosen on the host
+    if (truncated && i % 4 == 2) r.sampling.repetition_penalty = 1.3f;  // and so is this
+    r.sampling.seed = 100 + i;
+    r.stopping.max_new_tokens = 6 + 5 * i;
+    r.stopping.ignore_eos = true;
+    if (stop_tokens != nullptr && i % 2 == 1 && (*stop_tokens)[i].size() > 4) {
+      r.stopping.stop_token_ids = {(*stop_tokens)[i][3]};
+    }
+    return r;
+  }
+
+  // Runs `n` requests on 4 slots; the second half arrives once the first has tokens.
+  Outcome Run(bool pipelined, int n, bool truncated,
+              const std::vector<std::vector<int32_t>>* stop_tokens = nullptr) {
+    auto w = LoadMesaWeights(*dir_);
+    EXPECT_TRUE(w.ok()) << w.status();
+    CpuRunnerOptions ro;
+    ro.num_slots = 4;
+    auto cpu = CreateCpuModelRunner(std::move(*w), ro);
+    EXPECT_TRUE(cpu.ok());
+    auto owned = std::make_unique<ChoosingRunner>(std::move(*cpu), /*pipelined_rows=*/4);
+    ChoosingRunner* runner = owned.get();
+    EngineOptions options;
+    options.prefill_chunk = 64;
+    options.prefill_budget = 256;
+    options.pipeline_decode = pipelined;
+    auto engine = Engine::Create(std::move(owned), nullptr, nullptr, options);
+    EXPECT_TRUE(engine.ok()) << engine.status();
+    std::vector<std::shared_ptr<Collect>> sinks;
+    for (int i = 0; i < n; ++i) {
+      if (i == n / 2) {
+        while (sinks[0]->count() < 3) absl::SleepFor(absl::Milliseconds(1));
+      }
+      auto sink = std::make_shared<Collect>();
+      EXPECT_TRUE((*engine)->Submit(Request(i, truncated, stop_tokens), sink).ok());
+      sinks.push_back(sink);
+    }
+    Outcome out;
+    for (auto& s : sinks) {
+      const GenerationEvent f = s->Wait();
+      EXPECT_TRUE(f.status.ok()) << f.status;
+      out.tokens.push_back(s->tokens());
+      out.finish.push_back(f.finish);
+    }
+    for (int i = 0; i < 400 && !(*engine)->Idle(); ++i) absl::SleepFor(absl::Milliseconds(5));
+    out.slots_used_after = (*engine)->Health().slots_used;
+    out.started_steps = runner->started_steps();
+    out.fed_rows = runner->fed_rows();
+    return out;
+  }
+
+  static std::filesystem::path* dir_;
+};
+
+std::filesystem::path* EnginePipelineTest::dir_ = nullptr;
+
+TEST_F(EnginePipelineTest, SameTokensAsUnpipelinedSteps) {
+  const Outcome plain = Run(false, 8, false);
+  const Outcome piped = Run(true, 8, false);
+  EXPECT_EQ(plain.started_steps, 0);
+  EXPECT_GT(piped.started_steps, 10);
+  EXPECT_GT(piped.fed_rows, 20);
+  ASSERT_EQ(piped.tokens.size(), 8u);
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_EQ(piped.tokens[i], plain.tokens[i]) << "request " << i;
+    EXPECT_EQ(piped.tokens[i].size(), static_cast<size_t>(6 + 5 * i)) << "request " << i;
+  }
+  EXPECT_EQ(piped.slots_used_after, 0);
+}
+
+TEST_F(EnginePipelineTest, StopTokensEndRequestsWithRowsStillStarted) {
+  // A stop token ends a request while its next row is already started: that row is dropped.
+  const Outcome probe = Run(false, 8, false);
+  const Outcome plain = Run(false, 8, false, &probe.tokens);
+  const Outcome piped = Run(true, 8, false, &probe.tokens);
+  int stopped = 0;
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_EQ(piped.tokens[i], plain.tokens[i]) << "request " << i;
+    EXPECT_EQ(piped.finish[i], plain.finish[i]) << "request " << i;
+    stopped += piped.finish[i] == FinishReason::kStopToken;
+  }
+  EXPECT_GE(stopped, 3);
+  EXPECT_GT(piped.fed_rows, 0);
+  EXPECT_EQ(piped.slots_used_after, 0);
+}
+
+TEST_F(EnginePipelineTest, HostSampledRequestsSwitchStepsToUnpipelined) {
+  // Top-k and penalised requests are sampled on the host here: steps with them collect the
+  // started step first; the others pipeline.
+  const Outcome plain = Run(false, 8, true);
+  const Outcome piped = Run(true, 8, true);
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(piped.tokens[i], plain.tokens[i]) << "request " << i;
+  EXPECT_GT(piped.started_steps, 0);
+  EXPECT_EQ(piped.slots_used_after, 0);
+}
+
+}  // namespace
+}  // namespace mesa
