@@ -144,8 +144,8 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
     return static_cast<const T*>(static_cast<const void*>(weights_.as<char>() + offset));
   }
 
-  absl::Status Gemm(void* y, const void* x, int64_t m, const WeightMatrix& w, size_t offset,
-                    ScalarType out_type = ScalarType::kFp32) {
+  gpu::GemmParams GemmFor(void* y, const void* x, int64_t m, const WeightMatrix& w, size_t offset,
+                          ScalarType out_type = ScalarType::kFp32) {
     gpu::GemmParams p;
     p.m = m;
     p.n = w.rows;
@@ -157,7 +157,11 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
     p.out_type = out_type;
     p.stream = stream_;
     p.algo_rows = gemm_algo_rows_;
-    return gpu::Gemm(cublas_, p);
+    return p;
+  }
+  absl::Status Gemm(void* y, const void* x, int64_t m, const WeightMatrix& w, size_t offset,
+                    ScalarType out_type = ScalarType::kFp32) {
+    return gpu::Gemm(cublas_, GemmFor(y, x, m, w, offset, out_type));
   }
 
   // One decode step of at most max_batch_ rows (choices: one per row, or none; penalties_fit:
@@ -939,9 +943,9 @@ absl::Status CudaModelRunnerImpl::LayerTail(int layer, int64_t b) {
   // SwiGLU MLP and the second residual.
   MESA_RETURN_IF_ERROR(Gemm(Ws(ws_.mlp), Ws(ws_.u), b, lw.gate_up, lo.gate_up));
   MESA_RETURN_IF_ERROR(gpu::SwiGlu(Ws(ws_.swiglu), Ws<float>(ws_.mlp), b, inter, act, stream_));
-  if (b == 1 && gemm_algo_rows_ == 0 &&
-      gpu::GemvApplies(1, lw.down.cols, Ws(ws_.swiglu), Wt(lo.down), act)) {
-    // The down projection and the residual add in one launch (the same bits).
+  if (gpu::GemmRunsGemv(GemmFor(Ws(ws_.gemm_out), Ws(ws_.swiglu), b, lw.down, lo.down))) {
+    // The down projection and the residual add in one launch (the same bits as Gemm's Gemv
+    // and AddResidual).
     return gpu::GemvAddResidual(Ws(ws_.x), Ws(ws_.swiglu), Wt(lo.down), lw.down.rows, lw.down.cols,
                                 act, stream_);
   }

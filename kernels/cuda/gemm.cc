@@ -1,5 +1,8 @@
 #include "kernels/cuda/gemm.h"
 
+#include <algorithm>
+#include <cstring>
+
 #include <limits>
 #include <utility>
 #include <vector>
@@ -165,6 +168,16 @@ CublasHandle& CublasHandle::operator=(CublasHandle&& other) noexcept {
 
 namespace {
 
+// Whether `algo` runs the plan's shape within our workspace: CUBLAS_STATUS_SUCCESS, else
+// cuBLASLt's refusal (CUBLAS_STATUS_NOT_SUPPORTED when it needs a larger workspace).
+cublasStatus_t Runs(cublasLtHandle_t lt, const GemmPlan& plan, const cublasLtMatmulAlgo_t& algo) {
+  cublasLtMatmulHeuristicResult_t check{};
+  const cublasStatus_t st =
+      cublasLtMatmulAlgoCheck(lt, plan.op, plan.w, plan.x, plan.y, plan.y, &algo, &check);
+  if (st != CUBLAS_STATUS_SUCCESS) return st;
+  return check.workspaceSize <= kGemmWorkspaceBytes ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_NOT_SUPPORTED;
+}
+
 // Candidates per row count for a decode shape's pinned algorithm.
 constexpr int kPinnedCandidates = 8;
 // Pinned shapes of at most this many rows (the decode steps') choose their algorithm by timing.
@@ -176,30 +189,30 @@ constexpr int64_t kTimedPinRows = 256;
 // (once per shape, at its first product, which the CUDA runner makes in an eager warm-up step).
 // cuBLASLt's first choice for algo_rows rows alone is made for that many rows and can stream
 // the weights slowly for one.
+// `many`: the descriptors for algo_rows rows (the caller's reference plan).
 absl::StatusOr<cublasLtMatmulAlgo_t> TimePinnedAlgorithm(cublasLtHandle_t lt, void* workspace,
-                                                         const GemmParams& p, int64_t ldx,
-                                                         int64_t ldy) {
-  GemmParams many = p, one = p;
-  many.m = p.algo_rows;
-  one.m = 1;
-  MESA_ASSIGN_OR_RETURN(std::unique_ptr<GemmPlan> plan_many, MakeDescriptors(many, ldx, ldy));
-  MESA_ASSIGN_OR_RETURN(std::unique_ptr<GemmPlan> plan_one, MakeDescriptors(one, ldx, ldy));
+                                                         const GemmParams& p, GemmPlan* many,
+                                                         int64_t ldx, int64_t ldy) {
+  GemmParams one_row = p;
+  one_row.m = 1;
+  MESA_ASSIGN_OR_RETURN(std::unique_ptr<GemmPlan> one, MakeDescriptors(one_row, ldx, ldy));
   std::vector<cublasLtMatmulAlgo_t> candidates;
-  for (GemmPlan* plan : {plan_many.get(), plan_one.get()}) {
+  auto known = [&](const cublasLtMatmulAlgo_t& algo) {
+    return std::any_of(candidates.begin(), candidates.end(), [&](const cublasLtMatmulAlgo_t& c) {
+      return std::memcmp(&c, &algo, sizeof(algo)) == 0;
+    });
+  };
+  for (GemmPlan* plan : {many, one.get()}) {
     MESA_ASSIGN_OR_RETURN(std::vector<cublasLtMatmulHeuristicResult_t> found,
                           Heuristics(lt, /*split_k=*/false, kPinnedCandidates, plan));
     for (const cublasLtMatmulHeuristicResult_t& r : found) {
       cublasLtMatmulAlgo_t algo = r.algo;
       MESA_RETURN_IF_ERROR(NoSplitK(&algo));
-      bool runs_both = true;
-      for (GemmPlan* check : {plan_many.get(), plan_one.get()}) {
-        cublasLtMatmulHeuristicResult_t c{};
-        runs_both = runs_both &&
-                    cublasLtMatmulAlgoCheck(lt, check->op, check->w, check->x, check->y, check->y,
-                                            &algo, &c) == CUBLAS_STATUS_SUCCESS &&
-                    c.workspaceSize <= kGemmWorkspaceBytes;
+      // Both lists often hold the same algorithm: time it once.
+      if (!known(algo) && Runs(lt, *many, algo) == CUBLAS_STATUS_SUCCESS &&
+          Runs(lt, *one, algo) == CUBLAS_STATUS_SUCCESS) {
+        candidates.push_back(algo);
       }
-      if (runs_both) candidates.push_back(algo);
     }
   }
   if (candidates.empty()) {
@@ -226,7 +239,7 @@ absl::StatusOr<cublasLtMatmulAlgo_t> TimePinnedAlgorithm(cublasLtHandle_t lt, vo
   float best_ms = 0.0f;
   for (size_t c = 0; c < candidates.size() && status.ok(); ++c) {
     float total = 0.0f;
-    for (const GemmPlan* plan : {plan_one.get(), plan_many.get()}) {
+    for (const GemmPlan* plan : {one.get(), many}) {
       cublasStatus_t st = run(*plan, candidates[c]);  // warm-up
       cudaError_t e = cudaEventRecord(start, p.stream);
       for (int rep = 0; rep < 5 && st == CUBLAS_STATUS_SUCCESS; ++rep) st = run(*plan, candidates[c]);
@@ -265,8 +278,8 @@ absl::StatusOr<std::unique_ptr<GemmPlan>> MakePinnedPlan(CublasHandle& handle, c
     absl::StatusOr<std::unique_ptr<GemmPlan>> plan = MakeDescriptors(rp, ldx, ldy);
     if (!plan.ok()) return plan.status();
     if (p.algo_rows <= kTimedPinRows) {
-      MESA_ASSIGN_OR_RETURN((*plan)->algo,
-                            TimePinnedAlgorithm(lt, handle.workspace_.data(), p, ldx, ldy));
+      MESA_ASSIGN_OR_RETURN((*plan)->algo, TimePinnedAlgorithm(lt, handle.workspace_.data(), p,
+                                                               plan->get(), ldx, ldy));
     } else {
       MESA_RETURN_IF_ERROR(ChooseAlgorithm(lt, rp, /*split_k=*/false, plan->get()));
     }
@@ -275,16 +288,21 @@ absl::StatusOr<std::unique_ptr<GemmPlan>> MakePinnedPlan(CublasHandle& handle, c
   absl::StatusOr<std::unique_ptr<GemmPlan>> plan = MakeDescriptors(p, ldx, ldy);
   if (!plan.ok()) return plan.status();
   (*plan)->algo = ref->second->algo;
-  cublasLtMatmulHeuristicResult_t check{};
-  const cublasStatus_t st = cublasLtMatmulAlgoCheck(lt, (*plan)->op, (*plan)->w, (*plan)->x,
-                                                    (*plan)->y, (*plan)->y, &(*plan)->algo, &check);
-  if (st != CUBLAS_STATUS_SUCCESS || check.workspaceSize > kGemmWorkspaceBytes) {
+  const cublasStatus_t st = Runs(lt, **plan, (*plan)->algo);
+  if (st != CUBLAS_STATUS_SUCCESS) {
     return absl::InternalError(absl::StrCat(
         "Gemm: the algorithm chosen for ", p.algo_rows, " rows (n=", p.n, " k=", p.k,
         ") does not run ", p.m, " rows (", cublasLtGetStatusString(st),
         "); a row-invariant plan needs one algorithm for every row count"));
   }
   return plan;
+}
+
+bool GemmRunsGemv(const GemmParams& p) {
+  // A few rows with fp32 output: our weight-streaming kernel (gemv.h). Not with algo_rows, whose
+  // point is one kernel for every row count.
+  return p.algo_rows == 0 && p.out_type == ScalarType::kFp32 &&
+         GemvApplies(p.m, p.k, p.x, p.w, p.in_type);
 }
 
 absl::Status Gemm(CublasHandle& handle, const GemmParams& p) {
@@ -312,10 +330,7 @@ absl::Status Gemm(CublasHandle& handle, const GemmParams& p) {
   if (p.algo_rows < 0) {
     return absl::InvalidArgumentError(absl::StrCat("Gemm: algo_rows ", p.algo_rows, " is negative"));
   }
-  // A few rows with fp32 output: our weight-streaming kernel (gemv.h). Not with algo_rows, whose
-  // point is one kernel for every row count.
-  if (p.algo_rows == 0 && p.out_type == ScalarType::kFp32 &&
-      GemvApplies(p.m, p.k, p.x, p.w, p.in_type)) {
+  if (GemmRunsGemv(p)) {
     return Gemv(static_cast<float*>(p.y), p.x, p.w, p.n, p.k, p.in_type, p.stream);
   }
   const CublasHandle::PlanKey key{p.m, p.n, p.k, ldx, ldy, static_cast<int>(p.in_type),

@@ -93,4 +93,8 @@ struct GemmParams {
 // no device allocation).
 absl::Status Gemm(CublasHandle& handle, const GemmParams& p);
 
+// Whether Gemm runs `p` with Gemv (kernels/cuda/gemv.h) rather than cuBLASLt: callers that fuse
+// a Gemv with what follows it use the same rule.
+bool GemmRunsGemv(const GemmParams& p);
+
 }  // namespace mesa::gpu

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine: the server against the engine alone on the CUDA backend (bundled model,
 # closed loop, prompts of 32 random ids, 64 new tokens, temperature 1.0, adaptive CG 1e-3; the
-# workload of docs/serving-benchmarks.md). Engine only: `mesaserve bench --device cuda
+# workload of docs/serving-benchmarks.md; MODEL overrides the model). Engine only: `mesaserve bench --device cuda
 # --engine-concurrency`; server: `mesaserve serve --device cuda` driven by `mesaserve loadtest`
 # in each VARIANT "D:C" (default "0:1 4:1 4:8"): D --delivery-threads (0: the engine thread
 # builds and writes the messages itself), the load over at most C client connections; one
@@ -13,7 +13,7 @@ set -u
 OUTDIR=${OUT:-/tmp/out}; mkdir -p "$OUTDIR"
 LOG="$OUTDIR/${LOG_NAME:-gpu_engine_vs_server.txt}"
 . tools/serving/gpu_server_env.sh
-M=models/mesanet-tiny-en
+M=${MODEL:-models/mesanet-tiny-en}
 VARIANTS=${VARIANTS:-0:1 4:1 4:8}
 DELIVERY=$(for v in $VARIANTS; do echo "${v%%:*}"; done | sort -un | tr '\n' ' ')
 CONCS=${CONCS:-1 8 64}
