@@ -473,8 +473,11 @@ absl::Status CudaModelRunnerImpl::PrefillPackStep(absl::Span<const PrefillReques
   // piece; the final norm gathers those rows to the front of u, one GEMM makes them all.
   const size_t act_bytes = act == ScalarType::kFp32 ? 4 : 2;
   std::vector<int64_t> logit_row(pack.size(), -1);
+  std::vector<uint8_t> chosen_here(pack.size(), 0);  // the device chooses the next token
   int64_t logit_rows = 0;
   bool want_stats = false;
+  bool any_chosen = false, any_host_rows = false, any_truncated = false, any_logprobs = false;
+  auto* row_choices = reinterpret_cast<gpu::RowChoice*>(host_.data() + hs_.prefill_choices);
   for (size_t i = 0; i < pack.size(); ++i) {
     const PrefillPiece& piece = pack[i];
     const PrefillRequest& req = requests[piece.request];
@@ -486,6 +489,15 @@ absl::Status CudaModelRunnerImpl::PrefillPackStep(absl::Span<const PrefillReques
                                       Ws<char>(ws_.x) + first * d * act_bytes,
                                       Wt<float>(wo_.final_norm), rows, d, c_.norm_eps, act,
                                       stream_));
+    const bool choose = !req.all_logits && req.choice.has_value() && ChoosesAhead(*req.choice);
+    for (int64_t r = 0; r < rows; ++r) {
+      row_choices[logit_rows + r] = choose ? cuda_runner::RowChoiceFor(*req.choice) : gpu::RowChoice{};
+    }
+    chosen_here[i] = choose;
+    any_chosen = any_chosen || choose;
+    any_host_rows = any_host_rows || !choose;
+    any_truncated = any_truncated || (choose && req.choice->kind == PlainChoice::Kind::kTruncated);
+    any_logprobs = any_logprobs || (choose && req.choice->top_logprobs > 0);
     logit_row[i] = logit_rows;
     logit_rows += rows;
   }
@@ -493,9 +505,41 @@ absl::Status CudaModelRunnerImpl::PrefillPackStep(absl::Span<const PrefillReques
     MESA_RETURN_IF_ERROR(
         Gemm(Ws(ws_.logits), Ws(ws_.u), logit_rows, w_.output_matrix(), wo_.output));
     MESA_RETURN_IF_ERROR(gpu::RoundInPlace(Ws<float>(ws_.logits), logit_rows * vocab, act, stream_));
-    MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + hs_.logits, Ws(ws_.logits),
-                                              logit_rows * vocab * sizeof(float),
-                                              cudaMemcpyDeviceToHost, stream_));
+    if (any_chosen) {
+      // The first generated tokens, chosen as a decode step's (only their ids come back).
+      MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(Ws(ws_.prefill_choices), row_choices,
+                                                logit_rows * sizeof(gpu::RowChoice),
+                                                cudaMemcpyHostToDevice, stream_));
+      gpu::SampleRowsParams sp;
+      sp.rows = static_cast<int32_t>(logit_rows);
+      sp.vocab = static_cast<int32_t>(vocab);
+      sp.logits = Ws<float>(ws_.logits);
+      sp.choices = Ws<gpu::RowChoice>(ws_.prefill_choices);
+      sp.tokens = Ws<int32_t>(ws_.prefill_chosen);
+      sp.any_truncated = any_truncated;
+      sp.logprobs = Ws<float>(ws_.prefill_logprobs);
+      sp.top = Ws<gpu::TopLogprob>(ws_.prefill_top);
+      sp.any_logprobs = any_logprobs;
+      sp.stream = stream_;
+      MESA_RETURN_IF_ERROR(gpu::SampleRows(sp));
+      MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + hs_.chosen, Ws(ws_.prefill_chosen),
+                                                logit_rows * sizeof(int32_t),
+                                                cudaMemcpyDeviceToHost, stream_));
+      if (any_logprobs) {
+        MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + hs_.logprobs,
+                                                  Ws(ws_.prefill_logprobs), logit_rows * sizeof(float),
+                                                  cudaMemcpyDeviceToHost, stream_));
+        MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(
+            host_.data() + hs_.top, Ws(ws_.prefill_top),
+            logit_rows * gpu::kMaxTopLogprobs * sizeof(gpu::TopLogprob), cudaMemcpyDeviceToHost,
+            stream_));
+      }
+    }
+    if (any_host_rows) {
+      MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_.data() + hs_.logits, Ws(ws_.logits),
+                                                logit_rows * vocab * sizeof(float),
+                                                cudaMemcpyDeviceToHost, stream_));
+    }
   }
   const size_t stat_count = static_cast<size_t>(L * n * H);
   if (want_stats) {
@@ -508,11 +552,27 @@ absl::Status CudaModelRunnerImpl::PrefillPackStep(absl::Span<const PrefillReques
   }
   MESA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
   const auto* logits = reinterpret_cast<const float*>(host_.data() + hs_.logits);
+  const auto* chosen = reinterpret_cast<const int32_t*>(host_.data() + hs_.chosen);
+  const auto* logprobs = reinterpret_cast<const float*>(host_.data() + hs_.logprobs);
+  const auto* top = reinterpret_cast<const gpu::TopLogprob*>(host_.data() + hs_.top);
   for (size_t i = 0; i < pack.size(); ++i) {
     const PrefillPiece& piece = pack[i];
     const PrefillRequest& req = requests[piece.request];
     PrefillResult* result = &results[piece.request];
-    if (logit_row[i] >= 0) {
+    if (chosen_here[i]) {
+      const int64_t row = logit_row[i];
+      result->logits.clear();
+      result->token = chosen[row];
+      const int32_t n_top = row_choices[row].top_logprobs;
+      if (n_top > 0) {
+        result->logprob = logprobs[row];
+        result->top.resize(n_top);
+        for (int32_t a = 0; a < n_top; ++a) {
+          const gpu::TopLogprob& t = top[row * gpu::kMaxTopLogprobs + a];
+          result->top[a] = {t.token, t.logprob};
+        }
+      }
+    } else if (logit_row[i] >= 0) {
       const int64_t rows = req.all_logits ? piece.len : 1;
       float* dst = result->logits.data() + (req.all_logits ? piece.offset * vocab : 0);
       std::memcpy(dst, logits + logit_row[i] * vocab, rows * vocab * sizeof(float));

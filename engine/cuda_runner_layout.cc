@@ -130,6 +130,10 @@ Workspace LayOutWorkspace(const MesaConfig& c, int64_t rows, ArenaLayout& arena)
   ws.seen = arena.Add(kSeenCapacity * sizeof(gpu::SeenEntry));
   ws.logprobs = arena.Add(rows * sizeof(float));
   ws.top = arena.Add(rows * gpu::kMaxTopLogprobs * sizeof(gpu::TopLogprob));
+  ws.prefill_choices = arena.Add(rows * sizeof(gpu::RowChoice));
+  ws.prefill_chosen = arena.Add(rows * sizeof(int32_t));
+  ws.prefill_logprobs = arena.Add(rows * sizeof(float));
+  ws.prefill_top = arena.Add(rows * gpu::kMaxTopLogprobs * sizeof(gpu::TopLogprob));
   ws.mix_f = arena.Add(rows * dk * sizeof(float));
   ws.prefill = arena.Add(gpu::MesaPrefillWorkspaceBytes(static_cast<int32_t>(H), c.head_dim,
                                                          static_cast<int32_t>(rows)));
@@ -149,7 +153,8 @@ HostStaging HostStaging::For(const MesaConfig& c, int64_t rows, size_t args_byte
   s.seen = AlignUp(s.chosen + rows * sizeof(int32_t));
   s.logprobs = AlignUp(s.seen + (started ? 0 : kSeenCapacity) * sizeof(gpu::SeenEntry));
   s.top = AlignUp(s.logprobs + rows * sizeof(float));
-  s.bytes = s.top + rows * gpu::kMaxTopLogprobs * sizeof(gpu::TopLogprob);
+  s.prefill_choices = AlignUp(s.top + rows * gpu::kMaxTopLogprobs * sizeof(gpu::TopLogprob));
+  s.bytes = s.prefill_choices + (started ? 0 : rows * sizeof(gpu::RowChoice));
   return s;
 }
 

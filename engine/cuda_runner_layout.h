@@ -101,6 +101,9 @@ struct Workspace {
   size_t x, u, proj, q, k, v, z, mix, log_decay, beta, gemm_out, mlp, swiglu, logits, iters,
       residual, args, chosen, seen, logprobs, top;
   size_t args_bytes;
+  // A prefill's own token choice (never ws.chosen, which the next started decode step may
+  // still feed on): the row choices, the chosen ids, their logprobs and top logprobs.
+  size_t prefill_choices, prefill_chosen, prefill_logprobs, prefill_top;
   // Prefill only: the chunk kernel's fp32 output, its workspace, and the call's token ids.
   size_t mix_f, prefill, prefill_tokens;
   int64_t prefill_max_tokens;
@@ -122,6 +125,7 @@ struct StepArgsLayout {
 // logits and stages no seen tokens (those regions are empty).
 struct HostStaging {
   size_t args = 0, logits = 0, iters = 0, residual = 0, chosen = 0, seen = 0, logprobs = 0, top = 0;
+  size_t prefill_choices = 0;  // a prefill's row choices for upload (none when started)
   size_t bytes = 0;
   static HostStaging For(const MesaConfig& c, int64_t rows, size_t args_bytes, bool started = false);
 };

@@ -329,6 +329,11 @@ absl::Status Engine::PrefillStep(bool* worked) {
     p.tokens = absl::MakeConstSpan(a->req.prompt).subspan(a->prefilled, len);
     p.cg = a->prefill_cg;
     p.want_stats = true;
+    if (a->prefilled + len == a->req.prompt.size()) {
+      // The first generated token: the runner may choose it (this takes the draw Sample would).
+      p.choice = a->sampler->NextChoice(a->req.top_logprobs);
+      if (!options_.device_sampling) p.choice->kind = PlainChoice::Kind::kHost;
+    }
     batch.push_back(p);
     owners.push_back(a.get());
     budget -= static_cast<int32_t>(len);
@@ -357,7 +362,19 @@ absl::Status Engine::PrefillStep(bool* worked) {
     }
     if (a.prefilled == a.req.prompt.size()) {
       a.stage = Active::Stage::kDecoding;
-      Sample(a, results[i].logits);
+      const PrefillResult& r = results[i];
+      if (r.token >= 0) {
+        TokenChoice choice;
+        choice.token = r.token;
+        if (batch[i].choice->top_logprobs > 0) {
+          choice.logprob = r.logprob;
+          choice.top = r.top;
+        }
+        a.sampler->Observe(choice.token);
+        Emit(a, choice);
+      } else {
+        Sample(a, r.logits, &*batch[i].choice);
+      }
     }
   }
   if (observer_) {

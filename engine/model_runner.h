@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -44,11 +45,19 @@ struct PrefillRequest {
   CgControl cg;
   bool all_logits = false;           // logits for every token, else only for the last
   bool want_stats = false;
+  // The rule for the token after the last one (a request's first generated token): a runner
+  // may choose it itself when ChoosesAhead accepts the rule and all_logits is off (then
+  // PrefillResult::token >= 0 and no logits come back); otherwise the caller samples it from
+  // the logits with this choice's draw.
+  std::optional<PlainChoice> choice;
 };
 
 struct PrefillResult {
-  std::vector<float> logits;  // [tokens or 1, vocab]
+  std::vector<float> logits;  // [tokens or 1, vocab]; empty when the runner chose `token`
   CgStats stats;              // rows = tokens when want_stats
+  int32_t token = -1;         // the runner's choice by PrefillRequest::choice, or -1
+  float logprob = 0.0f;       // with the choice's top_logprobs > 0: the chosen token's
+  std::vector<TokenLogprob> top;  // and the top_logprobs most likely tokens
 };
 
 struct DecodeRow {

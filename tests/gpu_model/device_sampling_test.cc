@@ -403,5 +403,84 @@ TEST_F(DeviceSamplingTest, PenaltiesBeyondTheUploadGoToTheHost) {
   EXPECT_NE(*std::max_element(result.logits.begin(), result.logits.begin() + vocab), 0.0f);
 }
 
+// Prefill chooses a prompt's first generated token on the device when the request's choice
+// allows (PrefillRequest::choice): the token the host would pick from the logits Prefill
+// returns without a choice, with the same draw; rules it cannot take ahead (penalties) and
+// all_logits requests get their logits as before.
+TEST_F(DeviceSamplingTest, PrefillChoosesWhatTheHostWould) {
+  auto logits_runner = MakeRunner();
+  auto choosing_runner = MakeRunner();
+  ASSERT_TRUE(logits_runner && choosing_runner);
+  const int32_t vocab = logits_runner->config().vocab_size;
+  const CgControl cg{CgMode::kFixed, 30, 0.0f};
+  // Greedy with 3 logprobs, softmax T 0.8, softmax T 1.3 with top-p 0.9, greedy with a
+  // repetition penalty (the host's), and an all_logits request with a greedy choice.
+  std::vector<SamplingParams> params(5);
+  params[0].temperature = 0.0f;
+  params[1].temperature = 0.8f;
+  params[2].temperature = 1.3f;
+  params[2].top_p = 0.9f;
+  params[3].temperature = 0.0f;
+  params[3].repetition_penalty = 1.3f;
+  params[4].temperature = 0.0f;
+  const std::vector<int32_t> top_logprobs = {3, 0, 0, 0, 0};
+  int checked = 0;
+  for (int round = 0; round < 4; ++round) {
+    std::vector<std::vector<int32_t>> prompts(5);
+    std::vector<PrefillRequest> plain(5), with_choice(5);
+    std::vector<Sampler> samplers, twins;
+    std::vector<PlainChoice> twin_choices;
+    for (int i = 0; i < 5; ++i) {
+      for (int t = 0; t < 9 + 13 * i + round; ++t) prompts[i].push_back((7 * t + 31 * i + round) % vocab);
+      params[i].seed = 50 * round + i;
+      samplers.emplace_back(params[i], vocab);
+      twins.emplace_back(params[i], vocab);
+      for (int32_t t : prompts[i]) {
+        samplers.back().Observe(t);
+        twins.back().Observe(t);
+      }
+      plain[i].slot = i;
+      plain[i].tokens = prompts[i];
+      plain[i].cg = cg;
+      plain[i].all_logits = i == 4;
+      with_choice[i] = plain[i];
+      with_choice[i].choice = samplers.back().NextChoice(top_logprobs[i]);
+      twin_choices.push_back(twins.back().NextChoice(top_logprobs[i]));
+    }
+    std::vector<PrefillResult> want(5), got(5);
+    ASSERT_TRUE(logits_runner->Prefill(plain, absl::MakeSpan(want)).ok());
+    ASSERT_TRUE(choosing_runner->Prefill(with_choice, absl::MakeSpan(got)).ok());
+    for (int i = 0; i < 5; ++i) {
+      SCOPED_TRACE(::testing::Message() << "round " << round << " request " << i);
+      EXPECT_EQ(want[i].token, -1);
+      if (i >= 3) {  // the penalised and the all_logits request: logits, no token
+        EXPECT_EQ(got[i].token, -1);
+        EXPECT_EQ(got[i].logits, want[i].logits);
+        continue;
+      }
+      ASSERT_GE(got[i].token, 0);
+      EXPECT_TRUE(got[i].logits.empty());
+      const std::vector<float>& l = want[i].logits;
+      std::vector<TokenLogprob> top;
+      float logprob = 0.0f;
+      const int32_t n_top = top_logprobs[i];
+      const int32_t host = twins[i].Sample(l, n_top, n_top > 0 ? &top : nullptr,
+                                           n_top > 0 ? &logprob : nullptr, &twin_choices[i]);
+      EXPECT_EQ(got[i].token, host);
+      ++checked;
+      if (n_top > 0) {
+        EXPECT_NEAR(got[i].logprob, logprob, 1e-4f);
+        ASSERT_EQ(got[i].top.size(), static_cast<size_t>(n_top));
+        for (int a = 0; a < n_top; ++a) EXPECT_NEAR(got[i].top[a].logprob, top[a].logprob, 1e-4f);
+      }
+    }
+    for (int i = 0; i < 5; ++i) {  // the next round starts from fresh slots
+      ASSERT_TRUE(logits_runner->ResetSlot(i).ok());
+      ASSERT_TRUE(choosing_runner->ResetSlot(i).ok());
+    }
+  }
+  EXPECT_EQ(checked, 4 * 3);
+}
+
 }  // namespace
 }  // namespace mesa

@@ -214,5 +214,48 @@ TEST_F(PipelinedDecodeTest, ContractViolationsAreClearErrors) {
   EXPECT_FALSE(runner->poisoned());
 }
 
+TEST_F(PipelinedDecodeTest, PrefillBetweenStartedStepsLeavesTheFeedAlone) {
+  // The engine prefills new prompts (choosing their first tokens on the device) while a decode
+  // step is started; the next started step still feeds on that step's tokens.
+  auto sync = testing::MakeFirstCaseRunner(6);
+  auto piped = testing::MakeFirstCaseRunner(6);
+  ASSERT_TRUE(sync && piped);
+  const int32_t vocab = sync->config().vocab_size;
+  const CgControl cg{CgMode::kFixed, 30, 0.0f};
+  PlainChoice greedy;
+  greedy.kind = PlainChoice::Kind::kGreedy;
+  greedy.valid_vocab = vocab;
+  std::vector<int32_t> prompt = {3, 14, 15, 9, 26, 5, 35};
+  PrefillRequest pre;
+  pre.slot = 5;
+  pre.tokens = prompt;
+  pre.cg = cg;
+  pre.choice = greedy;
+
+  // One at a time: step 0, the prefill, step 1 with the host's tokens.
+  DecodeResult s0, s1;
+  std::vector<PrefillResult> sync_pre(1), piped_pre(1);
+  ASSERT_TRUE(sync->DecodeAndChoose({{0, 11, cg}, {2, 12, cg}}, {greedy, greedy}, &s0).ok());
+  ASSERT_TRUE(sync->Prefill({pre}, absl::MakeSpan(sync_pre)).ok());
+  ASSERT_TRUE(sync->DecodeAndChoose({{2, s0.tokens[1], cg}, {0, s0.tokens[0], cg}, {5, sync_pre[0].token, cg}},
+                                    {greedy, greedy, greedy}, &s1).ok());
+
+  // Pipelined: step 0 started, the prefill, step 1 started feeding on step 0.
+  DecodeRow from1{2, 0, cg}, from0{0, 0, cg};
+  from1.feed_row = 1;
+  from0.feed_row = 0;
+  ASSERT_TRUE(piped->StartDecode({{0, 11, cg}, {2, 12, cg}}, {greedy, greedy}).ok());
+  ASSERT_TRUE(piped->Prefill({pre}, absl::MakeSpan(piped_pre)).ok());
+  ASSERT_GE(piped_pre[0].token, 0);
+  EXPECT_EQ(piped_pre[0].token, sync_pre[0].token);
+  ASSERT_TRUE(piped->StartDecode({from1, from0, {5, piped_pre[0].token, cg}}, {greedy, greedy, greedy}).ok());
+  DecodeResult p0, p1;
+  ASSERT_TRUE(piped->FinishDecode(&p0).ok());
+  ASSERT_TRUE(piped->FinishDecode(&p1).ok());
+  EXPECT_EQ(p0.tokens, s0.tokens);
+  EXPECT_EQ(p1.tokens, s1.tokens);
+  EXPECT_EQ(p1.stats.iters, s1.stats.iters);
+}
+
 }  // namespace
 }  // namespace mesa

@@ -78,49 +78,73 @@ absl::Status ChoosingRunner::FinishDecode(DecodeResult* result) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// The token `c` picks from a logits row by the rule in engine/plain_choice.h, or -1 where this
+// stand-in leaves the choice to the host: truncated and penalised choices and those with
+// logprobs (the GPU's are tested against the Sampler in tests/gpu_model), and kHost ones.
+int32_t ChooseRow(const float* l, const PlainChoice& c) {
+  if (c.kind == PlainChoice::Kind::kHost || c.kind == PlainChoice::Kind::kTruncated ||
+      HasPenalties(c) || c.top_logprobs > 0) {
+    return -1;
+  }
+  const int32_t n = c.valid_vocab;
+  if (c.kind == PlainChoice::Kind::kGreedy) {
+    return static_cast<int32_t>(std::max_element(l, l + n) - l);
+  }
+  const float top = *std::max_element(l, l + n);
+  const float inv_t = 1.0f / c.temperature;
+  double mass = 0.0;
+  std::vector<int32_t> ids;
+  std::vector<float> ps;
+  for (int32_t j = 0; j < n; ++j) {
+    const float z = (l[j] - top) * inv_t;
+    if (z > -30.0f) {
+      ids.push_back(j);
+      ps.push_back(std::exp(z));
+      mass += ps.back();
+    }
+  }
+  const double u = c.draw * mass;
+  double acc = 0.0;
+  for (size_t j = 0; j < ids.size(); ++j) {
+    acc += ps[j];
+    if (u < acc) return ids[j];
+  }
+  return ids.back();
+}
+
+}  // namespace
+
+absl::Status ChoosingRunner::Prefill(absl::Span<const PrefillRequest> requests,
+                                     absl::Span<PrefillResult> results) {
+  if (absl::Status s = inner_->Prefill(requests, results); !s.ok()) return s;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const PrefillRequest& req = requests[i];
+    if (req.all_logits || !req.choice.has_value() || !ChoosesAhead(*req.choice)) continue;
+    const int32_t token = ChooseRow(results[i].logits.data(), *req.choice);
+    if (token < 0) continue;
+    results[i].token = token;
+    results[i].logits.clear();
+    std::lock_guard<std::mutex> lock(mu_);
+    ++prefill_choices_;
+  }
+  return absl::OkStatus();
+}
+
 void ChoosingRunner::Choose(absl::Span<const PlainChoice> choices, DecodeResult* result) {
   const int64_t vocab = config().vocab_size;
   result->tokens.assign(choices.size(), -1);
   std::lock_guard<std::mutex> lock(mu_);
   for (size_t i = 0; i < choices.size(); ++i) {
     kinds_.push_back(choices[i].kind);
-    // Truncated choices are left to the host here (the GPU's are tested against the Sampler
-    // in tests/gpu_model): the engine must then sample them with the same draw.
-    // So are penalised ones (the GPU's penalties are tested in tests/gpu_model too).
-    if (choices[i].kind == PlainChoice::Kind::kHost ||
-        choices[i].kind == PlainChoice::Kind::kTruncated || HasPenalties(choices[i])) {
-      continue;
-    }
-    const float* l = result->logits.data() + i * vocab;
-    const int32_t n = choices[i].valid_vocab;
-    const float top = *std::max_element(l, l + n);
-    if (choices[i].kind == PlainChoice::Kind::kGreedy) {
-      result->tokens[i] = static_cast<int32_t>(std::max_element(l, l + n) - l);
-      continue;
-    }
-    const float inv_t = 1.0f / choices[i].temperature;
-    double mass = 0.0;
-    std::vector<int32_t> ids;
-    std::vector<float> ps;
-    for (int32_t j = 0; j < n; ++j) {
-      const float z = (l[j] - top) * inv_t;
-      if (z > -30.0f) {
-        ids.push_back(j);
-        ps.push_back(std::exp(z));
-        mass += ps.back();
-      }
-    }
-    const double u = choices[i].draw * mass;
-    double acc = 0.0;
-    result->tokens[i] = ids.back();
-    for (size_t j = 0; j < ids.size(); ++j) {
-      acc += ps[j];
-      if (u < acc) {
-        result->tokens[i] = ids[j];
-        break;
-      }
-    }
+    result->tokens[i] = ChooseRow(result->logits.data() + i * vocab, choices[i]);
   }
+}
+
+int64_t ChoosingRunner::prefill_choices() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return prefill_choices_;
 }
 
 std::vector<PlainChoice::Kind> ChoosingRunner::kinds() const {

@@ -26,10 +26,9 @@ class ChoosingRunner : public ModelRunner {
   size_t weight_bytes() const override { return inner_->weight_bytes(); }
   absl::Status ResetSlot(SlotId slot) override { return inner_->ResetSlot(slot); }
   int64_t SlotPosition(SlotId slot) const override { return inner_->SlotPosition(slot); }
+  // Chooses the first generated token of requests whose choice it accepts (ChoosesAhead).
   absl::Status Prefill(absl::Span<const PrefillRequest> requests,
-                       absl::Span<PrefillResult> results) override {
-    return inner_->Prefill(requests, results);
-  }
+                       absl::Span<PrefillResult> results) override;
   absl::Status Decode(absl::Span<const DecodeRow> rows, DecodeResult* result) override;
   absl::Status DecodeAndChoose(absl::Span<const DecodeRow> rows,
                                absl::Span<const PlainChoice> choices,
@@ -44,6 +43,7 @@ class ChoosingRunner : public ModelRunner {
   std::vector<PlainChoice::Kind> kinds() const;
   int64_t started_steps() const;  // steps run through StartDecode
   int64_t fed_rows() const;       // rows whose token came from the step before
+  int64_t prefill_choices() const;  // first tokens chosen in Prefill
 
  private:
   // Chooses the tokens of greedy and softmax rows of `result` (logits from the inner runner).
@@ -59,7 +59,7 @@ class ChoosingRunner : public ModelRunner {
   bool last_was_started_ = false;
   mutable std::mutex mu_;
   std::vector<PlainChoice::Kind> kinds_;
-  int64_t started_steps_ = 0, fed_rows_ = 0;
+  int64_t started_steps_ = 0, fed_rows_ = 0, prefill_choices_ = 0;
 };
 
 }  // namespace mesa::testing

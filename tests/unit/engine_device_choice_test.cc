@@ -59,7 +59,8 @@ class EngineDeviceChoiceTest : public ::testing::Test {
 
   struct Outcome {
     std::vector<std::vector<int32_t>> tokens;  // per request
-    std::vector<PlainChoice::Kind> kinds;      // every choice the runner was given
+    std::vector<PlainChoice::Kind> kinds;      // every decode choice the runner was given
+    int64_t prefill_choices = 0;               // first tokens the runner chose in Prefill
   };
 
   // Four requests run together: greedy, softmax at 0.8 and 1.3, and top-k 5 at 0.8.
@@ -94,6 +95,7 @@ class EngineDeviceChoiceTest : public ::testing::Test {
     Outcome out;
     for (auto& s : sinks) out.tokens.push_back(s->Wait());
     out.kinds = runner->kinds();  // the engine (and runner) still exist here
+    out.prefill_choices = runner->prefill_choices();
     return out;
   }
 
@@ -119,6 +121,9 @@ TEST_F(EngineDeviceChoiceTest, TokensDoNotDependOnWhichSideChooses) {
   EXPECT_EQ(count(with_device.kinds, PlainChoice::Kind::kSoftmax), 30);
   EXPECT_EQ(count(with_device.kinds, PlainChoice::Kind::kTruncated), 15);
   EXPECT_EQ(count(host_only.kinds, PlainChoice::Kind::kHost), 60);
+  // The first tokens of the greedy and the two softmax requests came from Prefill's choice.
+  EXPECT_EQ(with_device.prefill_choices, 3);
+  EXPECT_EQ(host_only.prefill_choices, 0);
 }
 
 }  // namespace
