@@ -394,7 +394,11 @@ absl::Status CudaModelRunnerImpl::Prefill(absl::Span<const PrefillRequest> reque
   MESA_RETURN_IF_ERROR(Enter());
   MESA_RETURN_IF_ERROR(
       CheckPrefillRequests(requests, results.size(), options_.num_slots, c_.vocab_size));
-  for (size_t r = 0; r < requests.size(); ++r) SizePrefillResult(requests[r], c_, &results[r]);
+  for (size_t r = 0; r < requests.size(); ++r) {
+    const PrefillRequest& req = requests[r];
+    const bool chosen = !req.all_logits && req.choice.has_value() && ChoosesAhead(*req.choice);
+    SizePrefillResult(req, c_, &results[r], /*logits=*/!chosen);
+  }
   for (const PrefillPack& pack :
        PackPrefill(requests, prefill_rows_, gpu::kMaxPackedSeqs, gpu::kPrefillChunk)) {
     MESA_RETURN_IF_ERROR(NoteFailure(PrefillPackStep(requests, pack, results)));
@@ -420,8 +424,25 @@ absl::Status CudaModelRunnerImpl::PrefillPackStep(absl::Span<const PrefillReques
                 requests[piece.request].tokens.data() + piece.offset, piece.len * sizeof(int32_t));
     n += piece.len;
   }
+  // Logits: every row of a piece that asks for all, else the last row of a request's last
+  // piece. Their indices follow the token ids (at ws_rows_), uploaded with them: the final
+  // norm gathers those rows to the front of u in one launch, one GEMM makes all their logits.
+  auto* logit_index = reinterpret_cast<int32_t*>(host_.data()) + ws_rows_;
+  std::vector<int64_t> logit_row(pack.size(), -1);
+  int64_t logit_rows = 0;
+  for (size_t i = 0; i < pack.size(); ++i) {
+    const PrefillPiece& piece = pack[i];
+    const PrefillRequest& req = requests[piece.request];
+    const int64_t rows = req.all_logits ? piece.len : (piece.last ? 1 : 0);
+    if (rows == 0) continue;
+    const int64_t first = row0[i] + (req.all_logits ? 0 : piece.len - 1);
+    for (int64_t r = 0; r < rows; ++r) logit_index[logit_rows + r] = static_cast<int32_t>(first + r);
+    logit_row[i] = logit_rows;
+    logit_rows += rows;
+  }
   MESA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(Ws(ws_.prefill_tokens), host_.data(),
-                                            n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+                                            (ws_rows_ + logit_rows) * sizeof(int32_t),
+                                            cudaMemcpyHostToDevice, stream_));
   // Batch invariance covers prefill too: a launch's GEMMs have one row per token of every
   // packed prompt, so without pinning a prompt's states would depend on what it was packed with.
   const GemmAlgoRowsScope pinned(&gemm_algo_rows_,
@@ -469,39 +490,30 @@ absl::Status CudaModelRunnerImpl::PrefillPackStep(absl::Span<const PrefillReques
     MESA_RETURN_IF_ERROR(LayerTail(layer, n));
   }
 
-  // Logits: every row of a piece that asks for all, else the last row of a request's last
-  // piece; the final norm gathers those rows to the front of u, one GEMM makes them all.
-  const size_t act_bytes = act == ScalarType::kFp32 ? 4 : 2;
-  std::vector<int64_t> logit_row(pack.size(), -1);
-  std::vector<uint8_t> chosen_here(pack.size(), 0);  // the device chooses the next token
-  int64_t logit_rows = 0;
+  // The first generated tokens the device chooses (PrefillRequest::choice).
+  std::vector<uint8_t> chosen_here(pack.size(), 0);
   bool want_stats = false;
   bool any_chosen = false, any_host_rows = false, any_truncated = false, any_logprobs = false;
   auto* row_choices = reinterpret_cast<gpu::RowChoice*>(host_.data() + hs_.prefill_choices);
   for (size_t i = 0; i < pack.size(); ++i) {
-    const PrefillPiece& piece = pack[i];
-    const PrefillRequest& req = requests[piece.request];
+    const PrefillRequest& req = requests[pack[i].request];
     want_stats = want_stats || req.want_stats;
-    const int64_t rows = req.all_logits ? piece.len : (piece.last ? 1 : 0);
-    if (rows == 0) continue;
-    const int64_t first = row0[i] + (req.all_logits ? 0 : piece.len - 1);
-    MESA_RETURN_IF_ERROR(gpu::RmsNorm(Ws<char>(ws_.u) + logit_rows * d * act_bytes,
-                                      Ws<char>(ws_.x) + first * d * act_bytes,
-                                      Wt<float>(wo_.final_norm), rows, d, c_.norm_eps, act,
-                                      stream_));
+    if (logit_row[i] < 0) continue;
+    const int64_t rows = req.all_logits ? pack[i].len : 1;
     const bool choose = !req.all_logits && req.choice.has_value() && ChoosesAhead(*req.choice);
     for (int64_t r = 0; r < rows; ++r) {
-      row_choices[logit_rows + r] = choose ? cuda_runner::RowChoiceFor(*req.choice) : gpu::RowChoice{};
+      row_choices[logit_row[i] + r] = choose ? cuda_runner::RowChoiceFor(*req.choice) : gpu::RowChoice{};
     }
     chosen_here[i] = choose;
     any_chosen = any_chosen || choose;
     any_host_rows = any_host_rows || !choose;
     any_truncated = any_truncated || (choose && req.choice->kind == PlainChoice::Kind::kTruncated);
     any_logprobs = any_logprobs || (choose && req.choice->top_logprobs > 0);
-    logit_row[i] = logit_rows;
-    logit_rows += rows;
   }
   if (logit_rows > 0) {
+    MESA_RETURN_IF_ERROR(gpu::RmsNorm(Ws(ws_.u), Ws(ws_.x), Wt<float>(wo_.final_norm), logit_rows, d,
+                                      c_.norm_eps, act, stream_,
+                                      Ws<int32_t>(ws_.prefill_tokens) + ws_rows_));
     MESA_RETURN_IF_ERROR(
         Gemm(Ws(ws_.logits), Ws(ws_.u), logit_rows, w_.output_matrix(), wo_.output));
     MESA_RETURN_IF_ERROR(gpu::RoundInPlace(Ws<float>(ws_.logits), logit_rows * vocab, act, stream_));
@@ -561,7 +573,6 @@ absl::Status CudaModelRunnerImpl::PrefillPackStep(absl::Span<const PrefillReques
     PrefillResult* result = &results[piece.request];
     if (chosen_here[i]) {
       const int64_t row = logit_row[i];
-      result->logits.clear();
       result->token = chosen[row];
       const int32_t n_top = row_choices[row].top_logprobs;
       if (n_top > 0) {

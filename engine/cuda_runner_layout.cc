@@ -138,7 +138,8 @@ Workspace LayOutWorkspace(const MesaConfig& c, int64_t rows, ArenaLayout& arena)
   ws.prefill = arena.Add(gpu::MesaPrefillWorkspaceBytes(static_cast<int32_t>(H), c.head_dim,
                                                          static_cast<int32_t>(rows)));
   ws.prefill_max_tokens = rows;
-  ws.prefill_tokens = arena.Add(rows * sizeof(int32_t));
+  // The call's token ids [rows], then the rows whose logits it makes [rows]: one upload.
+  ws.prefill_tokens = arena.Add(2 * rows * sizeof(int32_t));
   return ws;
 }
 

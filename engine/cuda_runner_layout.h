@@ -104,7 +104,8 @@ struct Workspace {
   // A prefill's own token choice (never ws.chosen, which the next started decode step may
   // still feed on): the row choices, the chosen ids, their logprobs and top logprobs.
   size_t prefill_choices, prefill_chosen, prefill_logprobs, prefill_top;
-  // Prefill only: the chunk kernel's fp32 output, its workspace, and the call's token ids.
+  // Prefill only: the chunk kernel's fp32 output, its workspace, and the call's token ids
+  // (followed by the indices of its logit rows).
   size_t mix_f, prefill, prefill_tokens;
   int64_t prefill_max_tokens;
 };

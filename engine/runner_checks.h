@@ -88,11 +88,18 @@ inline absl::Status CheckDecodeRows(absl::Span<const DecodeRow> rows, int32_t nu
 }
 
 // A prefill result sized for `req`: zero logits for every row (all_logits) or the last, and
-// zeroed CG statistics for every token when asked for (empty otherwise).
+// zeroed CG statistics for every token when asked for (empty otherwise); no token.
+// `logits` false: the runner chooses the request's next token (PrefillRequest::choice) and
+// returns no logits.
 inline void SizePrefillResult(const PrefillRequest& req, const MesaConfig& config,
-                              PrefillResult* result) {
+                              PrefillResult* result, bool logits = true) {
   const int64_t n = static_cast<int64_t>(req.tokens.size());
-  result->logits.assign((req.all_logits ? n : 1) * static_cast<int64_t>(config.vocab_size), 0.0f);
+  result->token = -1;
+  if (logits) {
+    result->logits.assign((req.all_logits ? n : 1) * static_cast<int64_t>(config.vocab_size), 0.0f);
+  } else {
+    result->logits.clear();
+  }
   if (req.want_stats) {
     result->stats.Resize(static_cast<int32_t>(n), config.num_hidden_layers, config.num_heads);
   } else {

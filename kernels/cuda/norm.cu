@@ -18,11 +18,11 @@ constexpr int kRowThreads = 256;
 
 template <typename T>
 __global__ void __launch_bounds__(kRowThreads)
-RmsNormKernel(T* out, const T* x, const float* w, int64_t d, float eps) {
+RmsNormKernel(T* out, const T* x, const float* w, int64_t d, float eps, const int32_t* x_rows) {
   WaitForPriorKernels();
   StartNextKernel();
   __shared__ float scratch[32];
-  const T* xr = x + blockIdx.x * d;
+  const T* xr = x + (x_rows != nullptr ? x_rows[blockIdx.x] : blockIdx.x) * d;
   T* yr = out + blockIdx.x * d;
   float ss = 0.0f;
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
@@ -80,11 +80,12 @@ __device__ __forceinline__ float InvRmsOfRegisters(const float (&v)[kPer], int d
 
 template <typename T, int kPer>
 __global__ void __launch_bounds__(kRowThreads)
-RmsNormRegsKernel(T* out, const T* x, const float* w, int d, float eps) {
+RmsNormRegsKernel(T* out, const T* x, const float* w, int d, float eps, const int32_t* x_rows) {
   WaitForPriorKernels();
   StartNextKernel();
   __shared__ float scratch[32];
-  const T* xr = x + static_cast<int64_t>(blockIdx.x) * d;
+  const T* xr =
+      x + static_cast<int64_t>(x_rows != nullptr ? x_rows[blockIdx.x] : blockIdx.x) * d;
   T* yr = out + static_cast<int64_t>(blockIdx.x) * d;
   float v[kPer], wr[kPer];
 #pragma unroll
@@ -188,7 +189,7 @@ absl::Status CheckRows(const char* op, int64_t rows, int64_t d) {
 }  // namespace
 
 absl::Status RmsNorm(void* out, const void* x, const float* w, int64_t rows, int64_t d, float eps,
-                     ScalarType act, cudaStream_t stream) {
+                     ScalarType act, cudaStream_t stream, const int32_t* x_rows) {
   MESA_RETURN_IF_ERROR(CheckRows("RmsNorm", rows, d));
   if (rows == 0) return absl::OkStatus();
   return DispatchActType(act, [&](auto tag) {
@@ -196,11 +197,12 @@ absl::Status RmsNorm(void* out, const void* x, const float* w, int64_t rows, int
     const std::optional<absl::Status> in_registers = DispatchRowRegisters(d, [&](auto per) {
       return LaunchKernel("RmsNormRegsKernel", RmsNormRegsKernel<T, decltype(per)::value>,
                           static_cast<unsigned>(rows), kRowThreads, 0, stream, static_cast<T*>(out),
-                          static_cast<const T*>(x), w, static_cast<int>(d), eps);
+                          static_cast<const T*>(x), w, static_cast<int>(d), eps, x_rows);
     });
     if (in_registers.has_value()) return *in_registers;
     return LaunchKernel("RmsNormKernel", RmsNormKernel<T>, static_cast<unsigned>(rows), kRowThreads,
-                        0, stream, static_cast<T*>(out), static_cast<const T*>(x), w, d, eps);
+                        0, stream, static_cast<T*>(out), static_cast<const T*>(x), w, d, eps,
+                        x_rows);
   });
 }
 

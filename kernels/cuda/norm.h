@@ -15,9 +15,10 @@
 namespace mesa::gpu {
 
 // out[r] = act(x[r] * rsqrt(mean(x[r]^2) + eps) * w). x, out: act [rows, d]; w: [d].
-// `out` may alias `x`.
+// `out` may alias `x`. With `x_rows` (int32 [rows], device), out[r] normalises row x_rows[r] of
+// x instead (a gather: the prefill's logit rows in one launch); then `out` must not alias `x`.
 absl::Status RmsNorm(void* out, const void* x, const float* w, int64_t rows, int64_t d, float eps,
-                     ScalarType act, cudaStream_t stream);
+                     ScalarType act, cudaStream_t stream, const int32_t* x_rows = nullptr);
 
 // fla's fused residual add + RMSNorm (prenorm=True), after the o_proj GEMM:
 // s = act(x) + residual in fp32 (x is the fp32 GEMM output; act(x) is the CPU runner's

@@ -46,6 +46,24 @@ TEST_P(NormTest, RmsNormMatchesCpu) {
   MESA_ASSERT_OK_AND_ASSIGN(std::vector<float> got, DownloadAct(d_out, x.size(), act));
   EXPECT_TRUE(AllClose(got, want, 0.0f, Rtol(act), Ulps(act), act, "RmsNorm"));
 
+  // Gathered rows (the prefill's logit rows): the rows listed, in that order, the same bits.
+  std::vector<int32_t> pick;
+  for (int32_t r = rows - 1; r >= 0; r -= 2) pick.push_back(r);
+  pick.push_back(0);
+  MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_pick, Upload(pick));
+  MESA_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_gathered,
+                            UploadAct(std::vector<float>(pick.size() * d, 0.0f), act));
+  MESA_ASSERT_OK(RmsNorm(d_gathered.data(), d_x.data(), d_w.as<float>(),
+                         static_cast<int64_t>(pick.size()), d, 1e-6f, act, nullptr,
+                         d_pick.as<int32_t>()));
+  MESA_ASSERT_OK_AND_ASSIGN(std::vector<float> gathered, DownloadAct(d_gathered, pick.size() * d, act));
+  std::vector<float> want_gathered;
+  for (int32_t r : pick) {
+    want_gathered.insert(want_gathered.end(), got.begin() + static_cast<int64_t>(r) * d,
+                         got.begin() + static_cast<int64_t>(r + 1) * d);
+  }
+  EXPECT_TRUE(AllClose(gathered, want_gathered, 0.0f, 0.0f, 0.0f, act, "RmsNorm gathered rows"));
+
   // In place (out aliases x) gives the same values.
   MESA_ASSERT_OK(RmsNorm(d_x.data(), d_x.data(), d_w.as<float>(), rows, d, 1e-6f, act, nullptr));
   MESA_ASSERT_OK_AND_ASSIGN(std::vector<float> got_inplace, DownloadAct(d_x, x.size(), act));
