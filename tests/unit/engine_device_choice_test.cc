@@ -5,7 +5,6 @@
 // GPU.
 #include <algorithm>
 #include <cmath>
-#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -15,36 +14,14 @@
 #include "gtest/gtest.h"
 #include "models/checkpoint.h"
 #include "tests/testing/choosing_runner.h"
+#include "tests/testing/collecting_sink.h"
 #include "tests/testing/random_checkpoint.h"
 
 namespace mesa {
 namespace {
 
 using testing::ChoosingRunner;
-
-class Collect : public GenerationSink {
- public:
-  void Push(GenerationEvent event) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (const TokenChoice& c : event.tokens) tokens_.push_back(c.token);
-    if (event.final) {
-      done_ = true;
-      cv_.notify_all();
-    }
-  }
-  size_t Backlog() const override { return 0; }
-  std::vector<int32_t> Wait() {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait_for(lock, std::chrono::seconds(60), [&] { return done_; });
-    return tokens_;
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<int32_t> tokens_;
-  bool done_ = false;
-};
+using Collect = testing::CollectingSink;
 
 class EngineDeviceChoiceTest : public ::testing::Test {
  protected:
@@ -93,7 +70,10 @@ class EngineDeviceChoiceTest : public ::testing::Test {
       sinks.push_back(sink);
     }
     Outcome out;
-    for (auto& s : sinks) out.tokens.push_back(s->Wait());
+    for (auto& s : sinks) {
+      s->Wait();
+      out.tokens.push_back(s->tokens());
+    }
     out.kinds = runner->kinds();  // the engine (and runner) still exist here
     out.prefill_choices = runner->prefill_choices();
     return out;

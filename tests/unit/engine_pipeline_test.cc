@@ -2,9 +2,7 @@
 // the previous step's tokens, which the runner feeds on the device. The tokens must be those of
 // unpipelined steps whatever ends, arrives or samples on the host in between. The runner is
 // the CPU runner with tokens chosen "on the device" (tests/testing/choosing_runner.h).
-#include <condition_variable>
 #include <memory>
-#include <mutex>
 #include <vector>
 
 #include "engine/cpu_model_runner.h"
@@ -12,46 +10,14 @@
 #include "gtest/gtest.h"
 #include "models/checkpoint.h"
 #include "tests/testing/choosing_runner.h"
+#include "tests/testing/collecting_sink.h"
 #include "tests/testing/random_checkpoint.h"
 
 namespace mesa {
 namespace {
 
 using testing::ChoosingRunner;
-
-class Collect : public GenerationSink {
- public:
-  void Push(GenerationEvent event) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (const TokenChoice& c : event.tokens) tokens_.push_back(c.token);
-    if (event.final) {
-      final_ = event;
-      done_ = true;
-      cv_.notify_all();
-    }
-  }
-  size_t Backlog() const override { return 0; }
-  GenerationEvent Wait() {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait_for(lock, std::chrono::seconds(60), [&] { return done_; });
-    return final_;
-  }
-  std::vector<int32_t> tokens() const {
-    std::lock_guard<std::mutex> lock(mu_);
-    return tokens_;
-  }
-  size_t count() const {
-    std::lock_guard<std::mutex> lock(mu_);
-    return tokens_.size();
-  }
-
- private:
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<int32_t> tokens_;
-  GenerationEvent final_;
-  bool done_ = false;
-};
+using Collect = testing::CollectingSink;
 
 struct Outcome {
   std::vector<std::vector<int32_t>> tokens;
