@@ -43,6 +43,18 @@ class FaultInjectingRunner final : public ModelRunner {
     if (absl::Status s = Check(++decodes_ == decode_fail_at_, "decode"); !s.ok()) return s;
     return inner_->DecodeAndChoose(rows, choices, result);
   }
+  // Pipelined decode as the inner runner does it; a started step counts as a decode call.
+  int32_t PipelinedDecodeRows() const override { return inner_->PipelinedDecodeRows(); }
+  bool ChoosesAhead(const PlainChoice& choice) const override { return inner_->ChoosesAhead(choice); }
+  absl::Status StartDecode(absl::Span<const DecodeRow> rows,
+                           absl::Span<const PlainChoice> choices) override {
+    if (absl::Status s = Check(++decodes_ == decode_fail_at_, "decode"); !s.ok()) return s;
+    return inner_->StartDecode(rows, choices);
+  }
+  absl::Status FinishDecode(DecodeResult* result) override {
+    if (poisoned_) return absl::InternalError("injected fault: decode on a poisoned runner");
+    return inner_->FinishDecode(result);
+  }
 
  private:
   absl::Status Check(bool fail_this_one, const char* what) {

@@ -3,10 +3,12 @@
 // unpipelined steps whatever ends, arrives or samples on the host in between. The runner is
 // the CPU runner with tokens chosen "on the device" (tests/testing/choosing_runner.h).
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "engine/cpu_model_runner.h"
 #include "engine/engine.h"
+#include "engine/fault_injection.h"
 #include "gtest/gtest.h"
 #include "models/checkpoint.h"
 #include "tests/testing/choosing_runner.h"
@@ -24,6 +26,8 @@ struct Outcome {
   std::vector<FinishReason> finish;
   int64_t started_steps = 0, fed_rows = 0;
   int32_t slots_used_after = -1;
+  std::vector<absl::Status> status;
+  EngineHealth health;
 };
 
 class EnginePipelineTest : public ::testing::Test {
@@ -57,7 +61,8 @@ class EnginePipelineTest : public ::testing::Test {
 
   // Runs `n` requests on 4 slots; the second half arrives once the first has tokens.
   Outcome Run(bool pipelined, int n, bool truncated,
-              const std::vector<std::vector<int32_t>>* stop_tokens = nullptr) {
+              const std::vector<std::vector<int32_t>>* stop_tokens = nullptr,
+              const std::string& faults = "") {
     auto w = LoadMesaWeights(*dir_);
     EXPECT_TRUE(w.ok()) << w.status();
     CpuRunnerOptions ro;
@@ -66,11 +71,17 @@ class EnginePipelineTest : public ::testing::Test {
     EXPECT_TRUE(cpu.ok());
     auto owned = std::make_unique<ChoosingRunner>(std::move(*cpu), /*pipelined_rows=*/4);
     ChoosingRunner* runner = owned.get();
+    std::unique_ptr<ModelRunner> top = std::move(owned);
+    if (!faults.empty()) {
+      auto wrapped = WrapWithFaultInjection(std::move(top), faults);
+      EXPECT_TRUE(wrapped.ok()) << wrapped.status();
+      top = std::move(*wrapped);
+    }
     EngineOptions options;
     options.prefill_chunk = 64;
     options.prefill_budget = 256;
     options.pipeline_decode = pipelined;
-    auto engine = Engine::Create(std::move(owned), nullptr, nullptr, options);
+    auto engine = Engine::Create(std::move(top), nullptr, nullptr, options);
     EXPECT_TRUE(engine.ok()) << engine.status();
     std::vector<std::shared_ptr<Collect>> sinks;
     for (int i = 0; i < n; ++i) {
@@ -84,10 +95,12 @@ class EnginePipelineTest : public ::testing::Test {
     Outcome out;
     for (auto& s : sinks) {
       const GenerationEvent f = s->Wait();
-      EXPECT_TRUE(f.status.ok()) << f.status;
+      if (faults.empty()) EXPECT_TRUE(f.status.ok()) << f.status;
       out.tokens.push_back(s->tokens());
       out.finish.push_back(f.finish);
+      out.status.push_back(f.status);
     }
+    out.health = (*engine)->Health();
     for (int i = 0; i < 400 && !(*engine)->Idle(); ++i) absl::SleepFor(absl::Milliseconds(5));
     out.slots_used_after = (*engine)->Health().slots_used;
     out.started_steps = runner->started_steps();
@@ -138,6 +151,65 @@ TEST_F(EnginePipelineTest, HostSampledRequestsSwitchStepsToUnpipelined) {
   for (int i = 0; i < 8; ++i) EXPECT_EQ(piped.tokens[i], plain.tokens[i]) << "request " << i;
   EXPECT_GT(piped.started_steps, 0);
   EXPECT_EQ(piped.slots_used_after, 0);
+}
+
+TEST_F(EnginePipelineTest, AFailedStartedStepFailsItsRequestsAndServingGoesOn) {
+  // The 6th decode call (a started step) fails: the requests in it end with INTERNAL, the
+  // started step before it is still collected, and later requests are served.
+  const Outcome plain = Run(false, 8, false);
+  const Outcome faulty = Run(true, 8, false, nullptr, "decode_fail_at=6");
+  int failed = 0;
+  for (int i = 0; i < 8; ++i) {
+    if (faulty.status[i].ok()) {
+      EXPECT_EQ(faulty.tokens[i], plain.tokens[i]) << "request " << i;
+      continue;
+    }
+    ++failed;
+    EXPECT_EQ(faulty.status[i].code(), absl::StatusCode::kInternal) << faulty.status[i];
+    EXPECT_NE(faulty.status[i].message().find("injected fault"), absl::string_view::npos);
+    // What it generated before the failure is what it generates unpipelined.
+    const std::vector<int32_t>& got = faulty.tokens[i];
+    EXPECT_EQ(got, std::vector<int32_t>(plain.tokens[i].begin(), plain.tokens[i].begin() + got.size()));
+  }
+  EXPECT_GE(failed, 1);
+  EXPECT_LT(failed, 8);  // the second half arrives later and is served
+  EXPECT_FALSE(faulty.health.failed);
+  EXPECT_EQ(faulty.slots_used_after, 0);
+}
+
+TEST_F(EnginePipelineTest, APoisonedRunnerFailsEverythingWithAStartedStepOut) {
+  // The runner poisons itself at its 6th call (a started step, with the one before it still
+  // out): every request fails UNAVAILABLE, readiness drops, new requests are refused.
+  auto w = LoadMesaWeights(*dir_);
+  ASSERT_TRUE(w.ok()) << w.status();
+  CpuRunnerOptions ro;
+  ro.num_slots = 4;
+  auto cpu = CreateCpuModelRunner(std::move(*w), ro);
+  ASSERT_TRUE(cpu.ok());
+  auto wrapped = WrapWithFaultInjection(
+      std::make_unique<ChoosingRunner>(std::move(*cpu), /*pipelined_rows=*/4), "poison_at=6");
+  ASSERT_TRUE(wrapped.ok()) << wrapped.status();
+  EngineOptions options;
+  options.prefill_chunk = 64;
+  options.prefill_budget = 256;
+  auto engine = Engine::Create(std::move(*wrapped), nullptr, nullptr, options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  std::vector<std::shared_ptr<Collect>> sinks;
+  for (int i = 0; i < 4; ++i) {
+    GenerationRequest r = Request(i, false, nullptr);
+    r.stopping.max_new_tokens = 40;
+    auto sink = std::make_shared<Collect>();
+    ASSERT_TRUE((*engine)->Submit(std::move(r), sink).ok());
+    sinks.push_back(sink);
+  }
+  for (auto& sink : sinks) {
+    const GenerationEvent f = sink->Wait();
+    EXPECT_EQ(f.status.code(), absl::StatusCode::kUnavailable) << f.status;
+    EXPECT_LT(sink->count(), 40u);
+  }
+  EXPECT_TRUE((*engine)->Health().failed);
+  EXPECT_EQ((*engine)->Submit(Request(0, false, nullptr), std::make_shared<Collect>()).status().code(),
+            absl::StatusCode::kUnavailable);
 }
 
 }  // namespace
