@@ -16,7 +16,7 @@
 namespace mesa::gpu {
 
 inline constexpr int32_t kPrefillChunk = 64;
-inline constexpr int32_t kMaxPackedSeqs = 32;
+inline constexpr int32_t kMaxPackedSeqs = 64;
 
 struct PackedSeqs {
   int32_t count = 0;
@@ -34,7 +34,7 @@ struct PackedSeqs {
   MESA_HOST_DEVICE int32_t chunks() const { return chunk_start[count]; }
   MESA_HOST_DEVICE int32_t length(int32_t s) const { return start[s + 1] - start[s]; }
 
-  // The sequence that owns row t / chunk n (a linear walk: at most 32 entries, read once per
+  // The sequence that owns row t / chunk n (a linear walk: at most kMaxPackedSeqs entries, read once per
   // warp or block).
   MESA_HOST_DEVICE int32_t SeqOfRow(int64_t t) const {
     int32_t s = 0;

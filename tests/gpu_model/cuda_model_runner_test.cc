@@ -508,7 +508,7 @@ TEST_P(CudaRunnerTest, BatchInvariantDecodeGivesEveryRowTheSameBits) {
     for (SlotId slot = 0; slot < 72; ++slot) ASSERT_TRUE(gpu.ResetSlot(slot).ok());
     PrefillResult prefill_alone;
     {
-      const PrefillRequest req{kWatched, watched_prompt, cg, false, true};
+      const PrefillRequest req{kWatched, watched_prompt, cg, false, true, std::nullopt};
       ASSERT_TRUE(gpu.Prefill({&req, 1}, {&prefill_alone, 1}).ok());
     }
     std::vector<std::vector<float>> logits;
@@ -528,9 +528,9 @@ TEST_P(CudaRunnerTest, BatchInvariantDecodeGivesEveryRowTheSameBits) {
     for (const int batch : {2, 3, 8, 37, 64, 72}) {
       const size_t at = static_cast<size_t>(batch) / 2;
       for (SlotId slot = 0; slot < 72; ++slot) ASSERT_TRUE(gpu.ResetSlot(slot).ok());
-      const PrefillRequest reqs[3] = {{0, before, cg, false, true},
-                                      {kWatched, watched_prompt, cg, false, true},
-                                      {1, after, cg, false, true}};
+      const PrefillRequest reqs[3] = {{0, before, cg, false, true, std::nullopt},
+                                      {kWatched, watched_prompt, cg, false, true, std::nullopt},
+                                      {1, after, cg, false, true, std::nullopt}};
       PrefillResult packed[3];
       ASSERT_TRUE(gpu.Prefill(reqs, packed).ok());
       ASSERT_EQ(packed[1].logits, prefill_alone.logits) << c.name << ": prefill, batch " << batch;
