@@ -16,7 +16,7 @@
 namespace mesa::gpu {
 
 inline constexpr int32_t kPrefillChunk = 64;
-inline constexpr int32_t kMaxPackedSeqs = 64;
+inline constexpr int32_t kMaxPackedSeqs = 32;
 
 struct PackedSeqs {
   int32_t count = 0;
