@@ -108,9 +108,10 @@ if(PROJECT_NAME STREQUAL "mesaserve")
 endif()
 CMAKE
       cmake_extra=(-DCMAKE_PROJECT_INCLUDE="$ROOT/$dir/tsan-uninstrumented-kernels.cmake")
-      # The threaded unit tests (engine thread and sinks, sampler, metrics from many threads;
-      # the rest is single-threaded numerics that asan covers), then every integration test.
-      selections=('^unit$@^(EngineTest|StopMatcherTest|SamplerTest|MetricsTest|TaskPoolTest)\.' '^integration$@')
+      # The threaded unit tests (engine thread and sinks, pipelined and not, sampler, metrics
+      # from many threads; the rest is single-threaded numerics that asan covers), then every
+      # integration test. Parametrized suites are named Prefix/Suite.Test/Param by ctest.
+      selections=('^unit$@^(Runners/EngineTest|EnginePipelineTest|EngineDeviceChoiceTest|StopMatcherTest|SamplerTest|MetricsTest|TaskPoolTest)\.' '^integration$@')
       ;;
   esac
   logdir="$ROOT/$dir/sanitizer-logs"
