@@ -3,6 +3,20 @@
 #include "engine/cuda_runner_impl.h"
 
 namespace mesa::cuda_runner {
+namespace {
+
+// A result's logprob arrays for `b` rows: zeroed when some row asked for logprobs, else empty.
+void SizeLogprobs(int64_t b, bool any_logprobs, DecodeResult* result) {
+  if (any_logprobs) {
+    result->logprobs.assign(b, 0.0f);
+    result->top_logprobs.assign(b * kMaxDeviceTopLogprobs, TokenLogprob{});
+  } else {
+    result->logprobs.clear();
+    result->top_logprobs.clear();
+  }
+}
+
+}  // namespace
 
 absl::Status CudaModelRunnerImpl::DecodeAndChoose(absl::Span<const DecodeRow> rows,
                                                    absl::Span<const PlainChoice> choices,
@@ -10,7 +24,7 @@ absl::Status CudaModelRunnerImpl::DecodeAndChoose(absl::Span<const DecodeRow> ro
   MESA_RETURN_IF_ERROR(Enter());
   // The shared checks (engine/runner_checks.h), all before any device work.
   MESA_RETURN_IF_ERROR(CheckDecodeRows(rows, options_.num_slots, c_.vocab_size));
-  last_step_started_ = false;  // ws_.chosen gets this step's choices
+  feedable_.clear();  // ws_.chosen gets this step's choices: nothing to feed on any more
   if (!choices.empty() && choices.size() != rows.size()) {
     return absl::InvalidArgumentError(absl::StrCat("Decode: ", choices.size(), " choices for ",
                                                    rows.size(), " rows"));
@@ -30,13 +44,7 @@ absl::Status CudaModelRunnerImpl::DecodeAndChoose(absl::Span<const DecodeRow> ro
   for (size_t i = 0; i < choices.size() && !host_rows; ++i) {
     host_rows = rows[i].slot != kPadSlot && !DeviceChooses(choices[i], penalties_fit);
   }
-  if (any_logprobs) {
-    result->logprobs.assign(b, 0.0f);
-    result->top_logprobs.assign(b * kMaxDeviceTopLogprobs, TokenLogprob{});
-  } else {
-    result->logprobs.clear();
-    result->top_logprobs.clear();
-  }
+  SizeLogprobs(b, any_logprobs, result);
   if (choices.empty()) {
     result->logits.assign(b * static_cast<int64_t>(c_.vocab_size), 0.0f);
     result->tokens.clear();
@@ -76,9 +84,8 @@ absl::Status CudaModelRunnerImpl::StartDecode(absl::Span<const DecodeRow> rows,
   if (started_.size() >= 2) {
     return absl::FailedPreconditionError("StartDecode: two started steps are not finished yet");
   }
-  MESA_RETURN_IF_ERROR(CheckDecodeRows(
-      rows, options_.num_slots, c_.vocab_size,
-      last_step_started_ ? absl::MakeConstSpan(feedable_) : absl::Span<const uint8_t>()));
+  MESA_RETURN_IF_ERROR(
+      CheckDecodeRows(rows, options_.num_slots, c_.vocab_size, absl::MakeConstSpan(feedable_)));
   bool any_logprobs = false;
   for (int64_t i = 0; i < b; ++i) {
     if (rows[i].slot == kPadSlot) continue;
@@ -103,7 +110,6 @@ absl::Status CudaModelRunnerImpl::StartDecode(absl::Span<const DecodeRow> rows,
   }
   feedable_.assign(b, 0);
   for (int64_t i = 0; i < b; ++i) feedable_[i] = rows[i].slot != kPadSlot;
-  last_step_started_ = true;
   next_buffer_ ^= 1;
   started_.push_back(std::move(step));
   return absl::OkStatus();
@@ -124,13 +130,7 @@ absl::Status CudaModelRunnerImpl::FinishDecode(DecodeResult* result) {
   result->stats.Resize(static_cast<int32_t>(b), c_.num_hidden_layers, c_.num_heads);
   result->logits.clear();
   result->tokens.assign(b, -1);
-  if (step.any_logprobs) {
-    result->logprobs.assign(b, 0.0f);
-    result->top_logprobs.assign(b * kMaxDeviceTopLogprobs, TokenLogprob{});
-  } else {
-    result->logprobs.clear();
-    result->top_logprobs.clear();
-  }
+  SizeLogprobs(b, step.any_logprobs, result);
   CollectDecode(step, buffer.host.data(), ps_, 0, result);
   return absl::OkStatus();
 }

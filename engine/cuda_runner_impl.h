@@ -252,8 +252,8 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   HostStaging hs_;
   // Started (pipelined) steps: two staging buffers, used in turn, each with an event recorded
   // after its step's result copies; the steps started and not finished, oldest first; and
-  // which rows of the last started step chose a token (what the next one may feed on), valid
-  // while no other decode step came after it.
+  // which rows of the last started step chose a token (what the next one may feed on; emptied
+  // when another decode step comes after it).
   struct PipelinedBuffer {
     PinnedBuffer host;
     cudaEvent_t done = nullptr;
@@ -263,7 +263,6 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   std::deque<EnqueuedStep> started_;
   int next_buffer_ = 0;
   std::vector<uint8_t> feedable_;
-  bool last_step_started_ = false;
   struct StepGraph {
     int eager_steps = 0;
     cudaGraphExec_t exec = nullptr;

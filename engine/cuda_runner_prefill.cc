@@ -10,9 +10,7 @@ absl::Status CudaModelRunnerImpl::Prefill(absl::Span<const PrefillRequest> reque
   MESA_RETURN_IF_ERROR(
       CheckPrefillRequests(requests, results.size(), options_.num_slots, c_.vocab_size));
   for (size_t r = 0; r < requests.size(); ++r) {
-    const PrefillRequest& req = requests[r];
-    const bool chosen = !req.all_logits && req.choice.has_value() && ChoosesAhead(*req.choice);
-    SizePrefillResult(req, c_, &results[r], /*logits=*/!chosen);
+    SizePrefillResult(requests[r], c_, &results[r], /*logits=*/!ChoosesAfterPrefill(requests[r]));
   }
   for (const PrefillPack& pack :
        PackPrefill(requests, prefill_rows_, gpu::kMaxPackedSeqs, gpu::kPrefillChunk)) {
@@ -115,7 +113,7 @@ absl::Status CudaModelRunnerImpl::PrefillPackStep(absl::Span<const PrefillReques
     want_stats = want_stats || req.want_stats;
     if (logit_row[i] < 0) continue;
     const int64_t rows = req.all_logits ? pack[i].len : 1;
-    const bool choose = !req.all_logits && req.choice.has_value() && ChoosesAhead(*req.choice);
+    const bool choose = ChoosesAfterPrefill(req);
     for (int64_t r = 0; r < rows; ++r) {
       row_choices[logit_row[i] + r] = choose ? cuda_runner::RowChoiceFor(*req.choice) : gpu::RowChoice{};
     }

@@ -370,7 +370,6 @@ absl::Status Engine::PrefillStep(bool* worked) {
           choice.logprob = r.logprob;
           choice.top = r.top;
         }
-        a.sampler->Observe(choice.token);
         Emit(a, choice);
       } else {
         Sample(a, r.logits, &*batch[i].choice);
@@ -455,7 +454,7 @@ absl::Status Engine::DecodeStep(bool* worked) {
   if (absl::Status s = runner_->DecodeAndChoose(rows, choices, &result); !s.ok()) {
     return StepFailed(s, owners);
   }
-  TakeDecodeResult(owners, choices, result, t0, rows.size());
+  TakeDecodeResult(owners, choices, result, t0);
   return absl::OkStatus();
 }
 
@@ -468,13 +467,14 @@ absl::Status Engine::CollectStarted() {
 absl::Status Engine::CollectStep(const StartedStep& step) {
   DecodeResult& result = decode_result_;
   if (absl::Status s = runner_->FinishDecode(&result); !s.ok()) return StepFailed(s, step.owners);
-  TakeDecodeResult(step.owners, step.choices, result, step.started, step.owners.size());
+  TakeDecodeResult(step.owners, step.choices, result, step.started);
   return absl::OkStatus();
 }
 
 void Engine::TakeDecodeResult(const std::vector<Active*>& owners,
                               const std::vector<PlainChoice>& choices, DecodeResult& result,
-                              absl::Time started, size_t rows) {
+                              absl::Time started) {
+  const size_t rows = owners.size();
   const int64_t vocab = runner_->config().vocab_size;
   std::vector<int32_t> row_request(rows);
   for (size_t i = 0; i < rows; ++i) row_request[i] = static_cast<int32_t>(i);
@@ -532,7 +532,6 @@ void Engine::Sample(Active& a, absl::Span<const float> logits, const PlainChoice
   const bool logprobs = a.req.top_logprobs > 0;
   choice.token = a.sampler->Sample(logits, a.req.top_logprobs, logprobs ? &choice.top : nullptr,
                                    logprobs ? &choice.logprob : nullptr, plain);
-  a.sampler->Observe(choice.token);
   Emit(a, choice);
 }
 
@@ -544,11 +543,11 @@ void Engine::Accept(Active& a, const DecodeResult& result, size_t row, const Pla
     const auto* top = result.top_logprobs.data() + row * kMaxDeviceTopLogprobs;
     choice.top.assign(top, top + plain.top_logprobs);
   }
-  a.sampler->Observe(choice.token);
   Emit(a, choice);
 }
 
 void Engine::Emit(Active& a, const TokenChoice& choice) {
+  a.sampler->Observe(choice.token);  // context for the penalties of the next choices
   const absl::Time now = absl::Now();
   a.generated += 1;
   if (a.generated == 1) {

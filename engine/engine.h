@@ -121,10 +121,11 @@ class Engine {
   absl::Status CollectStep(const StartedStep& step);
   // Handles a decode step's result: CG statistics, then each live row's token.
   void TakeDecodeResult(const std::vector<Active*>& owners, const std::vector<PlainChoice>& choices,
-                        DecodeResult& result, absl::Time started, size_t rows);
+                        DecodeResult& result, absl::Time started);
   // Requests that ended and are no longer referenced by a started step leave running_.
   void EraseFinished();
-  // Records a generated token; finishes the request when a stop condition holds.
+  // Records a generated token (the sampler observes it); finishes the request when a stop
+  // condition holds.
   void Emit(Active& a, const TokenChoice& choice);
   void Finish(Active& a, absl::Status status, FinishReason reason);
   // Chooses the next token on the host (with the draw of `plain` when the runner was given a

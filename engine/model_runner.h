@@ -130,6 +130,11 @@ class ModelRunner {
     (void)choice;
     return false;
   }
+  // Whether Prefill chooses `req`'s next token itself (PrefillRequest::choice): the rule every
+  // runner that chooses in Prefill follows.
+  bool ChoosesAfterPrefill(const PrefillRequest& req) const {
+    return !req.all_logits && req.choice.has_value() && ChoosesAhead(*req.choice);
+  }
   // Starts a step whose every live row has a choice ChoosesAhead accepts (one per row).
   virtual absl::Status StartDecode(absl::Span<const DecodeRow> rows,
                                    absl::Span<const PlainChoice> choices) {

@@ -121,7 +121,7 @@ absl::Status ChoosingRunner::Prefill(absl::Span<const PrefillRequest> requests,
   if (absl::Status s = inner_->Prefill(requests, results); !s.ok()) return s;
   for (size_t i = 0; i < requests.size(); ++i) {
     const PrefillRequest& req = requests[i];
-    if (req.all_logits || !req.choice.has_value() || !ChoosesAhead(*req.choice)) continue;
+    if (!ChoosesAfterPrefill(req)) continue;
     const int32_t token = ChooseRow(results[i].logits.data(), *req.choice);
     if (token < 0) continue;
     results[i].token = token;

@@ -59,10 +59,11 @@ class EnginePipelineTest : public ::testing::Test {
     return r;
   }
 
-  // Runs `n` requests on 4 slots; the second half arrives once the first has tokens.
-  Outcome Run(bool pipelined, int n, bool truncated,
-              const std::vector<std::vector<int32_t>>* stop_tokens = nullptr,
-              const std::string& faults = "") {
+  // An engine on 4 slots of the CPU runner choosing tokens as the GPU does (pipelining when
+  // `pipelined`), behind the fault injector when `faults` names faults; *runner gets the
+  // choosing runner (owned by the engine).
+  std::unique_ptr<Engine> MakeEngine(bool pipelined, const std::string& faults,
+                                     ChoosingRunner** runner) {
     auto w = LoadMesaWeights(*dir_);
     EXPECT_TRUE(w.ok()) << w.status();
     CpuRunnerOptions ro;
@@ -70,7 +71,7 @@ class EnginePipelineTest : public ::testing::Test {
     auto cpu = CreateCpuModelRunner(std::move(*w), ro);
     EXPECT_TRUE(cpu.ok());
     auto owned = std::make_unique<ChoosingRunner>(std::move(*cpu), /*pipelined_rows=*/4);
-    ChoosingRunner* runner = owned.get();
+    *runner = owned.get();
     std::unique_ptr<ModelRunner> top = std::move(owned);
     if (!faults.empty()) {
       auto wrapped = WrapWithFaultInjection(std::move(top), faults);
@@ -83,26 +84,38 @@ class EnginePipelineTest : public ::testing::Test {
     options.pipeline_decode = pipelined;
     auto engine = Engine::Create(std::move(top), nullptr, nullptr, options);
     EXPECT_TRUE(engine.ok()) << engine.status();
+    return engine.ok() ? std::move(*engine) : nullptr;
+  }
+
+  // Runs `n` requests on 4 slots; the second half arrives once the first has tokens.
+  Outcome Run(bool pipelined, int n, bool truncated,
+              const std::vector<std::vector<int32_t>>* stop_tokens = nullptr,
+              const std::string& faults = "") {
+    ChoosingRunner* runner = nullptr;
+    std::unique_ptr<Engine> engine = MakeEngine(pipelined, faults, &runner);
+    if (engine == nullptr) return {};
     std::vector<std::shared_ptr<Collect>> sinks;
     for (int i = 0; i < n; ++i) {
       if (i == n / 2) {
         while (sinks[0]->count() < 3) absl::SleepFor(absl::Milliseconds(1));
       }
       auto sink = std::make_shared<Collect>();
-      EXPECT_TRUE((*engine)->Submit(Request(i, truncated, stop_tokens), sink).ok());
+      EXPECT_TRUE(engine->Submit(Request(i, truncated, stop_tokens), sink).ok());
       sinks.push_back(sink);
     }
     Outcome out;
     for (auto& s : sinks) {
       const GenerationEvent f = s->Wait();
-      if (faults.empty()) EXPECT_TRUE(f.status.ok()) << f.status;
+      if (faults.empty()) {
+        EXPECT_TRUE(f.status.ok()) << f.status;
+      }
       out.tokens.push_back(s->tokens());
       out.finish.push_back(f.finish);
       out.status.push_back(f.status);
     }
-    out.health = (*engine)->Health();
-    for (int i = 0; i < 400 && !(*engine)->Idle(); ++i) absl::SleepFor(absl::Milliseconds(5));
-    out.slots_used_after = (*engine)->Health().slots_used;
+    out.health = engine->Health();
+    for (int i = 0; i < 400 && !engine->Idle(); ++i) absl::SleepFor(absl::Milliseconds(5));
+    out.slots_used_after = engine->Health().slots_used;
     out.started_steps = runner->started_steps();
     out.fed_rows = runner->fed_rows();
     return out;
@@ -180,26 +193,15 @@ TEST_F(EnginePipelineTest, AFailedStartedStepFailsItsRequestsAndServingGoesOn) {
 TEST_F(EnginePipelineTest, APoisonedRunnerFailsEverythingWithAStartedStepOut) {
   // The runner poisons itself at its 6th call (a started step, with the one before it still
   // out): every request fails UNAVAILABLE, readiness drops, new requests are refused.
-  auto w = LoadMesaWeights(*dir_);
-  ASSERT_TRUE(w.ok()) << w.status();
-  CpuRunnerOptions ro;
-  ro.num_slots = 4;
-  auto cpu = CreateCpuModelRunner(std::move(*w), ro);
-  ASSERT_TRUE(cpu.ok());
-  auto wrapped = WrapWithFaultInjection(
-      std::make_unique<ChoosingRunner>(std::move(*cpu), /*pipelined_rows=*/4), "poison_at=6");
-  ASSERT_TRUE(wrapped.ok()) << wrapped.status();
-  EngineOptions options;
-  options.prefill_chunk = 64;
-  options.prefill_budget = 256;
-  auto engine = Engine::Create(std::move(*wrapped), nullptr, nullptr, options);
-  ASSERT_TRUE(engine.ok()) << engine.status();
+  ChoosingRunner* runner = nullptr;
+  std::unique_ptr<Engine> engine = MakeEngine(/*pipelined=*/true, "poison_at=6", &runner);
+  ASSERT_NE(engine, nullptr);
   std::vector<std::shared_ptr<Collect>> sinks;
   for (int i = 0; i < 4; ++i) {
     GenerationRequest r = Request(i, false, nullptr);
     r.stopping.max_new_tokens = 40;
     auto sink = std::make_shared<Collect>();
-    ASSERT_TRUE((*engine)->Submit(std::move(r), sink).ok());
+    ASSERT_TRUE(engine->Submit(std::move(r), sink).ok());
     sinks.push_back(sink);
   }
   for (auto& sink : sinks) {
@@ -207,8 +209,8 @@ TEST_F(EnginePipelineTest, APoisonedRunnerFailsEverythingWithAStartedStepOut) {
     EXPECT_EQ(f.status.code(), absl::StatusCode::kUnavailable) << f.status;
     EXPECT_LT(sink->count(), 40u);
   }
-  EXPECT_TRUE((*engine)->Health().failed);
-  EXPECT_EQ((*engine)->Submit(Request(0, false, nullptr), std::make_shared<Collect>()).status().code(),
+  EXPECT_TRUE(engine->Health().failed);
+  EXPECT_EQ(engine->Submit(Request(0, false, nullptr), std::make_shared<Collect>()).status().code(),
             absl::StatusCode::kUnavailable);
 }
 
