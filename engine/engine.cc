@@ -177,6 +177,8 @@ void Engine::Loop() {
     }
     heartbeat_ns_ = absl::ToUnixNanos(absl::Now());
     TakeInbox();
+    // A request submitted while the engine was failing (it passed Submit's check) fails here.
+    if (failed_) FailWaiting();
     ExpireAndCancel();
     Admit();
     idle_step_ = false;
@@ -649,13 +651,17 @@ void Engine::Fail(const absl::Status& status) {
   MESA_LOG(ERROR) << "engine step failed: " << status << "; failing all requests";
   failed_ = true;
   started_.reset();  // the runner failed: its started step's tokens are not coming
-  const absl::Status unavailable =
-      absl::UnavailableError(absl::StrCat("the engine failed: ", status.message()));
-  for (auto& a : running_) Finish(*a, unavailable, FinishReason::kNone);
-  for (auto& a : waiting_) Finish(*a, unavailable, FinishReason::kNone);
+  failure_ = absl::UnavailableError(absl::StrCat("the engine failed: ", status.message()));
+  for (auto& a : running_) Finish(*a, failure_, FinishReason::kNone);
   running_.clear();
-  waiting_.clear();
   running_count_ = 0;
+  TakeInbox();
+  FailWaiting();
+}
+
+void Engine::FailWaiting() {
+  for (auto& a : waiting_) Finish(*a, failure_, FinishReason::kNone);
+  waiting_.clear();
 }
 
 }  // namespace mesa

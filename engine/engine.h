@@ -136,6 +136,8 @@ class Engine {
   void ReportCg(bool prefill, const CgStats& stats, const std::vector<int32_t>& row_request,
                 const std::vector<Active*>& requests);
   void Fail(const absl::Status& status);
+  // After a failure: ends every waiting request with the failure (none is ever admitted).
+  void FailWaiting();
   // A step of the runner failed: fatal (everything fails, readiness drops) if the runner is
   // poisoned; otherwise only the requests of that step fail and serving goes on.
   absl::Status StepFailed(const absl::Status& status, const std::vector<Active*>& owners);
@@ -162,6 +164,7 @@ class Engine {
   std::atomic<int32_t> running_count_{0};
 
   // Engine thread only.
+  absl::Status failure_;  // why the engine failed (UNAVAILABLE), once failed_
   // Reused by every decode step: its logits buffer ([B, vocab] floats, 33 MB at B = 256 for a
   // 32,000-token vocab) keeps its pages instead of being allocated and zeroed per step.
   DecodeResult decode_result_;

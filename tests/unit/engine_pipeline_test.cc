@@ -2,8 +2,10 @@
 // the previous step's tokens, which the runner feeds on the device. The tokens must be those of
 // unpipelined steps whatever ends, arrives or samples on the host in between. The runner is
 // the CPU runner with tokens chosen "on the device" (tests/testing/choosing_runner.h).
+#include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/cpu_model_runner.h"
@@ -28,6 +30,18 @@ struct Outcome {
   int32_t slots_used_after = -1;
   std::vector<absl::Status> status;
   EngineHealth health;
+};
+
+// Calls `on_first_token` (once, on the engine thread) when the request's first token arrives:
+// a client acting at a known point of the engine's step.
+class ActingSink : public Collect {
+ public:
+  std::function<void()> on_first_token;
+  void Push(GenerationEvent event) override {
+    const bool first = !event.tokens.empty() && count() == 0;
+    Collect::Push(std::move(event));
+    if (first && on_first_token) std::exchange(on_first_token, nullptr)();
+  }
 };
 
 class EnginePipelineTest : public ::testing::Test {
@@ -212,6 +226,32 @@ TEST_F(EnginePipelineTest, APoisonedRunnerFailsEverythingWithAStartedStepOut) {
   EXPECT_TRUE(engine->Health().failed);
   EXPECT_EQ(engine->Submit(Request(0, false, nullptr), std::make_shared<Collect>()).status().code(),
             absl::StatusCode::kUnavailable);
+}
+
+TEST_F(EnginePipelineTest, ARequestSubmittedWhileTheEngineFailsFailsToo) {
+  // The first request's first token comes from its prefill (call 1); in the same engine step a
+  // client submits another request, which waits in the inbox while the decode step after the
+  // prefill (call 2) poisons the runner. The late request must fail too, not wait forever.
+  for (bool pipelined : {false, true}) {
+    SCOPED_TRACE(pipelined ? "pipelined" : "unpipelined");
+    ChoosingRunner* runner = nullptr;
+    std::unique_ptr<Engine> engine = MakeEngine(pipelined, "poison_at=2", &runner);
+    ASSERT_NE(engine, nullptr);
+    auto first = std::make_shared<ActingSink>();
+    auto late = std::make_shared<Collect>();
+    absl::Status late_submit = absl::UnknownError("not submitted");
+    first->on_first_token = [&] {
+      late_submit = engine->Submit(Request(1, false, nullptr), late).status();
+    };
+    ASSERT_TRUE(engine->Submit(Request(0, false, nullptr), first).ok());
+    EXPECT_EQ(first->Wait().status.code(), absl::StatusCode::kUnavailable);
+    EXPECT_TRUE(late_submit.ok()) << late_submit;
+    const GenerationEvent f = late->Wait();
+    EXPECT_TRUE(f.final);
+    EXPECT_EQ(f.status.code(), absl::StatusCode::kUnavailable) << f.status;
+    EXPECT_TRUE(engine->Health().failed);
+    EXPECT_TRUE(engine->Idle());
+  }
 }
 
 }  // namespace
