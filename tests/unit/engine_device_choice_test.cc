@@ -9,13 +9,12 @@
 #include <mutex>
 #include <vector>
 
-#include "engine/cpu_model_runner.h"
 #include "engine/engine.h"
 #include "gtest/gtest.h"
-#include "models/checkpoint.h"
 #include "tests/testing/choosing_runner.h"
 #include "tests/testing/collecting_sink.h"
 #include "tests/testing/random_checkpoint.h"
+#include "tests/testing/temp_checkpoint.h"
 
 namespace mesa {
 namespace {
@@ -26,13 +25,11 @@ using Collect = testing::CollectingSink;
 class EngineDeviceChoiceTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new std::filesystem::path(testing::MakeTempDir("engine_choice"));
-    ASSERT_TRUE(testing::WriteRandomCheckpoint(*dir_, testing::TinyConfig()).ok());
+    auto c = testing::TempCheckpoint::Create("engine_choice", testing::TinyConfig());
+    ASSERT_TRUE(c.ok()) << c.status();
+    checkpoint_ = c->release();
   }
-  static void TearDownTestSuite() {
-    std::filesystem::remove_all(*dir_);
-    delete dir_;
-  }
+  static void TearDownTestSuite() { delete checkpoint_; }
 
   struct Outcome {
     std::vector<std::vector<int32_t>> tokens;  // per request
@@ -42,12 +39,9 @@ class EngineDeviceChoiceTest : public ::testing::Test {
 
   // Four requests run together: greedy, softmax at 0.8 and 1.3, and top-k 5 at 0.8.
   Outcome Run(bool device_sampling) {
-    auto w = LoadMesaWeights(*dir_);
-    EXPECT_TRUE(w.ok()) << w.status();
-    CpuRunnerOptions ro;
-    ro.num_slots = 4;
-    auto cpu = CreateCpuModelRunner(std::move(*w), ro);
-    EXPECT_TRUE(cpu.ok());
+    auto cpu = checkpoint_->CpuRunner(4);
+    EXPECT_TRUE(cpu.ok()) << cpu.status();
+    if (!cpu.ok()) return {};
     auto owned = std::make_unique<ChoosingRunner>(std::move(*cpu));
     ChoosingRunner* runner = owned.get();
     EngineOptions options;
@@ -79,10 +73,10 @@ class EngineDeviceChoiceTest : public ::testing::Test {
     return out;
   }
 
-  static std::filesystem::path* dir_;
+  static testing::TempCheckpoint* checkpoint_;
 };
 
-std::filesystem::path* EngineDeviceChoiceTest::dir_ = nullptr;
+testing::TempCheckpoint* EngineDeviceChoiceTest::checkpoint_ = nullptr;
 
 TEST_F(EngineDeviceChoiceTest, TokensDoNotDependOnWhichSideChooses) {
   const Outcome with_device = Run(true);

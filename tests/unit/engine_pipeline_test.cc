@@ -8,14 +8,13 @@
 #include <utility>
 #include <vector>
 
-#include "engine/cpu_model_runner.h"
 #include "engine/engine.h"
 #include "engine/fault_injection.h"
 #include "gtest/gtest.h"
-#include "models/checkpoint.h"
 #include "tests/testing/choosing_runner.h"
 #include "tests/testing/collecting_sink.h"
 #include "tests/testing/random_checkpoint.h"
+#include "tests/testing/temp_checkpoint.h"
 
 namespace mesa {
 namespace {
@@ -47,13 +46,11 @@ class ActingSink : public Collect {
 class EnginePipelineTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new std::filesystem::path(testing::MakeTempDir("engine_pipeline"));
-    ASSERT_TRUE(testing::WriteRandomCheckpoint(*dir_, testing::TinyConfig()).ok());
+    auto c = testing::TempCheckpoint::Create("engine_pipeline", testing::TinyConfig());
+    ASSERT_TRUE(c.ok()) << c.status();
+    checkpoint_ = c->release();
   }
-  static void TearDownTestSuite() {
-    std::filesystem::remove_all(*dir_);
-    delete dir_;
-  }
+  static void TearDownTestSuite() { delete checkpoint_; }
 
   // Request i: greedy, softmax or (with truncated) top-k sampling, its own length limit, and
   // for some a stop token taken from `stop_tokens` (the unpipelined run's tokens).
@@ -78,12 +75,9 @@ class EnginePipelineTest : public ::testing::Test {
   // choosing runner (owned by the engine).
   std::unique_ptr<Engine> MakeEngine(bool pipelined, const std::string& faults,
                                      ChoosingRunner** runner) {
-    auto w = LoadMesaWeights(*dir_);
-    EXPECT_TRUE(w.ok()) << w.status();
-    CpuRunnerOptions ro;
-    ro.num_slots = 4;
-    auto cpu = CreateCpuModelRunner(std::move(*w), ro);
-    EXPECT_TRUE(cpu.ok());
+    auto cpu = checkpoint_->CpuRunner(4);
+    EXPECT_TRUE(cpu.ok()) << cpu.status();
+    if (!cpu.ok()) return nullptr;
     auto owned = std::make_unique<ChoosingRunner>(std::move(*cpu), /*pipelined_rows=*/4);
     *runner = owned.get();
     std::unique_ptr<ModelRunner> top = std::move(owned);
@@ -135,10 +129,10 @@ class EnginePipelineTest : public ::testing::Test {
     return out;
   }
 
-  static std::filesystem::path* dir_;
+  static testing::TempCheckpoint* checkpoint_;
 };
 
-std::filesystem::path* EnginePipelineTest::dir_ = nullptr;
+testing::TempCheckpoint* EnginePipelineTest::checkpoint_ = nullptr;
 
 TEST_F(EnginePipelineTest, SameTokensAsUnpipelinedSteps) {
   const Outcome plain = Run(false, 8, false);

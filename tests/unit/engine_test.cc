@@ -5,14 +5,13 @@
 #include <condition_variable>
 #include <mutex>
 
-#include "engine/cpu_model_runner.h"
 #include "engine/engine.h"
 #include "engine/stop_matcher.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "models/checkpoint.h"
 #include "tests/testing/choosing_runner.h"
 #include "tests/testing/random_checkpoint.h"
+#include "tests/testing/temp_checkpoint.h"
 
 namespace mesa {
 namespace {
@@ -82,27 +81,24 @@ class TestSink : public GenerationSink {
 class EngineTest : public ::testing::TestWithParam<bool> {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new std::filesystem::path(testing::MakeTempDir("engine"));
     MesaConfig c = testing::TinyConfig();
     c.vocab_size = 400;
-    ASSERT_TRUE(testing::WriteRandomCheckpoint(*dir_, c).ok());
+    auto checkpoint = testing::TempCheckpoint::Create("engine", c);
+    ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+    checkpoint_ = checkpoint->release();
     auto tok = Tokenizer::Load(MESA_TESTDATA_DIR "/tokenizer/tiny.model", 400);
     ASSERT_TRUE(tok.ok()) << tok.status();
     tokenizer_ = tok->release();
   }
   static void TearDownTestSuite() {
     delete tokenizer_;
-    std::filesystem::remove_all(*dir_);
-    delete dir_;
+    delete checkpoint_;
   }
 
   std::unique_ptr<Engine> MakeEngine(int32_t slots, EngineOptions options = {}) {
-    auto w = LoadMesaWeights(*dir_);
-    EXPECT_TRUE(w.ok()) << w.status();
-    CpuRunnerOptions ro;
-    ro.num_slots = slots;
-    auto cpu = CreateCpuModelRunner(std::move(*w), ro);
-    EXPECT_TRUE(cpu.ok());
+    auto cpu = checkpoint_->CpuRunner(slots);
+    EXPECT_TRUE(cpu.ok()) << cpu.status();
+    if (!cpu.ok()) return nullptr;
     std::unique_ptr<ModelRunner> runner = std::move(*cpu);
     if (GetParam()) runner = std::make_unique<testing::ChoosingRunner>(std::move(runner), slots);
     options.prefill_chunk = 64;
@@ -131,11 +127,11 @@ class EngineTest : public ::testing::TestWithParam<bool> {
     for (int i = 0; i < 400 && !e.Idle(); ++i) absl::SleepFor(absl::Milliseconds(10));
   }
 
-  static std::filesystem::path* dir_;
+  static testing::TempCheckpoint* checkpoint_;
   static Tokenizer* tokenizer_;
 };
 
-std::filesystem::path* EngineTest::dir_ = nullptr;
+testing::TempCheckpoint* EngineTest::checkpoint_ = nullptr;
 Tokenizer* EngineTest::tokenizer_ = nullptr;
 
 TEST_P(EngineTest, GeneratesToTheLengthLimitWithSummary) {
