@@ -200,23 +200,34 @@ TEST_F(EnginePipelineTest, AFailedStartedStepFailsItsRequestsAndServingGoesOn) {
 
 TEST_F(EnginePipelineTest, APoisonedRunnerFailsEverythingWithAStartedStepOut) {
   // The runner poisons itself at its 6th call (a started step, with the one before it still
-  // out): every request fails UNAVAILABLE, readiness drops, new requests are refused.
+  // out): every request fails UNAVAILABLE, readiness drops, new requests are refused. The
+  // first request's first token submits the other three from the engine thread, so the calls
+  // come in the same order in every run (submitting them from here raced the engine, which
+  // could reach the 6th call before the last submission, which was then refused).
   ChoosingRunner* runner = nullptr;
   std::unique_ptr<Engine> engine = MakeEngine(/*pipelined=*/true, "poison_at=6", &runner);
   ASSERT_NE(engine, nullptr);
-  std::vector<std::shared_ptr<Collect>> sinks;
-  for (int i = 0; i < 4; ++i) {
+  auto request = [](int i) {
     GenerationRequest r = Request(i, false, nullptr);
     r.stopping.max_new_tokens = 40;
-    auto sink = std::make_shared<Collect>();
-    ASSERT_TRUE(engine->Submit(std::move(r), sink).ok());
-    sinks.push_back(sink);
-  }
+    return r;
+  };
+  auto first = std::make_shared<ActingSink>();
+  std::vector<std::shared_ptr<Collect>> sinks = {first};
+  std::vector<absl::Status> submitted;
+  for (int i = 1; i < 4; ++i) sinks.push_back(std::make_shared<Collect>());
+  first->on_first_token = [&] {
+    for (int i = 1; i < 4; ++i) submitted.push_back(engine->Submit(request(i), sinks[i]).status());
+  };
+  ASSERT_TRUE(engine->Submit(request(0), first).ok());
   for (auto& sink : sinks) {
     const GenerationEvent f = sink->Wait();
     EXPECT_EQ(f.status.code(), absl::StatusCode::kUnavailable) << f.status;
     EXPECT_LT(sink->count(), 40u);
   }
+  ASSERT_EQ(submitted.size(), 3u);
+  for (const absl::Status& s : submitted) EXPECT_TRUE(s.ok()) << s;
+  EXPECT_GT(runner->started_steps(), 0);
   EXPECT_TRUE(engine->Health().failed);
   EXPECT_EQ(engine->Submit(Request(0, false, nullptr), std::make_shared<Collect>()).status().code(),
             absl::StatusCode::kUnavailable);
