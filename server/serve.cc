@@ -195,6 +195,23 @@ void WatchHealth(Server& s, const std::atomic<bool>& stop) {
   }
 }
 
+// Waits for SIGTERM/SIGINT (true, *sig set) or, when fatal_exit_after_seconds > 0, until the
+// engine has been failed that long (false). A failed engine never recovers: every request is
+// refused, and only a restart brings the model back.
+bool WaitForSignalOrFailure(Server& s, const sigset_t& signals, int* sig) {
+  const double fatal_after = s.config.fatal_exit_after_seconds;
+  absl::Time failed_at = absl::InfiniteFuture();
+  while (true) {
+    timespec poll{0, 100 * 1000 * 1000};
+    *sig = sigtimedwait(&signals, nullptr, &poll);
+    if (*sig > 0) return true;
+    if (fatal_after <= 0 || !s.engine->Health().failed) continue;
+    const absl::Time now = absl::Now();
+    if (failed_at == absl::InfiniteFuture()) failed_at = now;
+    if (now - failed_at >= absl::Seconds(fatal_after)) return false;
+  }
+}
+
 }  // namespace
 
 int RunServe(const std::vector<std::string>& args) {
@@ -229,9 +246,24 @@ int RunServe(const std::vector<std::string>& args) {
 
   std::atomic<bool> stop_watch{false};
   std::thread watcher([&] { WatchHealth(s, stop_watch); });
+  // Stops the listeners (calls still open get `grace` to finish), the watcher and the engine.
+  auto stop = [&](std::chrono::seconds grace) {
+    s.grpc_server->Shutdown(std::chrono::system_clock::now() + grace);
+    if (s.health_server) s.health_server->Shutdown(std::chrono::system_clock::now());
+    stop_watch = true;
+    watcher.join();
+    s.grpc_server.reset();
+    s.engine.reset();
+  };
 
   int sig = 0;
-  sigwait(&signals, &sig);
+  if (!WaitForSignalOrFailure(s, signals, &sig)) {
+    MESA_LOG(ERROR) << "the engine failed " << s.config.fatal_exit_after_seconds
+                    << " s ago and cannot serve again; exiting with status " << kExitEngineFailed
+                    << " for the supervisor to restart the server";
+    stop(std::chrono::seconds(1));  // every request has already ended
+    return kExitEngineFailed;
+  }
   MESA_LOG(INFO) << "signal " << sig << ": draining (up to " << s.config.drain_timeout_seconds
                  << " s for running requests)";
   s.engine->StartDrain();
@@ -246,13 +278,7 @@ int RunServe(const std::vector<std::string>& args) {
     const absl::Time grace = absl::Now() + absl::Seconds(5);
     while (!s.engine->Idle() && absl::Now() < grace) absl::SleepFor(absl::Milliseconds(10));
   }
-  // Let the last responses go out, then stop.
-  s.grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  if (s.health_server) s.health_server->Shutdown(std::chrono::system_clock::now());
-  stop_watch = true;
-  watcher.join();
-  s.grpc_server.reset();
-  s.engine.reset();
+  stop(std::chrono::seconds(5));  // lets the last responses go out
   MESA_LOG(INFO) << "drained; exiting";
   return 0;
 }

@@ -127,7 +127,8 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::vector<std::string>& arg
   ServeConfig c;
   c.model = MESA_DEFAULT_MODEL_DIR;
   std::string cg_mode = CgModeName(kDefaultCgMode);
-  double cg_tol = kDefaultCgTol, cg_min_tol = c.limits.min_cg_tol, drain = c.drain_timeout_seconds;
+  double cg_tol = kDefaultCgTol, cg_min_tol = c.limits.min_cg_tol, drain = c.drain_timeout_seconds,
+         fatal_exit = c.fatal_exit_after_seconds;
   int64_t slots = 0, state_mb = 0, max_waiting = c.engine.max_waiting,
           max_prompt = c.limits.max_prompt_tokens, max_new = c.limits.max_new_tokens,
           default_new = c.limits.default_max_new_tokens, chunk = 0,
@@ -154,6 +155,9 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::vector<std::string>& arg
   f.Float("cg-min-tol", &cg_min_tol, "smallest tolerance a request may ask for");
   f.Int("cg-max-iters-limit", &cg_iters_limit, "largest CG cap a request may ask for");
   f.Float("drain-timeout", &drain, "seconds SIGTERM waits for running requests");
+  f.Float("fatal-exit-after", &fatal_exit,
+          "seconds after a fatal engine failure (e.g. a sticky GPU fault) before the server exits "
+          "with status 3 for its supervisor to restart it; 0 = stay up, NOT_SERVING");
   f.Int("threads", &threads, "engine CPU threads; 0 = all cores");
   f.Int("delivery-threads", &delivery_threads,
         "threads that start the gRPC writes of generated tokens, so the engine thread goes on to its "
@@ -213,6 +217,10 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::vector<std::string>& arg
   if (!(drain >= 0.0 && drain <= 86400.0)) {
     return absl::InvalidArgumentError(absl::StrCat("--drain-timeout ", drain, " is outside [0, 86400]"));
   }
+  if (!(fatal_exit >= 0.0 && fatal_exit <= 86400.0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--fatal-exit-after ", fatal_exit, " is outside [0, 86400]"));
+  }
   if (!(cg_min_tol > 0.0 && cg_min_tol < 1.0)) {
     return absl::InvalidArgumentError(absl::StrCat("--cg-min-tol ", cg_min_tol, " is outside (0, 1)"));
   }
@@ -229,6 +237,7 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::vector<std::string>& arg
   c.threads = static_cast<int32_t>(threads);
   c.delivery_threads = static_cast<int32_t>(delivery_threads);
   c.drain_timeout_seconds = drain;
+  c.fatal_exit_after_seconds = fatal_exit;
   c.engine.max_waiting = static_cast<int32_t>(max_waiting);
   c.engine.prefill_chunk = static_cast<int32_t>(chunk);  // 0: by device; serve.cc sets the budget
   c.engine.stream_buffer = static_cast<int32_t>(stream_buffer);

@@ -48,6 +48,10 @@ struct ServeConfig {
   int32_t delivery_threads = 1;  // 0 = gRPC writes start on the engine thread
   bool batch_invariant = false;  // RunnerSpec::batch_invariant
   double drain_timeout_seconds = 30.0;
+  // After a fatal engine failure (a poisoned backend, e.g. a sticky device fault) the server
+  // exits with kExitEngineFailed this many seconds later, so that its supervisor restarts it;
+  // in between it answers NOT_SERVING and refuses requests. 0 = stay up, not ready.
+  double fatal_exit_after_seconds = 5.0;
   std::string log_level = "info";
   CgSettings cg;                 // server defaults
   Limits limits;

@@ -110,6 +110,13 @@ class CliTest(unittest.TestCase):
             self.assertRegex(proc.stderr, r"--device cuda: this mesaserve was built without the CUDA backend"
                                           r"|CUDA|cuda")
 
+    def test_serve_rejects_timeouts_out_of_range(self):
+        for flag, value in (("--drain-timeout", "-1"), ("--fatal-exit-after", "-2"),
+                            ("--fatal-exit-after", "90000")):
+            proc = run("serve", "--model", self.model, flag, value, check=False)
+            self.assertEqual(proc.returncode, 1, proc.stderr)
+            self.assertIn(f"{flag} {value} is outside [0, 86400]", proc.stderr)
+
     def test_perplexity_reports_cg_statistics(self):
         text = os.path.join(self.tmp, "text.txt")
         with open(text, "w") as f:

@@ -64,11 +64,33 @@ class FaultTest(unittest.TestCase):
         self.assertEqual(server.metrics().value("mesa_requests_total", outcome="error"), 1)
 
     def test_poisoned_runner_fails_everything_and_readiness_drops(self):
+        # A poisoned runner (a sticky device fault) cannot serve again: requests fail UNAVAILABLE,
+        # readiness drops, and the process exits with status 3 within 10 s (5 s by default) so
+        # that its supervisor restarts it.
         server = self.serve("--slots", "2", env={"MESA_FAULT_INJECTION": "poison_at=8"})
         stub = rpc.GenerationStub(server.shared_channel())
         with self.assertRaises(grpc.RpcError) as ctx:
             list(stub.GenerateStream(request(max_new=100), timeout=60))
+        failed_at = time.monotonic()
         self.assertEqual(ctx.exception.code(), grpc.StatusCode.UNAVAILABLE, ctx.exception.details())
+        self.assert_failed_and_not_serving(server, stub)
+        code = server.wait(max(0.0, failed_at + 10 - time.monotonic()))
+        self.assertEqual(code, 3, "the server did not exit with status 3 within 10 s of the failure")
+        self.assertIn("exiting with status 3", server.log())
+
+    def test_poisoned_runner_with_fatal_exit_off_stays_up_not_serving(self):
+        server = self.serve("--slots", "2", "--fatal-exit-after", "0",
+                            env={"MESA_FAULT_INJECTION": "poison_at=8"})
+        stub = rpc.GenerationStub(server.shared_channel())
+        with self.assertRaises(grpc.RpcError) as ctx:
+            list(stub.GenerateStream(request(max_new=100), timeout=60))
+        self.assertEqual(ctx.exception.code(), grpc.StatusCode.UNAVAILABLE, ctx.exception.details())
+        self.assert_failed_and_not_serving(server, stub)
+        self.assertIsNone(server.wait(1.5))  # still running
+        self.assert_failed_and_not_serving(server, stub)
+        self.assertEqual(server.stop(), 0)
+
+    def assert_failed_and_not_serving(self, server, stub):
         deadline = time.monotonic() + 5
         while health_check(server.shared_channel()) == 1 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -78,7 +100,6 @@ class FaultTest(unittest.TestCase):
         self.assertEqual(ctx.exception.code(), grpc.StatusCode.UNAVAILABLE)
         self.assertIn("engine has failed", ctx.exception.details())
         self.assertEqual(server.metrics().value("mesa_engine_healthy"), 0)
-        self.assertEqual(server.stop(), 0)
 
     def test_ten_thousand_requests_with_random_cancellations_leak_nothing(self):
         server = self.serve("--slots", "16", "--max-waiting", "256")
