@@ -3,7 +3,6 @@
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -44,6 +43,7 @@ struct Options {
   int64_t connections = 1;  // client TCP connections; calls are spread over them
   int64_t requests = 100;
   double duration = 0;
+  double rate = 0;  // > 0: open loop, Poisson arrivals at this many requests/s
   std::string prompt;
   int64_t prompt_tokens = 32;
   int64_t prompt_tokens_min = 0;   // > 0: lengths drawn uniformly from [min, prompt_tokens]
@@ -74,6 +74,10 @@ struct RequestResult {
   // Set when the call succeeded but its answer is not what the request asked for.
   std::string check_error;
   double start_s = 0;  // since the phase began
+  double arrival_s = -1;  // open loop: when the call was due, since the phase began
+  // Open loop: how long after its arrival time a client thread was free to take the call
+  // (about 0 when one was waiting for it).
+  double late_s = 0;
   double ttft_s = -1;  // streams only: first message that carries a token
   double e2e_s = 0;
   std::vector<double> itl_s;
@@ -142,13 +146,20 @@ class LoadTest {
     for (const auto& channel : channels) stubs_.push_back(v1::Generation::NewStub(channel));
   }
 
-  // Runs `requests` calls (or, with a duration, as many as start before it ends) with
-  // o_.concurrency calls in flight. Indices start at `first_index`, so warm-up and measured
+  // Runs `requests` calls (or, with a duration, as many as start before it ends) with at most
+  // o_.concurrency calls in flight. Closed loop (rate 0): each client thread starts its next
+  // call when the last one ends. Open loop (rate > 0): call i starts at its arrival time, the
+  // gaps between arrivals drawn from an exponential distribution (a Poisson process, seeded by
+  // --seed), whatever the server's answers; a call whose arrival finds every thread busy starts
+  // late (RequestResult::late_s). Indices start at `first_index`, so warm-up and measured
   // requests get different prompts and seeds.
-  PhaseResult RunPhase(int64_t requests, double duration, int64_t first_index) {
+  PhaseResult RunPhase(int64_t requests, double duration, int64_t first_index, double rate) {
     PhaseResult phase;
     std::mutex mu;
-    std::atomic<int64_t> next{0};
+    int64_t next = 0;            // guarded by mu, with the arrival process below
+    double next_arrival_s = 0;   // arrival time of request `next`, since `start`
+    std::mt19937_64 arrivals(static_cast<uint64_t>(o_.seed) * 7919u + static_cast<uint64_t>(first_index));
+    std::exponential_distribution<double> gap(rate > 0 ? rate : 1.0);
     const Clock::time_point start = Clock::now();
     const Clock::time_point end =
         start + std::chrono::microseconds(static_cast<int64_t>(duration * 1e6));
@@ -158,11 +169,30 @@ class LoadTest {
       v1::Generation::Stub* stub = stubs_[w % stubs_.size()].get();
       workers.emplace_back([&, stub] {
         for (;;) {
-          if (duration > 0 && Clock::now() >= end) return;
-          const int64_t i = next.fetch_add(1);
+          int64_t i;
+          double arrival_s = 0;
+          {
+            std::lock_guard<std::mutex> lock(mu);
+            i = next++;
+            if (rate > 0) {
+              arrival_s = next_arrival_s;
+              next_arrival_s += gap(arrivals);
+            }
+          }
+          const double taken_s = Seconds(start, Clock::now());
           if (requests > 0 && i >= requests) return;
+          if (rate > 0) {
+            if (duration > 0 && arrival_s >= duration) return;
+            std::this_thread::sleep_until(start + std::chrono::microseconds(static_cast<int64_t>(arrival_s * 1e6)));
+          } else if (duration > 0 && Clock::now() >= end) {
+            return;
+          }
           RequestResult r = Run(*stub, first_index + i, start);
           r.index = i;
+          if (rate > 0) {
+            r.arrival_s = arrival_s;
+            r.late_s = std::max(0.0, taken_s - arrival_s);
+          }
           std::lock_guard<std::mutex> lock(mu);
           phase.requests.push_back(std::move(r));
         }
@@ -315,8 +345,16 @@ struct Summary {
   int64_t requests = 0, ok = 0, failed = 0;
   double wall_s = 0, requests_per_s = 0, tokens_per_s = 0;
   int64_t tokens = 0, messages = 0;
+  // Goodput: the tokens of the calls that succeeded, per second of the phase.
+  int64_t ok_tokens = 0;
+  double goodput_tokens_per_s = 0;
+  // Open loop: calls that no client thread was free to start at their arrival time (by more
+  // than 1 ms), and the worst delay.
+  int64_t late = 0;
+  double max_late_s = 0;
   uint64_t cg_head_tokens = 0, cg_iterations = 0, cg_cap_hits = 0;
   Distribution ttft{{}}, itl{{}}, e2e{{}}, server_ttft{{}}, queue{{}};
+  Distribution failed_e2e{{}};  // how long failed calls took to fail (a shed call: fast)
   // Error kind (gRPC code name, or CLIENT_CHECK) -> count and first message.
   std::map<std::string, std::pair<int64_t, std::string>> errors;
 };
@@ -325,12 +363,15 @@ Summary Summarize(const PhaseResult& phase) {
   Summary s;
   s.requests = static_cast<int64_t>(phase.requests.size());
   s.wall_s = phase.wall_s;
-  std::vector<double> ttft, itl, e2e, server_ttft, queue;
+  std::vector<double> ttft, itl, e2e, server_ttft, queue, failed_e2e;
   for (const RequestResult& r : phase.requests) {
     s.tokens += r.tokens;  // tokens of failed calls were generated and delivered too
     s.messages += r.messages;
+    if (r.late_s > 1e-3) ++s.late;
+    s.max_late_s = std::max(s.max_late_s, r.late_s);
     if (!r.ok()) {
       ++s.failed;
+      failed_e2e.push_back(r.e2e_s);
       const std::string kind = r.code != grpc::StatusCode::OK ? CodeName(r.code) : "CLIENT_CHECK";
       auto [it, inserted] = s.errors.try_emplace(
           kind, 0, r.code != grpc::StatusCode::OK ? r.message : r.check_error);
@@ -338,6 +379,7 @@ Summary Summarize(const PhaseResult& phase) {
       continue;
     }
     ++s.ok;
+    s.ok_tokens += r.tokens;
     if (r.ttft_s >= 0) ttft.push_back(r.ttft_s);
     itl.insert(itl.end(), r.itl_s.begin(), r.itl_s.end());
     e2e.push_back(r.e2e_s);
@@ -349,6 +391,8 @@ Summary Summarize(const PhaseResult& phase) {
   }
   s.requests_per_s = s.wall_s > 0 ? static_cast<double>(s.ok) / s.wall_s : 0;
   s.tokens_per_s = s.wall_s > 0 ? static_cast<double>(s.tokens) / s.wall_s : 0;
+  s.goodput_tokens_per_s = s.wall_s > 0 ? static_cast<double>(s.ok_tokens) / s.wall_s : 0;
+  s.failed_e2e = Distribution(std::move(failed_e2e));
   s.ttft = Distribution(std::move(ttft));
   s.itl = Distribution(std::move(itl));
   s.e2e = Distribution(std::move(e2e));
@@ -374,8 +418,9 @@ void PrintReport(const Options& o, const v1::ModelInfo& info, const Summary& s,
   const std::string prompt =
       o.prompt.empty() ? absl::StrCat(o.prompt_tokens, " random token ids (seed ", o.seed, ")")
                        : absl::StrCat("text of ", o.prompt.size(), " bytes");
-  std::printf("  mode %s, concurrency %lld over %lld connection%s, prompt %s, max_new_tokens %lld%s, temperature %s%s, CG %s\n",
-              o.mode.c_str(), static_cast<long long>(o.concurrency),
+  std::printf("  mode %s, %s %lld over %lld connection%s, prompt %s, max_new_tokens %lld%s, temperature %s%s, CG %s\n",
+              o.mode.c_str(), o.rate > 0 ? "open loop, at most" : "concurrency",
+              static_cast<long long>(o.concurrency),
               static_cast<long long>(o.connections), o.connections == 1 ? "" : "s", prompt.c_str(),
               static_cast<long long>(o.max_new_tokens), o.ignore_eos ? " (ignore_eos)" : "",
               o.temperature < 0 ? "server default" : absl::StrFormat("%g", o.temperature).c_str(),
@@ -400,6 +445,17 @@ void PrintReport(const Options& o, const v1::ModelInfo& info, const Summary& s,
   std::printf("  %-22s %.2f\n", "requests/s", s.requests_per_s);
   std::printf("  %-22s %.1f (%lld tokens in %lld messages)\n", "output tokens/s", s.tokens_per_s,
               static_cast<long long>(s.tokens), static_cast<long long>(s.messages));
+  if (s.failed > 0) {
+    std::printf("  %-22s %.1f (tokens of the calls that succeeded)\n", "goodput tokens/s",
+                s.goodput_tokens_per_s);
+  }
+  if (o.rate > 0) {
+    std::printf("  %-22s Poisson at %g requests/s (seed %lld); %lld of %lld calls found every client "
+                "thread busy (max delay %s ms)%s\n",
+                "arrivals", o.rate, static_cast<long long>(o.seed), static_cast<long long>(s.late),
+                static_cast<long long>(s.requests), Ms(s.max_late_s).c_str(),
+                s.late > 0 ? ": raise --concurrency" : "");
+  }
   std::printf("\n  %-22s %10s %10s %10s %10s %10s %8s\n", "latency (ms)", "p50", "p90", "p99",
               "mean", "max", "n");
   if (o.mode == "stream") {
@@ -409,6 +465,7 @@ void PrintReport(const Options& o, const v1::ModelInfo& info, const Summary& s,
   PrintLatencyRow("end-to-end", s.e2e);
   PrintLatencyRow("server TTFT", s.server_ttft);
   PrintLatencyRow("server queue", s.queue);
+  if (s.failed > 0) PrintLatencyRow("failed calls", s.failed_e2e);
   std::printf("\n  %-22s %llu iterations over %llu head-tokens = %.2f per head-token, %llu cap hits\n",
               "CG", static_cast<unsigned long long>(s.cg_iterations),
               static_cast<unsigned long long>(s.cg_head_tokens),
@@ -442,6 +499,7 @@ absl::Status WriteJson(const Options& o, const v1::ModelInfo& info, const PhaseR
                  {"connections", o.connections},
                  {"requests", o.requests},
                  {"duration_s", o.duration},
+                 {"rate", o.rate},
                  {"warmup", o.warmup},
                  {"prompt", o.prompt},
                  {"prompt_tokens", o.prompt.empty() ? o.prompt_tokens : 0},
@@ -468,6 +526,10 @@ absl::Status WriteJson(const Options& o, const v1::ModelInfo& info, const PhaseR
                   {"requests_per_s", s.requests_per_s},
                   {"output_tokens", s.tokens},
                   {"output_tokens_per_s", s.tokens_per_s},
+                  {"goodput_tokens_per_s", s.goodput_tokens_per_s},
+                  {"late_starts", s.late},
+                  {"max_late_s", s.max_late_s},
+                  {"failed_e2e_s", DistributionJson(s.failed_e2e)},
                   {"messages", s.messages},
                   {"ttft_s", DistributionJson(s.ttft)},
                   {"itl_s", DistributionJson(s.itl)},
@@ -490,6 +552,8 @@ absl::Status WriteJson(const Options& o, const v1::ModelInfo& info, const PhaseR
                         {"message", r.message},
                         {"check_error", r.check_error},
                         {"start_s", r.start_s},
+                        {"arrival_s", r.arrival_s < 0 ? nlohmann::json() : nlohmann::json(r.arrival_s)},
+                        {"late_s", r.late_s},
                         {"ttft_s", r.ttft_s < 0 ? nlohmann::json() : nlohmann::json(r.ttft_s)},
                         {"e2e_s", r.e2e_s},
                         {"tokens", r.tokens},
@@ -526,6 +590,9 @@ absl::Status Validate(const Options& o) {
     return absl::InvalidArgumentError("give --requests N > 0 or --duration S > 0");
   }
   if (o.duration < 0) return absl::InvalidArgumentError("--duration must not be negative");
+  if (!(o.rate >= 0 && o.rate <= 1e6)) {
+    return absl::InvalidArgumentError(absl::StrCat("--rate ", o.rate, " is outside [0, 1e6]"));
+  }
   if (o.prompt.empty() && o.prompt_tokens < 1) {
     return absl::InvalidArgumentError("--prompt-tokens must be positive (or give --prompt)");
   }
@@ -560,9 +627,10 @@ absl::Status Validate(const Options& o) {
 int RunLoadTest(const std::vector<std::string>& args) {
   Options o;
   FlagSet f("loadtest",
-            "Load-tests a running server: --concurrency calls in flight (one thread each), --requests\n"
-            "in total or for --duration seconds. Reports requests/s, output tokens/s, TTFT, ITL and\n"
-            "end-to-end latency percentiles, CG work and errors by status code.\n"
+            "Load-tests a running server: --concurrency calls in flight (one thread each), or requests\n"
+            "arriving at --rate per second (open loop), --requests in total or for --duration seconds.\n"
+            "Reports requests/s, output tokens/s, goodput, TTFT, ITL and end-to-end latency\n"
+            "percentiles, CG work and errors by status code.\n"
             "Exit code 0 when every request succeeded, 1 otherwise.");
   f.String("address", &o.address, "server address host:port");
   f.Int("concurrency", &o.concurrency, "calls in flight (one client thread each)");
@@ -571,6 +639,9 @@ int RunLoadTest(const std::vector<std::string>& args) {
         "at most --concurrency");
   f.Int("requests", &o.requests, "requests to send in total (with --duration: at most this many; 0 = no cap)");
   f.Float("duration", &o.duration, "seconds to keep starting requests (0 = until --requests are done)");
+  f.Float("rate", &o.rate,
+          "open loop: requests arrive at this many per second (Poisson, seeded by --seed) whatever the "
+          "server answers, with at most --concurrency in flight; 0 = closed loop");
   f.String("prompt", &o.prompt, "prompt text (tokenized by the server); empty = random token ids");
   f.Int("prompt-tokens", &o.prompt_tokens, "length of the random token-id prompts when --prompt is empty");
   f.Int("prompt-tokens-min", &o.prompt_tokens_min,
@@ -641,9 +712,10 @@ int RunLoadTest(const std::vector<std::string>& args) {
   LoadTest test(o, channels, info.vocab_size());
   std::unique_ptr<Summary> warmup;
   if (o.warmup > 0) {
-    warmup = std::make_unique<Summary>(Summarize(test.RunPhase(o.warmup, 0, /*first_index=*/0)));
+    // Closed loop whatever --rate: the warm-up only has to bring the server up to speed.
+    warmup = std::make_unique<Summary>(Summarize(test.RunPhase(o.warmup, 0, /*first_index=*/0, 0)));
   }
-  const PhaseResult phase = test.RunPhase(o.requests, o.duration, /*first_index=*/o.warmup);
+  const PhaseResult phase = test.RunPhase(o.requests, o.duration, /*first_index=*/o.warmup, o.rate);
   const Summary s = Summarize(phase);
   PrintReport(o, info, s, warmup.get());
   if (!o.json_path.empty()) {

@@ -114,6 +114,11 @@ absl::Status Start(Server& s) {
     s.observer = std::make_unique<MetricsObserver>(s.metrics.get());
   }
   const size_t weight_bytes = runner->weight_bytes();
+  // The waiting queue follows the pool: twice the slots by default, so that under overload a
+  // request waits at most about two generations for its slot and the rest are refused at once
+  // (docs/serving-benchmarks.md, overload ramp: 256 waiting for 8 slots let the accepted
+  // requests' TTFT reach 18 s at twice the capacity, 16 held it at 1.25 s with the same goodput).
+  if (s.config.engine.max_waiting == 0) s.config.engine.max_waiting = 2 * slots;
   EngineOptions eo = c.engine;
   ApplyPrefillDefaults(&eo, device == Device::kCuda);
   // By default the engine uses every core. Leaving one to gRPC was tried: on the 2-core
@@ -167,7 +172,8 @@ absl::Status Start(Server& s) {
                  << weight_bytes / 1e6 << " MB of weights) on gRPC port " << port << " ("
                  << c.listen << "), metrics " << metrics_where << "; " << slots << " state slots of "
                  << state_bytes / 1e6 << " MB, CG " << CgModeName(c.cg.mode) << " tol " << c.cg.tol
-                 << ", " << eo.threads << " engine threads, " << c.delivery_threads
+                 << ", " << eo.threads << " engine threads, up to " << eo.max_waiting
+                 << " waiting requests, " << c.delivery_threads
                  << " delivery threads, prefill chunk " << eo.prefill_chunk;
   // A line for scripts that start the server on port 0 and need the port.
   std::printf("mesaserve listening grpc=%d metrics=%d health=%d\n", port,

@@ -129,7 +129,7 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::vector<std::string>& arg
   std::string cg_mode = CgModeName(kDefaultCgMode);
   double cg_tol = kDefaultCgTol, cg_min_tol = c.limits.min_cg_tol, drain = c.drain_timeout_seconds,
          fatal_exit = c.fatal_exit_after_seconds;
-  int64_t slots = 0, state_mb = 0, max_waiting = c.engine.max_waiting,
+  int64_t slots = 0, state_mb = 0, max_waiting = 0,
           max_prompt = c.limits.max_prompt_tokens, max_new = c.limits.max_new_tokens,
           default_new = c.limits.default_max_new_tokens, chunk = 0,
           stream_buffer = c.engine.stream_buffer, cg_iters = 0, cg_iters_limit = c.limits.max_cg_iters,
@@ -143,7 +143,8 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::vector<std::string>& arg
   f.String("metrics-listen", &c.metrics_listen, "Prometheus /metrics address; empty = off");
   f.Int("slots", &slots, "state slots (concurrent sequences); 0 = from --state-memory-mb, or on a GPU without it as many as fit the device (at most 256)");
   f.Int("state-memory-mb", &state_mb, "memory for states; 0 = 25% of available memory, at most 4096");
-  f.Int("max-waiting", &max_waiting, "waiting-queue bound (RESOURCE_EXHAUSTED beyond it)");
+  f.Int("max-waiting", &max_waiting,
+        "requests that may wait for a state slot (RESOURCE_EXHAUSTED beyond it); 0 = twice the slots");
   f.Int("max-prompt-tokens", &max_prompt, "longest prompt accepted");
   f.Int("max-new-tokens", &max_new, "largest max_new_tokens a request may ask for");
   f.Int("default-max-new-tokens", &default_new, "max_new_tokens when a request does not say");

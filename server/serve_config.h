@@ -55,6 +55,7 @@ struct ServeConfig {
   std::string log_level = "info";
   CgSettings cg;                 // server defaults
   Limits limits;
+  // engine.max_waiting 0 = twice the state slots (serve sets it once the pool is sized);
   // engine.prefill_chunk 0 = by device (PrefillChunkFor once the backend is known);
   // engine.prefill_budget is set by serve from the chunk (two chunks per step).
   EngineOptions engine;

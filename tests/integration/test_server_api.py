@@ -219,6 +219,10 @@ class ValidationTest(ServerTestCase):
 class UnaryGenerateTest(ServerTestCase):
     SERVER_FLAGS = ("--slots", "8")
 
+    def test_default_waiting_queue_is_twice_the_slots(self):
+        self.assertEqual(self.info.state_slots, 8)
+        self.assertEqual(self.info.limits.max_waiting_requests, 16)
+
     def test_seeded_sampling_is_deterministic(self):
         req = request("The license", max_new=24, temperature=1.0, seed=7)
         a, b = self.generate(req), self.generate(req)

@@ -120,7 +120,8 @@ class CancellationAndDeadlineTest(ServerTestCase):
 # 5: many concurrent streams, batch invariance
 
 class ConcurrencyTest(ServerTestCase):
-    SERVER_FLAGS = ("--slots", "16")
+    # 48 of the 64 streams wait for a slot: more than the default queue (twice the slots).
+    SERVER_FLAGS = ("--slots", "16", "--max-waiting", "64")
     STREAMS = 64
 
     def spec(self, i):
