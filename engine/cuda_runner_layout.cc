@@ -25,6 +25,7 @@ PinnedBuffer::~PinnedBuffer() {
 absl::Status PinnedBuffer::Allocate(size_t bytes) {
   if (bytes == 0) return absl::OkStatus();
   MESA_CUDA_RETURN_IF_ERROR(cudaMallocHost(&ptr_, bytes));
+  gpu::CountAllocation();
   bytes_ = bytes;
   return absl::OkStatus();
 }

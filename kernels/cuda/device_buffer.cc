@@ -2,12 +2,16 @@
 
 #include <cuda_runtime_api.h>
 
+#include <atomic>
+
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "kernels/cuda/cuda_status.h"
 
 namespace mesa::gpu {
 namespace {
+
+std::atomic<int64_t> allocations{0};
 
 absl::Status CheckRange(size_t offset, size_t bytes, size_t size, const char* what) {
   if (offset > size || bytes > size - offset) {
@@ -19,6 +23,9 @@ absl::Status CheckRange(size_t offset, size_t bytes, size_t size, const char* wh
 
 }  // namespace
 
+int64_t CudaAllocationCount() { return allocations.load(std::memory_order_relaxed); }
+void CountAllocation() { allocations.fetch_add(1, std::memory_order_relaxed); }
+
 absl::StatusOr<DeviceBuffer> DeviceBuffer::Allocate(size_t bytes) {
   DeviceBuffer buffer;
   if (bytes == 0) return buffer;
@@ -29,6 +36,7 @@ absl::StatusOr<DeviceBuffer> DeviceBuffer::Allocate(size_t bytes) {
                                                bytes / (1024.0 * 1024.0), " MiB)").c_str(),
                              __FILE__, __LINE__);
   }
+  CountAllocation();
   buffer.ptr_ = ptr;
   buffer.bytes_ = bytes;
   return buffer;

@@ -12,6 +12,13 @@
 
 namespace mesa::gpu {
 
+// cudaMalloc and cudaMallocHost calls that succeeded in this process (DeviceBuffer::Allocate
+// and CountAllocation): the check that a serving process allocates nothing once started
+// (reliability checklist M1).
+int64_t CudaAllocationCount();
+// Counts an allocation made outside DeviceBuffer (e.g. pinned host memory).
+void CountAllocation();
+
 class DeviceBuffer {
  public:
   DeviceBuffer() = default;
