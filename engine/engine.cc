@@ -75,6 +75,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<ModelRunn
                                                    " is smaller than the prefill chunk ",
                                                    options.prefill_chunk));
   }
+  if (options.prefill_interval < 1 || options.prefill_interval > 1000) {
+    return absl::InvalidArgumentError(absl::StrCat("prefill interval ", options.prefill_interval,
+                                                   " is outside [1, 1000] steps"));
+  }
   if (options.max_waiting < 0 || options.stream_buffer < 1) {
     return absl::InvalidArgumentError("max_waiting must be >= 0 and stream_buffer >= 1");
   }
@@ -309,6 +313,7 @@ void Engine::Admit() {
 absl::Status Engine::Step(bool* worked) {
   absl::Status s = PrefillStep(worked);
   if (!s.ok()) return s;
+  ++steps_since_prefill_;
   s = DecodeStep(worked);
   EraseFinished();
   Admit();  // slots freed this step go to waiting requests at once
@@ -319,29 +324,42 @@ absl::Status Engine::PrefillStep(bool* worked) {
   std::vector<PrefillRequest> batch;
   std::vector<Active*> owners;
   int32_t budget = options_.prefill_budget;
+  bool full = false;  // the launch holds all the tokens a step may prefill
   for (auto& a : running_) {
     if (a->done || a->stage != Active::Stage::kPrefilling || budget <= 0) continue;
     // Each request advances by whole prefill chunks from its own start, whatever else is in
     // the step, so its state (and tokens) never depend on the batch.
     const size_t remaining = a->req.prompt.size() - a->prefilled;
     const size_t len = std::min<size_t>(remaining, options_.prefill_chunk);
-    if (static_cast<int32_t>(len) > budget && !batch.empty()) break;
+    if (static_cast<int32_t>(len) > budget && !batch.empty()) {
+      full = true;
+      break;
+    }
     PrefillRequest p;
     p.slot = a->slot;
     p.tokens = absl::MakeConstSpan(a->req.prompt).subspan(a->prefilled, len);
     p.cg = a->prefill_cg;
     p.want_stats = true;
-    if (a->prefilled + len == a->req.prompt.size()) {
-      // The first generated token: the runner may choose it (this takes the draw Sample would).
-      p.choice = a->sampler->NextChoice(a->req.top_logprobs);
-      if (!options_.device_sampling) p.choice->kind = PlainChoice::Kind::kHost;
-    }
     batch.push_back(p);
     owners.push_back(a.get());
     budget -= static_cast<int32_t>(len);
   }
   if (batch.empty()) return absl::OkStatus();
+  full = full || budget <= 0;
+  if (!full && last_decode_rows_ > 0 && steps_since_prefill_ < options_.prefill_interval) {
+    *worked = true;  // not idle: the loop goes straight on to the next step
+    return absl::OkStatus();  // the next launch takes these prompts with later arrivals
+  }
+  steps_since_prefill_ = 0;
   *worked = true;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    Active& a = *owners[i];
+    if (a.prefilled + batch[i].tokens.size() < a.req.prompt.size()) continue;
+    // The first generated token: the runner may choose it. This takes the draw Sample would,
+    // so only once the launch is certain (a deferred launch must not use up draws).
+    batch[i].choice = a.sampler->NextChoice(a.req.top_logprobs);
+    if (!options_.device_sampling) batch[i].choice->kind = PlainChoice::Kind::kHost;
+  }
   std::vector<PrefillResult> results(batch.size());
   const absl::Time t0 = absl::Now();
   if (absl::Status s = runner_->Prefill(batch, absl::MakeSpan(results)); !s.ok()) {
@@ -407,6 +425,7 @@ absl::Status Engine::DecodeStep(bool* worked) {
     owners.push_back(a.get());
     ahead = ahead && a->choose_ahead;
   }
+  last_decode_rows_ = rows.size();
   if (rows.empty()) {
     if (!started_) return absl::OkStatus();
     *worked = true;

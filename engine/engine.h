@@ -30,6 +30,13 @@ struct EngineOptions {
   int32_t max_waiting = 256;     // requests waiting for a slot; beyond: RESOURCE_EXHAUSTED
   int32_t prefill_chunk = 256;   // prompt tokens per request per step (multiple of 64)
   int32_t prefill_budget = 512;  // prompt tokens per step over all requests
+  // While other requests decode, new prompts are prefilled at most every this many engine
+  // steps (one launch for the prompts that arrived meanwhile), unless they already fill
+  // prefill_budget; with nothing decoding they start at once. On a GPU a prefill launch costs
+  // the host about the same whatever it packs, so a launch per step for the one or two prompts
+  // that arrive between steps (requests arriving independently, not in waves) takes the
+  // decode steps' place. 1 = every step. A request's tokens do not depend on it.
+  int32_t prefill_interval = 1;
   int32_t stream_buffer = 256;   // undelivered events before a request's generation pauses
   int32_t threads = 0;           // OpenMP threads of the engine thread; 0 = the default
   // Let the runner choose greedy and plain-softmax tokens itself (ModelRunner::DecodeAndChoose:
@@ -165,6 +172,10 @@ class Engine {
 
   // Engine thread only.
   absl::Status failure_;  // why the engine failed (UNAVAILABLE), once failed_
+  // Steps since the last prefill launch, and rows the last decode step ran
+  // (EngineOptions::prefill_interval).
+  int64_t steps_since_prefill_ = 1 << 30;
+  size_t last_decode_rows_ = 0;
   // Reused by every decode step: its logits buffer ([B, vocab] floats, 33 MB at B = 256 for a
   // 32,000-token vocab) keeps its pages instead of being allocated and zeroed per step.
   DecodeResult decode_result_;

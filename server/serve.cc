@@ -174,7 +174,8 @@ absl::Status Start(Server& s) {
                  << state_bytes / 1e6 << " MB, CG " << CgModeName(c.cg.mode) << " tol " << c.cg.tol
                  << ", " << eo.threads << " engine threads, up to " << eo.max_waiting
                  << " waiting requests, " << c.delivery_threads
-                 << " delivery threads, prefill chunk " << eo.prefill_chunk;
+                 << " delivery threads, prefill chunk " << eo.prefill_chunk << " every "
+                 << eo.prefill_interval << " step(s) while decoding";
   // A line for scripts that start the server on port 0 and need the port.
   std::printf("mesaserve listening grpc=%d metrics=%d health=%d\n", port,
               s.metrics && !s.metrics->ListeningPorts().empty() ? s.metrics->ListeningPorts()[0] : 0,

@@ -133,6 +133,7 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::vector<std::string>& arg
           max_prompt = c.limits.max_prompt_tokens, max_new = c.limits.max_new_tokens,
           default_new = c.limits.default_max_new_tokens, chunk = 0,
           stream_buffer = c.engine.stream_buffer, cg_iters = 0, cg_iters_limit = c.limits.max_cg_iters,
+          prefill_interval = c.engine.prefill_interval,
           threads = 0, delivery_threads = DefaultDeliveryThreads();
   FlagSet f("serve", "Serves the model over gRPC (mesa.v1.Generation, health, reflection) with\n"
                      "Prometheus metrics. Every flag can also be set as MESA_<FLAG> in the\n"
@@ -149,6 +150,9 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::vector<std::string>& arg
   f.Int("max-new-tokens", &max_new, "largest max_new_tokens a request may ask for");
   f.Int("default-max-new-tokens", &default_new, "max_new_tokens when a request does not say");
   f.Int("prefill-chunk", &chunk, "prompt tokens prefilled per request per engine step (multiple of 64); 0 = 256 on the CPU, 1024 on a GPU");
+  f.Int("prefill-interval", &prefill_interval,
+        "while requests decode, new prompts are prefilled at most every this many engine steps "
+        "(one launch for those that arrived meanwhile); 1 = every step");
   f.Int("stream-buffer", &stream_buffer, "undelivered messages per stream before its generation pauses");
   f.String("cg-mode", &cg_mode, "default CG mode: adaptive or fixed");
   f.Float("cg-tol", &cg_tol, "default adaptive tolerance (relative residual)");
@@ -208,6 +212,7 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::vector<std::string>& arg
     return absl::InvalidArgumentError(absl::StrCat("--prefill-chunk ", chunk, " is not a multiple of 64"));
   }
   MESA_RETURN_IF_ERROR(CheckRange("stream-buffer", stream_buffer, 1, 1 << 20));
+  MESA_RETURN_IF_ERROR(CheckRange("prefill-interval", prefill_interval, 1, 1000));
   MESA_RETURN_IF_ERROR(CheckRange("cg-max-iters-limit", cg_iters_limit, 1, kMaxCgIters));
   MESA_RETURN_IF_ERROR(CheckRange("cg-max-iters", cg_iters, 0, cg_iters_limit));
   MESA_RETURN_IF_ERROR(CheckRange("threads", threads, 0, 1024));
@@ -241,6 +246,7 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::vector<std::string>& arg
   c.fatal_exit_after_seconds = fatal_exit;
   c.engine.max_waiting = static_cast<int32_t>(max_waiting);
   c.engine.prefill_chunk = static_cast<int32_t>(chunk);  // 0: by device; serve.cc sets the budget
+  c.engine.prefill_interval = static_cast<int32_t>(prefill_interval);
   c.engine.stream_buffer = static_cast<int32_t>(stream_buffer);
   c.limits.max_prompt_tokens = static_cast<int32_t>(max_prompt);
   c.limits.max_new_tokens = static_cast<int32_t>(max_new);

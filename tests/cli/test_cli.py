@@ -116,6 +116,11 @@ class CliTest(unittest.TestCase):
             proc = run("serve", "--model", self.model, flag, value, check=False)
             self.assertEqual(proc.returncode, 1, proc.stderr)
             self.assertIn(f"{flag} {value} is outside [0, 86400]", proc.stderr)
+        for value in ("0", "1001"):
+            proc = run("serve", "--model", self.model, "--prefill-interval", value, check=False)
+            self.assertEqual(proc.returncode, 1, proc.stderr)
+            self.assertIn("prefill-interval", proc.stderr)
+            self.assertIn(value, proc.stderr)
 
     def test_perplexity_reports_cg_statistics(self):
         text = os.path.join(self.tmp, "text.txt")

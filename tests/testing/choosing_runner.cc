@@ -119,6 +119,10 @@ int32_t ChooseRow(const float* l, const PlainChoice& c) {
 absl::Status ChoosingRunner::Prefill(absl::Span<const PrefillRequest> requests,
                                      absl::Span<PrefillResult> results) {
   if (absl::Status s = inner_->Prefill(requests, results); !s.ok()) return s;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++prefill_calls_;
+  }
   for (size_t i = 0; i < requests.size(); ++i) {
     const PrefillRequest& req = requests[i];
     if (!ChoosesAfterPrefill(req)) continue;
@@ -140,6 +144,11 @@ void ChoosingRunner::Choose(absl::Span<const PlainChoice> choices, DecodeResult*
     kinds_.push_back(choices[i].kind);
     result->tokens[i] = ChooseRow(result->logits.data() + i * vocab, choices[i]);
   }
+}
+
+int64_t ChoosingRunner::prefill_calls() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return prefill_calls_;
 }
 
 int64_t ChoosingRunner::prefill_choices() const {

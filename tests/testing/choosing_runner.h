@@ -44,6 +44,7 @@ class ChoosingRunner : public ModelRunner {
   int64_t started_steps() const;  // steps run through StartDecode
   int64_t fed_rows() const;       // rows whose token came from the step before
   int64_t prefill_choices() const;  // first tokens chosen in Prefill
+  int64_t prefill_calls() const;    // Prefill calls (launches)
 
  private:
   // Chooses the tokens of greedy and softmax rows of `result` (logits from the inner runner).
@@ -59,7 +60,7 @@ class ChoosingRunner : public ModelRunner {
   bool last_was_started_ = false;
   mutable std::mutex mu_;
   std::vector<PlainChoice::Kind> kinds_;
-  int64_t started_steps_ = 0, fed_rows_ = 0, prefill_choices_ = 0;
+  int64_t started_steps_ = 0, fed_rows_ = 0, prefill_choices_ = 0, prefill_calls_ = 0;
 };
 
 }  // namespace mesa::testing
