@@ -111,7 +111,7 @@ CMAKE
       # The threaded unit tests (engine thread and sinks, pipelined and not, sampler, metrics
       # from many threads; the rest is single-threaded numerics that asan covers), then every
       # integration test. Parametrized suites are named Prefix/Suite.Test/Param by ctest.
-      selections=('^unit$@^(Runners/EngineTest|EnginePipelineTest|EngineDeviceChoiceTest|StopMatcherTest|SamplerTest|MetricsTest|TaskPoolTest)\.' '^integration$@')
+      selections=('^unit$@^(Runners/EngineTest|EnginePipelineTest|EngineDeviceChoiceTest|EnginePrefillIntervalTest|StopMatcherTest|SamplerTest|MetricsTest|TaskPoolTest)\.' '^integration$@')
       ;;
   esac
   logdir="$ROOT/$dir/sanitizer-logs"
