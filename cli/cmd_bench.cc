@@ -80,6 +80,10 @@ int RunBench(const std::vector<std::string>& args) {
   flags.Bool("pipeline-decode", &pipeline_decode,
              "the engine load starts each decode step before handling the previous one's tokens "
              "(serve's --pipeline-decode)");
+  int64_t prefill_interval = 1;
+  flags.Int("prefill-interval", &prefill_interval,
+            "the engine load prefills new prompts at most every this many steps while others "
+            "decode (serve's --prefill-interval)");
   if (absl::Status s = flags.Parse(args); !s.ok()) return Fail(std::string(s.message()));
   if (flags.help_requested()) {
     std::fputs(flags.Usage().c_str(), stdout);
@@ -127,7 +131,7 @@ int RunBench(const std::vector<std::string>& args) {
       // With the model's tokenizer, if it has one: the server's engine detokenizes every token.
       auto r = RunEngineLoad(std::move(fresh->runner), fresh->tokenizer.get(), fresh->cg, c, n,
                              static_cast<int32_t>(load_prompt), static_cast<int32_t>(load_new),
-                             pipeline_decode);
+                             pipeline_decode, static_cast<int32_t>(prefill_interval));
       if (!r.ok()) return Fail(std::string(r.status().message()));
       std::printf("%-12d %10lld %12.2f %12.1f\n", c, static_cast<long long>(r->requests),
                   r->requests / r->seconds, r->tokens / r->seconds);

@@ -43,11 +43,13 @@ absl::StatusOr<EngineLoadResult> RunEngineLoad(std::unique_ptr<ModelRunner> runn
                                                const Tokenizer* tokenizer,
                                                const CgSettings& cg, int32_t concurrency,
                                                int32_t requests, int32_t prompt_tokens,
-                                               int32_t max_new_tokens, bool pipeline_decode) {
+                                               int32_t max_new_tokens, bool pipeline_decode,
+                                               int32_t prefill_interval) {
   const int32_t vocab = runner->config().vocab_size;
   EngineOptions options;
   options.max_waiting = requests;
   options.pipeline_decode = pipeline_decode;
+  options.prefill_interval = prefill_interval;
   // The server's prefill settings, so that the server is compared with the engine it runs.
   options.prefill_chunk = 0;
   server::ApplyPrefillDefaults(&options, std::string_view(runner->backend_name()) == "cuda");

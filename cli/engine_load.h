@@ -23,11 +23,13 @@ struct EngineLoadResult {
 // generated tokens, `concurrency` at a time, through an Engine on `runner` with the prefill
 // chunk and budget `mesaserve serve` uses on that backend (PrefillChunkFor). With a tokenizer
 // (which must outlive the call) the engine detokenizes every token as it does in the server.
-// pipeline_decode: EngineOptions::pipeline_decode (serve's --pipeline-decode).
+// pipeline_decode and prefill_interval: EngineOptions' (serve's --pipeline-decode and
+// --prefill-interval).
 absl::StatusOr<EngineLoadResult> RunEngineLoad(std::unique_ptr<ModelRunner> runner,
                                                const Tokenizer* tokenizer,
                                                const CgSettings& cg, int32_t concurrency,
                                                int32_t requests, int32_t prompt_tokens,
-                                               int32_t max_new_tokens, bool pipeline_decode = true);
+                                               int32_t max_new_tokens, bool pipeline_decode = true,
+                                               int32_t prefill_interval = 1);
 
 }  // namespace mesa::cli
