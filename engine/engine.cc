@@ -324,7 +324,8 @@ absl::Status Engine::PrefillStep(bool* worked) {
   std::vector<PrefillRequest> batch;
   std::vector<Active*> owners;
   int32_t budget = options_.prefill_budget;
-  bool full = false;  // the launch holds all the tokens a step may prefill
+  bool full = false;         // the launch holds all the tokens a step may prefill
+  bool continuing = false;   // a prompt already under way (later chunks never wait)
   for (auto& a : running_) {
     if (a->done || a->stage != Active::Stage::kPrefilling || budget <= 0) continue;
     // Each request advances by whole prefill chunks from its own start, whatever else is in
@@ -340,13 +341,15 @@ absl::Status Engine::PrefillStep(bool* worked) {
     p.tokens = absl::MakeConstSpan(a->req.prompt).subspan(a->prefilled, len);
     p.cg = a->prefill_cg;
     p.want_stats = true;
+    continuing = continuing || a->prefilled > 0;
     batch.push_back(p);
     owners.push_back(a.get());
     budget -= static_cast<int32_t>(len);
   }
   if (batch.empty()) return absl::OkStatus();
   full = full || budget <= 0;
-  if (!full && last_decode_rows_ > 0 && steps_since_prefill_ < options_.prefill_interval) {
+  if (!full && !continuing && last_decode_rows_ > 0 &&
+      steps_since_prefill_ < options_.prefill_interval) {
     *worked = true;  // not idle: the loop goes straight on to the next step
     return absl::OkStatus();  // the next launch takes these prompts with later arrivals
   }

@@ -32,7 +32,8 @@ struct EngineOptions {
   int32_t prefill_budget = 512;  // prompt tokens per step over all requests
   // While other requests decode, new prompts are prefilled at most every this many engine
   // steps (one launch for the prompts that arrived meanwhile), unless they already fill
-  // prefill_budget; with nothing decoding they start at once. On a GPU a prefill launch costs
+  // prefill_budget; with nothing decoding they start at once, and a long prompt's later
+  // chunks never wait. On a GPU a prefill launch costs
   // the host about the same whatever it packs, so a launch per step for the one or two prompts
   // that arrive between steps (requests arriving independently, not in waves) takes the
   // decode steps' place. 1 = every step. A request's tokens do not depend on it.

@@ -115,6 +115,40 @@ TEST_F(EnginePrefillIntervalTest, LateArrivalsShareLaunchesAndGetTheSameTokens) 
   }
 }
 
+TEST_F(EnginePrefillIntervalTest, ALongPromptsLaterChunksDoNotWait) {
+  // A 300-token prompt (five 64-token chunks) arrives while another request decodes, with an
+  // interval of 8: its first chunk may wait up to 8 steps, the other four go one per step.
+  // Waiting 8 steps per chunk would take about 40.
+  auto cpu = checkpoint_->CpuRunner(4);
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  EngineOptions options;
+  options.prefill_chunk = 64;
+  options.prefill_budget = 256;
+  options.prefill_interval = 8;
+  auto engine = Engine::Create(std::move(*cpu), nullptr, nullptr, options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  auto first = std::make_shared<TokenActionSink>();
+  auto long_sink = std::make_shared<TokenActionSink>();
+  size_t submitted_at = 0, first_token_at = 0;
+  long_sink->on_token = [&](size_t n) {
+    if (n == 1) first_token_at = first->count();
+  };
+  first->on_token = [&](size_t n) {
+    if (n != 2) return;
+    GenerationRequest r = Request(1, 4);
+    r.prompt.clear();
+    for (int t = 0; t < 300; ++t) r.prompt.push_back(1 + (t * 17) % 90);
+    submitted_at = n;
+    EXPECT_TRUE((*engine)->Submit(std::move(r), long_sink).ok());
+  };
+  ASSERT_TRUE((*engine)->Submit(Request(0, 80), first).ok());
+  EXPECT_TRUE(first->Wait().status.ok());
+  EXPECT_TRUE(long_sink->Wait().status.ok());
+  ASSERT_EQ(submitted_at, 2u);
+  ASSERT_GT(first_token_at, submitted_at);
+  EXPECT_LE(first_token_at - submitted_at, 8u + 5u + 2u) << "steps from arrival to first token";
+}
+
 TEST_F(EnginePrefillIntervalTest, ARequestAloneStartsAtOnce) {
   // Nothing decodes: the prompt is prefilled in the first step whatever the interval.
   auto cpu = checkpoint_->CpuRunner(2);
