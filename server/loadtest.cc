@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
@@ -160,14 +161,20 @@ class LoadTest {
     double next_arrival_s = 0;   // arrival time of request `next`, since `start`
     std::mt19937_64 arrivals(static_cast<uint64_t>(o_.seed) * 7919u + static_cast<uint64_t>(first_index));
     std::exponential_distribution<double> gap(rate > 0 ? rate : 1.0);
-    const Clock::time_point start = Clock::now();
-    const Clock::time_point end =
-        start + std::chrono::microseconds(static_cast<int64_t>(duration * 1e6));
+    // The phase starts once every client thread exists (creating hundreds takes milliseconds,
+    // which would make the first arrivals look late).
+    std::condition_variable go;
+    bool started = false;
+    Clock::time_point start, end;
     std::vector<std::thread> workers;
     for (int64_t w = 0; w < o_.concurrency; ++w) {
       // Client thread w keeps its calls on connection w mod --connections.
       v1::Generation::Stub* stub = stubs_[w % stubs_.size()].get();
       workers.emplace_back([&, stub] {
+        {
+          std::unique_lock<std::mutex> lock(mu);
+          go.wait(lock, [&] { return started; });
+        }
         for (;;) {
           int64_t i;
           double arrival_s = 0;
@@ -198,6 +205,13 @@ class LoadTest {
         }
       });
     }
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      start = Clock::now();
+      end = start + std::chrono::microseconds(static_cast<int64_t>(duration * 1e6));
+      started = true;
+    }
+    go.notify_all();
     for (std::thread& t : workers) t.join();
     phase.wall_s = Seconds(start, Clock::now());
     std::sort(phase.requests.begin(), phase.requests.end(),
@@ -349,7 +363,7 @@ struct Summary {
   int64_t ok_tokens = 0;
   double goodput_tokens_per_s = 0;
   // Open loop: calls that no client thread was free to start at their arrival time (by more
-  // than 1 ms), and the worst delay.
+  // than 10 ms: less is the scheduler's wake-up on a loaded machine), and the worst delay.
   int64_t late = 0;
   double max_late_s = 0;
   uint64_t cg_head_tokens = 0, cg_iterations = 0, cg_cap_hits = 0;
@@ -367,7 +381,7 @@ Summary Summarize(const PhaseResult& phase) {
   for (const RequestResult& r : phase.requests) {
     s.tokens += r.tokens;  // tokens of failed calls were generated and delivered too
     s.messages += r.messages;
-    if (r.late_s > 1e-3) ++s.late;
+    if (r.late_s > 1e-2) ++s.late;
     s.max_late_s = std::max(s.max_late_s, r.late_s);
     if (!r.ok()) {
       ++s.failed;

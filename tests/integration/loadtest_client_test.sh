@@ -137,8 +137,9 @@ assert arrivals[0] == 0 and len(set(arrivals)) == 24, arrivals
 # 23 exponential gaps of mean 50 ms: about 1.15 s (seeded, so the same in every run).
 assert 0.3 < arrivals[-1] < 4.0, arrivals
 for q in r["requests"]:
-    # Started at its arrival time: a client thread was free, and the call was sent on time.
-    assert q["late_s"] < 0.001 and q["arrival_s"] - 0.001 <= q["start_s"] <= q["arrival_s"] + 0.5, q
+    # Started at its arrival time: a client thread was free (late_s: the scheduler's wake-up at
+    # most), and the call was sent on time.
+    assert q["late_s"] < 0.05 and q["arrival_s"] - 0.001 <= q["start_s"] <= q["arrival_s"] + 0.5, q
 print("loadtest JSON checks passed")
 PY
 
