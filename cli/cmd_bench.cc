@@ -81,6 +81,11 @@ int RunBench(const std::vector<std::string>& args) {
              "the engine load starts each decode step before handling the previous one's tokens "
              "(serve's --pipeline-decode)");
   int64_t prefill_interval = 1;
+  double engine_rate = 0.0;
+  flags.Float("engine-rate", &engine_rate,
+              "open loop: the engine load's requests arrive at this many per second (Poisson); each "
+              "--engine-concurrency value is then the slot count, and a request that finds the "
+              "waiting queue (twice the slots) full is shed; 0 = closed loop");
   flags.Int("prefill-interval", &prefill_interval,
             "the engine load prefills new prompts at most every this many steps while others "
             "decode (serve's --prefill-interval)");
@@ -116,10 +121,16 @@ int RunBench(const std::vector<std::string>& args) {
   // The engine load runs first: its engine thread must not share the cores with OpenMP workers
   // left over from this thread's earlier parallel regions (seen to cost 2x).
   if (!engine_concurrency.empty()) {
-    std::printf("engine load (prompt %lld, %lld new tokens, closed loop, %s)\n%-12s %10s %12s %12s\n",
+    if (!(engine_rate >= 0.0 && engine_rate <= 1e6)) {
+      return Fail(absl::StrFormat("--engine-rate %g is outside [0, 1e6]", engine_rate));
+    }
+    const bool open_loop = engine_rate > 0.0;
+    std::printf("engine load (prompt %lld, %lld new tokens, %s, %s)\n%-12s %10s %12s %12s %8s\n",
                 static_cast<long long>(load_prompt), static_cast<long long>(load_new),
-                loaded->tokenizer ? "detokenized" : "no tokenizer", "concurrency",
-                "requests", "requests/s", "tokens/s");
+                open_loop ? absl::StrFormat("open loop at %g requests/s", engine_rate).c_str()
+                          : "closed loop",
+                loaded->tokenizer ? "detokenized" : "no tokenizer", open_loop ? "slots" : "concurrency",
+                "requests", "requests/s", "tokens/s", "shed");
     for (absl::string_view part : absl::StrSplit(engine_concurrency, ',', absl::SkipWhitespace())) {
       int32_t c = 0;
       if (!absl::SimpleAtoi(part, &c) || c < 1 || c > 4096) {
@@ -129,12 +140,19 @@ int RunBench(const std::vector<std::string>& args) {
       if (!fresh.ok()) return Fail(std::string(fresh.status().message()));
       const int32_t n = load_requests > 0 ? static_cast<int32_t>(load_requests) : 25 * c;
       // With the model's tokenizer, if it has one: the server's engine detokenizes every token.
-      auto r = RunEngineLoad(std::move(fresh->runner), fresh->tokenizer.get(), fresh->cg, c, n,
-                             static_cast<int32_t>(load_prompt), static_cast<int32_t>(load_new),
-                             pipeline_decode, static_cast<int32_t>(prefill_interval));
+      EngineLoadOptions lo;
+      lo.concurrency = c;
+      lo.requests = n;
+      lo.prompt_tokens = static_cast<int32_t>(load_prompt);
+      lo.max_new_tokens = static_cast<int32_t>(load_new);
+      lo.pipeline_decode = pipeline_decode;
+      lo.prefill_interval = static_cast<int32_t>(prefill_interval);
+      lo.rate = engine_rate;
+      auto r = RunEngineLoad(std::move(fresh->runner), fresh->tokenizer.get(), fresh->cg, lo);
       if (!r.ok()) return Fail(std::string(r.status().message()));
-      std::printf("%-12d %10lld %12.2f %12.1f\n", c, static_cast<long long>(r->requests),
-                  r->requests / r->seconds, r->tokens / r->seconds);
+      // Requests and tokens of those that ended OK (all of them in the closed loop).
+      std::printf("%-12d %10lld %12.2f %12.1f %8lld\n", c, static_cast<long long>(r->requests),
+                  r->requests / r->seconds, r->tokens / r->seconds, static_cast<long long>(r->shed));
     }
     std::printf("\n");
   }

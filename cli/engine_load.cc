@@ -40,16 +40,14 @@ class CountingSink : public GenerationSink {
 }  // namespace
 
 absl::StatusOr<EngineLoadResult> RunEngineLoad(std::unique_ptr<ModelRunner> runner,
-                                               const Tokenizer* tokenizer,
-                                               const CgSettings& cg, int32_t concurrency,
-                                               int32_t requests, int32_t prompt_tokens,
-                                               int32_t max_new_tokens, bool pipeline_decode,
-                                               int32_t prefill_interval) {
+                                               const Tokenizer* tokenizer, const CgSettings& cg,
+                                               const EngineLoadOptions& o) {
   const int32_t vocab = runner->config().vocab_size;
+  const bool open_loop = o.rate > 0;
   EngineOptions options;
-  options.max_waiting = requests;
-  options.pipeline_decode = pipeline_decode;
-  options.prefill_interval = prefill_interval;
+  options.max_waiting = open_loop ? 2 * runner->num_slots() : o.requests;
+  options.pipeline_decode = o.pipeline_decode;
+  options.prefill_interval = o.prefill_interval;
   // The server's prefill settings, so that the server is compared with the engine it runs.
   options.prefill_chunk = 0;
   server::ApplyPrefillDefaults(&options, std::string_view(runner->backend_name()) == "cuda");
@@ -58,30 +56,52 @@ absl::StatusOr<EngineLoadResult> RunEngineLoad(std::unique_ptr<ModelRunner> runn
   std::mutex mu;
   std::condition_variable cv;
   int64_t tokens = 0;
-  int32_t done = 0, submitted = 0;
+  int32_t done = 0, submitted = 0, shed = 0;
   absl::Status error;
   std::mt19937 rng(7);
   std::uniform_int_distribution<int32_t> token(3, vocab - 1);
+  // Submits the next request; a full queue in the open loop sheds it.
   auto submit = [&]() -> absl::Status {
     GenerationRequest r;
-    r.prompt.resize(prompt_tokens);
+    r.prompt.resize(o.prompt_tokens);
     for (int32_t& t : r.prompt) t = token(rng);
     r.sampling.seed = static_cast<uint64_t>(submitted);
-    r.stopping.max_new_tokens = max_new_tokens;
+    r.stopping.max_new_tokens = o.max_new_tokens;
     r.stopping.ignore_eos = true;
     r.cg = cg;
     ++submitted;
-    return engine->Submit(std::move(r), std::make_shared<CountingSink>(&mu, &cv, &tokens, &done, &error))
-        .status();
+    absl::Status s =
+        engine->Submit(std::move(r), std::make_shared<CountingSink>(&mu, &cv, &tokens, &done, &error))
+            .status();
+    if (open_loop && absl::IsResourceExhausted(s)) {
+      std::lock_guard<std::mutex> lock(mu);
+      ++shed;
+      ++done;
+      return absl::OkStatus();
+    }
+    return s;
   };
   const absl::Time t0 = absl::Now();
-  for (int32_t i = 0; i < std::min(concurrency, requests); ++i) MESA_RETURN_IF_ERROR(submit());
+  if (open_loop) {
+    // The arrival times of `mesaserve loadtest --rate` with its default seed (1) and no
+    // warm-up, so that the server and the engine alone see the same schedule.
+    std::mt19937_64 arrivals(7919);
+    std::exponential_distribution<double> gap(o.rate);
+    double at = 0.0;
+    for (int32_t i = 0; i < o.requests; ++i) {
+      absl::SleepFor(t0 + absl::Seconds(at) - absl::Now());
+      MESA_RETURN_IF_ERROR(submit());
+      at += gap(arrivals);
+    }
+  } else {
+    for (int32_t i = 0; i < std::min(o.concurrency, o.requests); ++i) MESA_RETURN_IF_ERROR(submit());
+  }
   std::unique_lock<std::mutex> lock(mu);
-  while (done < requests) {
+  while (done < o.requests) {
     const int32_t before = done;
     cv.wait(lock, [&] { return done > before; });
     // Closed loop: each finished request is replaced by a new one.
-    for (int32_t i = before; i < done && submitted < requests; ++i) {
+    for (int32_t i = before; !open_loop && i < done && submitted < o.requests; ++i) {
       lock.unlock();
       absl::Status s = submit();
       lock.lock();
@@ -90,7 +110,8 @@ absl::StatusOr<EngineLoadResult> RunEngineLoad(std::unique_ptr<ModelRunner> runn
   }
   MESA_RETURN_IF_ERROR(error);
   EngineLoadResult r;
-  r.requests = requests;
+  r.requests = o.requests - shed;
+  r.shed = shed;
   r.tokens = tokens;
   r.seconds = absl::ToDoubleSeconds(absl::Now() - t0);
   return r;

@@ -142,11 +142,32 @@ class CliTest(unittest.TestCase):
             rows = {}
             for line in proc.stdout.splitlines():
                 parts = line.split()
-                if len(parts) == 4 and parts[0] in ("1", "3") and parts[1] == "4":
+                if len(parts) == 5 and parts[0] in ("1", "3") and parts[1] == "4":
+                    self.assertEqual(parts[4], "0", line)  # nothing shed in a closed loop
                     rows[parts[0]] = float(parts[3])
             self.assertEqual(sorted(rows), ["1", "3"], proc.stdout)
             for tokens_per_s in rows.values():
                 self.assertGreater(tokens_per_s, 0.0)
+
+    def test_bench_engine_load_open_loop(self):
+        # --engine-rate: requests arrive on their own schedule; every one ends OK or is shed.
+        proc = run("bench", "--model", self.model, "--batches", "1", "--steps", "2", "--context", "4",
+                   "--prefill-tokens", "8", "--copy-mb", "16", "--engine-concurrency", "2",
+                   "--engine-rate", "40", "--load-requests", "6", "--load-prompt-tokens", "5",
+                   "--load-new-tokens", "6")
+        self.assertIn("engine load (prompt 5, 6 new tokens, open loop at 40 requests/s, detokenized)",
+                      proc.stdout)
+        row = [line.split() for line in proc.stdout.splitlines()
+               if len(line.split()) == 5 and line.split()[0] == "2"]
+        self.assertEqual(len(row), 1, proc.stdout)
+        ok, shed = int(row[0][1]), int(row[0][4])
+        self.assertEqual(ok + shed, 6, proc.stdout)
+        self.assertGreaterEqual(ok, 1)
+        self.assertGreater(float(row[0][3]), 0.0)
+        bad = run("bench", "--model", self.model, "--engine-concurrency", "2", "--engine-rate", "-1",
+                  check=False)
+        self.assertNotEqual(bad.returncode, 0)
+        self.assertIn("--engine-rate -1 is outside [0, 1e6]", bad.stderr)
 
     def test_help(self):
         for cmd in ("generate", "logits", "perplexity"):
