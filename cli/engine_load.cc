@@ -5,6 +5,7 @@
 #include <random>
 #include <string_view>
 
+#include "base/poisson_arrivals.h"
 #include "base/status_macros.h"
 #include "engine/engine.h"
 #include "server/serve_config.h"
@@ -83,15 +84,11 @@ absl::StatusOr<EngineLoadResult> RunEngineLoad(std::unique_ptr<ModelRunner> runn
   };
   const absl::Time t0 = absl::Now();
   if (open_loop) {
-    // The arrival times of `mesaserve loadtest --rate` with its default seed (1) and no
-    // warm-up, so that the server and the engine alone see the same schedule.
-    std::mt19937_64 arrivals(7919);
-    std::exponential_distribution<double> gap(o.rate);
-    double at = 0.0;
+    // The schedule of `mesaserve loadtest --rate` with its default seed (1) and no warm-up.
+    PoissonArrivals arrivals(o.rate, /*seed=*/1);
     for (int32_t i = 0; i < o.requests; ++i) {
-      absl::SleepFor(t0 + absl::Seconds(at) - absl::Now());
+      absl::SleepFor(t0 + absl::Seconds(arrivals.Next()) - absl::Now());
       MESA_RETURN_IF_ERROR(submit());
-      at += gap(arrivals);
     }
   } else {
     for (int32_t i = 0; i < std::min(o.concurrency, o.requests); ++i) MESA_RETURN_IF_ERROR(submit());

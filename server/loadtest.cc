@@ -20,6 +20,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/poisson_arrivals.h"
 #include "base/flags.h"
 #include "mesa/v1/mesa.grpc.pb.h"
 
@@ -157,10 +158,9 @@ class LoadTest {
   PhaseResult RunPhase(int64_t requests, double duration, int64_t first_index, double rate) {
     PhaseResult phase;
     std::mutex mu;
-    int64_t next = 0;            // guarded by mu, with the arrival process below
-    double next_arrival_s = 0;   // arrival time of request `next`, since `start`
-    std::mt19937_64 arrivals(static_cast<uint64_t>(o_.seed) * 7919u + static_cast<uint64_t>(first_index));
-    std::exponential_distribution<double> gap(rate > 0 ? rate : 1.0);
+    int64_t next = 0;  // guarded by mu, with the arrivals (request `next` takes the next one)
+    PoissonArrivals arrivals(rate > 0 ? rate : 1.0, static_cast<uint64_t>(o_.seed),
+                             static_cast<uint64_t>(first_index));
     // The phase starts once every client thread exists (creating hundreds takes milliseconds,
     // which would make the first arrivals look late).
     std::condition_variable go;
@@ -181,10 +181,7 @@ class LoadTest {
           {
             std::lock_guard<std::mutex> lock(mu);
             i = next++;
-            if (rate > 0) {
-              arrival_s = next_arrival_s;
-              next_arrival_s += gap(arrivals);
-            }
+            if (rate > 0) arrival_s = arrivals.Next();
           }
           const double taken_s = Seconds(start, Clock::now());
           if (requests > 0 && i >= requests) return;
