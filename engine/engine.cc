@@ -347,14 +347,13 @@ absl::Status Engine::PrefillStep(bool* worked) {
     budget -= static_cast<int32_t>(len);
   }
   if (batch.empty()) return absl::OkStatus();
+  *worked = true;  // launched or deferred, the loop goes straight on to the next step
   full = full || budget <= 0;
   if (!full && !continuing && last_decode_rows_ > 0 &&
       steps_since_prefill_ < options_.prefill_interval) {
-    *worked = true;  // not idle: the loop goes straight on to the next step
     return absl::OkStatus();  // the next launch takes these prompts with later arrivals
   }
   steps_since_prefill_ = 0;
-  *worked = true;
   for (size_t i = 0; i < batch.size(); ++i) {
     Active& a = *owners[i];
     if (a.prefilled + batch[i].tokens.size() < a.req.prompt.size()) continue;
@@ -677,8 +676,7 @@ void Engine::Fail(const absl::Status& status) {
   for (auto& a : running_) Finish(*a, failure_, FinishReason::kNone);
   running_.clear();
   running_count_ = 0;
-  TakeInbox();
-  FailWaiting();
+  FailWaiting();  // and the loop fails what is still in the inbox when it takes it
 }
 
 void Engine::FailWaiting() {

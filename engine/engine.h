@@ -33,10 +33,10 @@ struct EngineOptions {
   // While other requests decode, new prompts are prefilled at most every this many engine
   // steps (one launch for the prompts that arrived meanwhile), unless they already fill
   // prefill_budget; with nothing decoding they start at once, and a long prompt's later
-  // chunks never wait. On a GPU a prefill launch costs
-  // the host about the same whatever it packs, so a launch per step for the one or two prompts
-  // that arrive between steps (requests arriving independently, not in waves) takes the
-  // decode steps' place. 1 = every step. A request's tokens do not depend on it.
+  // chunks never wait. On a GPU a prefill launch costs the host about the same whatever it
+  // packs, so a launch per step for the one or two prompts that arrive between steps
+  // (requests arriving independently, not in waves) takes the decode steps' place.
+  // 1 = every step. A request's tokens do not depend on it.
   int32_t prefill_interval = 1;
   int32_t stream_buffer = 256;   // undelivered events before a request's generation pauses
   int32_t threads = 0;           // OpenMP threads of the engine thread; 0 = the default
