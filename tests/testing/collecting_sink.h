@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <vector>
 
@@ -44,6 +45,22 @@ class CollectingSink : public GenerationSink {
   std::vector<int32_t> tokens_;
   GenerationEvent final_;
   bool done_ = false;
+};
+
+// A CollectingSink that calls on_token(n) on the engine thread when the request's n-th token
+// arrives: a client acting at a known point of the engine's steps (e.g. submitting another
+// request, which then waits in the inbox while the step goes on).
+class TokenActionSink : public CollectingSink {
+ public:
+  std::function<void(size_t)> on_token;
+  void Push(GenerationEvent event) override {
+    const size_t before = count();
+    const size_t n = event.tokens.size();
+    CollectingSink::Push(std::move(event));
+    if (on_token) {
+      for (size_t k = before + 1; k <= before + n; ++k) on_token(k);
+    }
+  }
 };
 
 }  // namespace mesa::testing

@@ -2,7 +2,6 @@
 // the previous step's tokens, which the runner feeds on the device. The tokens must be those of
 // unpipelined steps whatever ends, arrives or samples on the host in between. The runner is
 // the CPU runner with tokens chosen "on the device" (tests/testing/choosing_runner.h).
-#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -21,6 +20,7 @@ namespace {
 
 using testing::ChoosingRunner;
 using Collect = testing::CollectingSink;
+using testing::TokenActionSink;
 
 struct Outcome {
   std::vector<std::vector<int32_t>> tokens;
@@ -29,18 +29,6 @@ struct Outcome {
   int32_t slots_used_after = -1;
   std::vector<absl::Status> status;
   EngineHealth health;
-};
-
-// Calls `on_first_token` (once, on the engine thread) when the request's first token arrives:
-// a client acting at a known point of the engine's step.
-class ActingSink : public Collect {
- public:
-  std::function<void()> on_first_token;
-  void Push(GenerationEvent event) override {
-    const bool first = !event.tokens.empty() && count() == 0;
-    Collect::Push(std::move(event));
-    if (first && on_first_token) std::exchange(on_first_token, nullptr)();
-  }
 };
 
 class EnginePipelineTest : public ::testing::Test {
@@ -212,11 +200,12 @@ TEST_F(EnginePipelineTest, APoisonedRunnerFailsEverythingWithAStartedStepOut) {
     r.stopping.max_new_tokens = 40;
     return r;
   };
-  auto first = std::make_shared<ActingSink>();
+  auto first = std::make_shared<TokenActionSink>();
   std::vector<std::shared_ptr<Collect>> sinks = {first};
   std::vector<absl::Status> submitted;
   for (int i = 1; i < 4; ++i) sinks.push_back(std::make_shared<Collect>());
-  first->on_first_token = [&] {
+  first->on_token = [&](size_t n) {
+    if (n != 1) return;
     for (int i = 1; i < 4; ++i) submitted.push_back(engine->Submit(request(i), sinks[i]).status());
   };
   ASSERT_TRUE(engine->Submit(request(0), first).ok());
@@ -242,11 +231,11 @@ TEST_F(EnginePipelineTest, ARequestSubmittedWhileTheEngineFailsFailsToo) {
     ChoosingRunner* runner = nullptr;
     std::unique_ptr<Engine> engine = MakeEngine(pipelined, "poison_at=2", &runner);
     ASSERT_NE(engine, nullptr);
-    auto first = std::make_shared<ActingSink>();
+    auto first = std::make_shared<TokenActionSink>();
     auto late = std::make_shared<Collect>();
     absl::Status late_submit = absl::UnknownError("not submitted");
-    first->on_first_token = [&] {
-      late_submit = engine->Submit(Request(1, false, nullptr), late).status();
+    first->on_token = [&](size_t n) {
+      if (n == 1) late_submit = engine->Submit(Request(1, false, nullptr), late).status();
     };
     ASSERT_TRUE(engine->Submit(Request(0, false, nullptr), first).ok());
     EXPECT_EQ(first->Wait().status.code(), absl::StatusCode::kUnavailable);

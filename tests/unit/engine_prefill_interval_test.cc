@@ -1,7 +1,6 @@
 // EngineOptions::prefill_interval: while requests decode, prompts that arrive one per step are
 // prefilled together every few steps instead of one launch each; the tokens stay the same, and
 // with nothing decoding (or a full launch) a prompt starts at once.
-#include <functional>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -18,21 +17,7 @@ namespace {
 
 using testing::ChoosingRunner;
 using Collect = testing::CollectingSink;
-
-// Calls on_token(n) on the engine thread when the request's n-th token arrives: a client
-// submitting at known steps.
-class TokenActionSink : public Collect {
- public:
-  std::function<void(size_t)> on_token;
-  void Push(GenerationEvent event) override {
-    const size_t before = count();
-    const size_t n = event.tokens.size();
-    Collect::Push(std::move(event));
-    if (on_token) {
-      for (size_t k = before + 1; k <= before + n; ++k) on_token(k);
-    }
-  }
-};
+using testing::TokenActionSink;
 
 GenerationRequest Request(int i, int max_new) {
   GenerationRequest r;
